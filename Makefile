@@ -1,0 +1,47 @@
+# Two commands for a new user: `make repro` (the whole pipeline) and `make test`.
+# Each installs what it needs first: a virtual environment from the pinned dependency set
+# (requirements.lock), the project's Jupyter kernel, and espeak-ng where it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export PYTHONHASHSEED := 0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup espeak repro test bench lab clean
+
+setup: $(STAMP) espeak
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mmser)"
+	touch $(STAMP)
+
+espeak:
+	@command -v espeak-ng >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "espeak-ng is missing: installing it with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; \
+	else \
+	  echo "espeak-ng is missing and cannot be installed here (needs root and apt)."; \
+	  echo "Install it with:  sudo apt-get install espeak-ng"; \
+	  echo "or use the conda environment:  conda env create -f environment.yml"; \
+	  exit 1; \
+	fi
+
+repro: setup  ## set-up, then the whole pipeline on the embedded default
+	dvc repro
+
+test: setup  ## set-up, then the whole test suite
+	pytest
+
+bench: setup  ## speed figures of this machine
+	python -m mmser.bench
+
+lab: setup  ## JupyterLab with the project's kernel
+	jupyter lab notebooks
+
+clean:
+	rm -rf interim reports results models

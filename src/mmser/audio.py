@@ -1,0 +1,74 @@
+"""Reading audio safely: mono, 16 kHz, float32, with clear errors that name the file."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Audio:
+    wave: np.ndarray  # float32, mono, SAMPLE_RATE
+    original_sample_rate: int
+    original_channels: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.wave) / SAMPLE_RATE
+
+    @property
+    def resampled(self) -> bool:
+        return self.original_sample_rate != SAMPLE_RATE
+
+    @property
+    def downmixed(self) -> bool:
+        return self.original_channels > 1
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> Audio:
+    """Read a file as mono float32 at `sample_rate`; resample and down-mix when needed.
+
+    Raises AudioError for a missing, empty, corrupt or silent-length file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: audio file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: audio file is empty (0 bytes)")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for unreadable input
+        raise AudioError(f"{path}: cannot decode audio ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: audio file holds no samples")
+    channels = data.shape[1]
+    wave = data.mean(axis=1) if channels > 1 else data[:, 0]
+    if not np.isfinite(wave).all():
+        raise AudioError(f"{path}: audio holds NaN or infinite samples")
+    if sr != sample_rate:
+        wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), sr, sample_rate).numpy()
+    return Audio(np.ascontiguousarray(wave, dtype=np.float32), int(sr), int(channels))
+
+
+def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float audio as 16-bit PCM WAV."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+def wave_digest(wave: np.ndarray) -> str:
+    """Content hash of a waveform (the feature-cache key for audio)."""
+    return hashlib.sha256(np.ascontiguousarray(wave, dtype=np.float32).tobytes()).hexdigest()

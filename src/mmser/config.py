@@ -1,0 +1,149 @@
+"""Parameters: one typed schema for params.yaml, so a misspelt key fails loudly.
+
+`python -m mmser.config [params.yaml]` checks the whole file; every dvc stage runs it
+before its notebook, and notebooks build their typed view with `Params.from_dict`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A parameter file or dict that does not fit the schema; names the key."""
+
+
+# Keys whose value must be one of a few choices.
+CHOICES = {
+    "dataset.name": {"synthetic"},
+    "dataset.classes": {4, 6},
+    "transcribe.backend": {"converted", "faster-whisper"},
+    "features.text_source": {"text", "asr_text"},
+}
+
+
+@dataclass
+class Dataset:
+    name: str = "synthetic"  # synthetic (more loaders: see README)
+    root: str = "src/mmser/synth_text.yaml"  # what the prepare stage reads
+    classes: int = 4  # 4 (angry, happy, neutral, sad) or 6 (+ fear, surprise)
+
+
+@dataclass
+class Synthetic:
+    n_speakers: int = 4
+    n_sessions: int = 2
+    n_labelled: int = 24
+    n_read: int = 8
+    snr_db: list = field(default_factory=lambda: [10, 30])
+    workers: int = 2
+
+
+@dataclass
+class Encoders:
+    speech: str = "whisper-tiny.en"  # bundled name, Hugging Face id or local path
+    speech_layers: int | None = None  # keep only the first N transformer layers
+    text: str = "all-MiniLM-L6-v2"
+    text_layers: int | None = None
+
+
+@dataclass
+class Transcribe:
+    backend: str = "converted"  # converted (variable-length) | faster-whisper
+    compare_n: int = 4  # utterances also run through the other backend, to compare WER
+    batch_size: int = 8
+    splits: list = field(default_factory=lambda: ["labelled"])
+
+
+@dataclass
+class Features:
+    batch_size: int = 8
+    splits: list = field(default_factory=lambda: ["labelled", "read"])
+    text_source: str = "text"  # text (reference) | asr_text
+    speech_cuts: list = field(default_factory=lambda: [2])  # also cache these layer cuts
+    text_cuts: list = field(default_factory=lambda: [3])
+
+
+@dataclass
+class Params:
+    seed: int = 0
+    dataset: Dataset = field(default_factory=Dataset)
+    synthetic: Synthetic = field(default_factory=Synthetic)
+    encoders: Encoders = field(default_factory=Encoders)
+    transcribe: Transcribe = field(default_factory=Transcribe)
+    features: Features = field(default_factory=Features)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "params") -> "Params":
+        """Build from a (partial) dict; sections and keys left out keep their defaults."""
+        return _build(cls, data or {}, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(kind: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(kind)
+    names = [f.name for f in fields(kind)]
+    values = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {names}"
+            raise ParamsError(f"{where}: unknown key '{key}'{hint}")
+        hint = hints[key]
+        if is_dataclass(hint):
+            values[key] = _build(hint, value, f"{where}.{key}")
+        else:
+            values[key] = _check_type(value, hint, f"{where}.{key}")
+        path = f"{where.split('.', 1)[1]}.{key}" if "." in where else key
+        if path in CHOICES and values[key] not in CHOICES[path]:
+            raise ParamsError(f"{where}.{key}: {value!r} is not one of {sorted(CHOICES[path])}")
+    return kind(**values)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    allowed = getattr(hint, "__args__", None) or (hint,)
+    allowed = tuple(getattr(a, "__origin__", a) for a in allowed)
+    if value is None and type(None) in allowed:
+        return value
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in allowed:
+        raise ParamsError(f"{where}: expected {hint}, got a boolean")
+    if not isinstance(value, tuple(a for a in allowed if isinstance(a, type))):
+        raise ParamsError(f"{where}: expected {hint}, got {value!r}")
+    return value
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    return Params.from_dict(data, source=str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = argv[0] if argv else "params.yaml"
+    try:
+        load(path)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

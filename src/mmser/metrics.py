@@ -1,0 +1,44 @@
+"""The one metrics module. WA = accuracy over utterances; UA = mean per-class recall.
+
+Several public codebases swap the two names; tests pin ours to scikit-learn's
+accuracy_score (WA) and balanced_accuracy_score (UA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
+                             f1_score, recall_score)
+
+
+def classification_report(y_true: Sequence, y_pred: Sequence,
+                          labels: Sequence | None = None) -> dict:
+    """WA, UA, macro/weighted F1, per-class recall and the confusion matrix."""
+    labels = list(labels) if labels is not None else sorted(set(y_true) | set(y_pred))
+    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {
+        "WA": float(accuracy_score(y_true, y_pred)),
+        "UA": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_F1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
+                                   zero_division=0)),
+        "weighted_F1": float(f1_score(y_true, y_pred, labels=labels, average="weighted",
+                                      zero_division=0)),
+        "recall": {str(k): float(r) for k, r in zip(labels, recalls)},
+        "labels": [str(k) for k in labels],
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def ccc(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    """Concordance correlation coefficient (Lin, 1989), population moments."""
+    t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
+    cov = ((t - t.mean()) * (p - p.mean())).mean()
+    return float(2 * cov / (t.var() + p.var() + (t.mean() - p.mean()) ** 2))
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmser.config import Params, ParamsError, load, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_file_is_valid():
+    params = load(ROOT / "params.yaml")
+    assert params.dataset.name == "synthetic"
+    assert params.synthetic.n_labelled >= 800 and params.synthetic.n_read >= 1000
+
+
+def test_misspelt_top_level_key_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"synthetc": {"n_speakers": 3}}))
+    with pytest.raises(ParamsError, match="unknown key 'synthetc'.*did you mean 'synthetic'"):
+        load(path)
+
+
+def test_misspelt_nested_key_is_named():
+    with pytest.raises(ParamsError, match=r"params\.transcribe: unknown key 'bakcend'"):
+        Params.from_dict({"transcribe": {"bakcend": "converted"}})
+
+
+def test_wrong_type_and_bad_choice_are_errors():
+    with pytest.raises(ParamsError, match="synthetic.n_speakers"):
+        Params.from_dict({"synthetic": {"n_speakers": "ten"}})
+    with pytest.raises(ParamsError, match="transcribe.backend"):
+        Params.from_dict({"transcribe": {"backend": "whisperx"}})
+
+
+def test_cli_exit_code(tmp_path, capsys):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("seeed: 1\n")
+    assert main([str(bad)]) == 2
+    assert "seeed" in capsys.readouterr().err
+    assert main([str(ROOT / "params.yaml")]) == 0

@@ -1,0 +1,68 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mmser.encoders import ModelNotFoundError, SpeechEncoder, TextEncoder
+
+
+def test_unknown_name_fails_at_once_and_says_how(monkeypatch):
+    monkeypatch.delenv("MMSER_ALLOW_DOWNLOADS", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as err:
+        TextEncoder("no-such-org/no-such-model")
+    assert time.perf_counter() - start < 20
+    message = str(err.value)
+    assert "no-such-org/no-such-model" in message and "MMSER_ALLOW_DOWNLOADS" in message
+    assert "local folder" in message
+
+
+def test_local_bert_folder_loads_and_cuts(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from mmser.encoders import bundled_text_dir
+    from transformers import AutoTokenizer
+
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4,
+                        num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(tmp_path)
+    enc = TextEncoder(str(tmp_path), layers=2)
+    states, mask, ids = enc(["hello there", "a longer sentence than that"])
+    assert states.shape[:2] == (3, 2) and states.shape[-1] == 32
+    assert mask.sum(-1).tolist() == [len(enc.tokenizer(t)["input_ids"])
+                                     for t in ["hello there", "a longer sentence than that"]]
+
+
+def test_local_wav2vec2_folder_gives_states_and_frame_lengths(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4),
+                            conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+                            do_stable_layer_norm=True)
+    Wav2Vec2Model(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(tmp_path)
+    enc = SpeechEncoder(str(tmp_path))
+    assert enc.kind == "ssl" and enc.n_layers == 2 and enc.dim == 32
+    waves = [np.zeros(1600, np.float32), np.zeros(3200, np.float32)]
+    with torch.inference_mode():
+        states, lengths = enc(waves)
+    assert states.shape[0] == 3 and lengths.tolist()[0] < lengths.tolist()[1]
+
+
+def test_local_whisper_folder_uses_variable_length_path(tmp_path):
+    from transformers import WhisperConfig, WhisperModel
+
+    config = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2,
+                           encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                           vocab_size=100, max_source_positions=1500)
+    WhisperModel(config).save_pretrained(tmp_path)
+    enc = SpeechEncoder(str(tmp_path), layers=1)
+    with torch.inference_mode():
+        states, lengths = enc([np.zeros(16_000, np.float32)])
+    assert enc.kind == "whisper" and states.shape == (2, 1, 50, 32)
+    assert lengths.tolist() == [50]

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from mmser.metrics import ccc, classification_report, mean_std
+
+
+def test_wa_and_ua_match_sklearn_where_they_differ():
+    # imbalanced: 8 neutral, 2 sad; predicting all neutral gives WA 0.8 but UA 0.5
+    y_true = ["neu"] * 8 + ["sad"] * 2
+    y_pred = ["neu"] * 10
+    report = classification_report(y_true, y_pred)
+    assert report["WA"] == pytest.approx(accuracy_score(y_true, y_pred)) == pytest.approx(0.8)
+    assert report["UA"] == pytest.approx(balanced_accuracy_score(y_true, y_pred)) == 0.5
+    assert report["recall"] == {"neu": 1.0, "sad": 0.0}
+    assert report["confusion"] == [[8, 0], [2, 0]]
+
+
+def test_ccc_hand_computation():
+    t, p = [1.0, 2.0, 3.0], [2.0, 2.0, 4.0]
+    # means 2 and 8/3; population variances 2/3 and 8/9; covariance 2/3
+    expected = 2 * (2 / 3) / (2 / 3 + 8 / 9 + (2 - 8 / 3) ** 2)
+    assert expected == pytest.approx(2 / 3)
+    assert ccc(t, p) == pytest.approx(expected)
+    assert ccc(t, t) == pytest.approx(1.0)
+
+
+def test_mean_std_uses_sample_std():
+    out = mean_std([0.5, 0.7])
+    assert out["mean"] == pytest.approx(0.6)
+    assert out["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
