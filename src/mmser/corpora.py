@@ -1,0 +1,608 @@
+"""Loaders for real corpora: each reads a corpus in its release layout into the manifest.
+
+Every `load_<name>(root, classes)` returns `(manifest, summary)`. The manifest follows
+mmser.manifest (audio paths relative to `root`); the summary says how many rows were
+kept and, per reason, how many were dropped or noted, with a few example ids, so a
+reader can see what the label map and the files on disk removed.
+
+`classes=None` keeps every category a corpus has (rows whose annotators did not agree
+stay, with an empty label, for the dimensional values); an integer picks a documented
+subset, e.g. 4 = angry, happy, neutral, sad. `load(name, root, ...)` is the entry point
+the pipeline uses: it also refuses duplicate ids and too much missing audio.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import soundfile as sf
+
+from mmser.manifest import EXTRA_PREFIX, ManifestError, conform, validate
+
+FOUR = {"angry", "happy", "neutral", "sad"}
+LABELLED = "labelled"  # the split name of labelled emotion data (as in the default corpus)
+EXAMPLES = 5  # example ids kept per summary reason
+MISSING, UNREADABLE = "missing audio", "unreadable audio"
+
+
+class CorpusError(ManifestError):
+    """A corpus that cannot become a manifest; the message names the file and problem."""
+
+
+class CorpusLayoutError(CorpusError):
+    """A corpus root that does not have the release layout; shows the expected one."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class _Summary:
+    """Counts kept, dropped and noted rows by reason, with example ids."""
+
+    def __init__(self, corpus: str, root: Path, classes: int | None):
+        self.corpus, self.root, self.classes = corpus, root, classes
+        self.listed_audio = 0
+        self.lost: list[str] = []  # every missing or unreadable audio id, not just examples
+        self.dropped: Counter = Counter()
+        self.noted: Counter = Counter()
+        self.examples: dict[str, list[str]] = defaultdict(list)
+
+    def drop(self, reason: str, utt_id: str) -> None:
+        self.dropped[reason] += 1
+        self._example(reason, utt_id)
+
+    def note(self, reason: str, utt_id: str) -> None:
+        self.noted[reason] += 1
+        self._example(reason, utt_id)
+
+    def _example(self, reason: str, utt_id: str) -> None:
+        if len(self.examples[reason]) < EXAMPLES:
+            self.examples[reason].append(utt_id)
+
+    def as_dict(self, kept: int) -> dict:
+        return {"corpus": self.corpus, "root": str(self.root), "classes": self.classes,
+                "listed_audio": self.listed_audio, "lost": self.lost, "kept": kept,
+                "dropped": dict(self.dropped), "noted": dict(self.noted),
+                "examples": dict(self.examples)}
+
+
+def _layout_error(root: Path, missing: str, expected: str) -> CorpusLayoutError:
+    return CorpusLayoutError(f"{root}: {missing}. Expected layout:\n{expected}")
+
+
+def _require_dir(root: Path, rel: str, expected: str) -> Path:
+    path = root / rel
+    if not path.is_dir():
+        raise _layout_error(root, f"folder '{rel}' not found", expected)
+    return path
+
+
+def _check_root(root: Path, expected: str) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise _layout_error(root, "corpus root folder not found", expected)
+    return root
+
+
+def _label_map(maps: dict, classes: int | None, corpus: str) -> dict[str, str]:
+    if classes not in maps:
+        options = ", ".join(str(k) for k in maps if k is not None)
+        raise CorpusError(f"{corpus}: classes={classes} is not offered; use one of "
+                          f"{options} or None (all categories)")
+    return maps[classes]
+
+
+def _map_label(raw: str, labels: dict[str, str], classes: int | None, utt_id: str,
+               summary: _Summary) -> str | None:
+    """The label name, '' for a kept row without a category, None when dropped."""
+    if raw in labels:
+        return labels[raw]
+    reason = (f"label '{raw}' outside the {classes}-class map" if classes is not None
+              else f"unknown label '{raw}'")
+    summary.drop(reason, utt_id)
+    return None
+
+
+def _with_audio(rows: list[dict], root: Path, summary: _Summary) -> list[dict]:
+    """Keep rows whose audio exists and whose header reads; add duration and rate."""
+    kept = []
+    for row in rows:
+        summary.listed_audio += 1
+        path = root / row["path"]
+        if not path.is_file():
+            summary.drop(MISSING, row["utt_id"])
+            summary.lost.append(row["utt_id"])
+            continue
+        try:
+            info = sf.info(str(path))
+            readable = info.frames > 0 and info.samplerate > 0
+        except Exception:  # soundfile raises several types for a corrupt or LFS-pointer file
+            readable = False
+        if not readable:
+            summary.drop(UNREADABLE, row["utt_id"])
+            summary.lost.append(row["utt_id"])
+            continue
+        length = info.frames / info.samplerate
+        if pd.isna(row.get("start")) or pd.isna(row.get("end")):
+            row["duration"] = length
+        elif not 0 <= row["start"] < row["end"] <= length + 0.01:
+            summary.drop("segment outside its audio file", row["utt_id"])
+            continue
+        else:
+            row["duration"] = float(row["end"]) - float(row["start"])
+        row["sample_rate"] = int(info.samplerate)
+        kept.append(row)
+    return kept
+
+
+def _finish(rows: list[dict], corpus: str, summary: _Summary) -> tuple[pd.DataFrame, dict]:
+    rows = _with_audio(rows, summary.root, summary)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame(columns=["utt_id", "path"])
+    df["corpus"] = corpus
+    df = conform(df)
+    for col in ("turn_index", "sample_rate"):
+        df[col] = df[col].astype("Int64")
+    for col in ("start", "end", "arousal", "valence", "dominance", "duration"):
+        df[col] = df[col].astype("Float64")
+    df["fold"] = df["fold"].astype("Int64")
+    return df.reset_index(drop=True), summary.as_dict(len(df))
+
+
+def _audio_files(folder: Path, suffix: str) -> list[Path]:
+    # macOS copies of some releases carry "._name" resource-fork files: not audio
+    return sorted(p for p in folder.glob(f"*{suffix}") if not p.name.startswith("._"))
+
+
+# ---------------------------------------------------------------------------- IEMOCAP
+
+IEMOCAP_LAYOUT = """\
+  <root>/Session1 .. Session5/
+      dialog/EmoEvaluation/<dialog>.txt      e.g. Ses01F_impro01.txt
+      dialog/transcriptions/<dialog>.txt
+      sentences/wav/<dialog>/<utterance>.wav e.g. Ses01F_impro01/Ses01F_impro01_F000.wav"""
+
+IEMOCAP_MAPS = {
+    4: {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"},
+    # all categories; 'oth' and 'xxx' (no majority) keep their A/V/D with an empty label
+    None: {"neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "angry",
+           "fru": "frustrated", "sur": "surprise", "fea": "fear", "dis": "disgust",
+           "oth": "", "xxx": ""},
+}
+# "[6.2901 - 8.2357]\tSes01F_impro01_F000\tneu\t[2.5000, 2.5000, 2.5000]"; the file's own
+# header names the bracket "[V, A, D]": valence, activation (arousal), dominance.
+_IEMOCAP_EVAL = re.compile(
+    r"^\[\s*([\d.]+)\s*-\s*([\d.]+)\s*\]\s+(\S+)\s+(\S+)\s+"
+    r"\[\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)\s*\]")
+# "Ses01F_impro01_F000 [006.2901-008.2357]: Excuse me."
+_IEMOCAP_TRANS = re.compile(r"^(\S+)\s+\[[^\]]*\]:\s*(.*?)\s*$")
+
+
+def _iemocap_evaluations(eval_file: Path) -> list[dict]:
+    """All rated utterances of one dialogue, with turn_index over all of them."""
+    entries = []
+    for line in eval_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _IEMOCAP_EVAL.match(line)
+        if m:
+            start, end, utt, raw, val, act, dom = m.groups()
+            entries.append({"utt_id": utt, "raw": raw, "t0": float(start), "t1": float(end),
+                            "valence": float(val), "arousal": float(act),
+                            "dominance": float(dom)})
+    # the turn order is the time order over every utterance, also those dropped later,
+    # so that context windows see the whole dialogue
+    entries.sort(key=lambda e: (e["t0"], e["utt_id"]))
+    for i, entry in enumerate(entries):
+        entry["turn_index"] = i
+    return entries
+
+
+def _iemocap_transcripts(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _IEMOCAP_TRANS.match(line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def load_iemocap(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """IEMOCAP release layout; classes=4 merges excited into happy (5,531 utterances)."""
+    root = _check_root(root, IEMOCAP_LAYOUT)
+    labels = _label_map(IEMOCAP_MAPS, classes, "iemocap")
+    sessions = sorted(p for p in root.glob("Session[1-5]") if p.is_dir())
+    if not sessions:
+        raise _layout_error(root, "no Session1..Session5 folders", IEMOCAP_LAYOUT)
+    summary = _Summary("iemocap", root, classes)
+    rows = []
+    for session in sessions:
+        eval_dir = _require_dir(root, f"{session.name}/dialog/EmoEvaluation", IEMOCAP_LAYOUT)
+        _require_dir(root, f"{session.name}/sentences/wav", IEMOCAP_LAYOUT)
+        for eval_file in _audio_files(eval_dir, ".txt"):
+            dialog = eval_file.stem
+            texts = _iemocap_transcripts(
+                session / "dialog" / "transcriptions" / f"{dialog}.txt")
+            for e in _iemocap_evaluations(eval_file):
+                utt = e["utt_id"]
+                label = _map_label(e["raw"], labels, classes, utt, summary)
+                if label is None:
+                    continue
+                if utt not in texts:
+                    summary.note("no transcript (text left empty)", utt)
+                rows.append({
+                    "utt_id": utt,
+                    "path": f"{session.name}/sentences/wav/{dialog}/{utt}.wav",
+                    # "Ses01F_impro01_M003": the last part's letter is the speaker's gender
+                    "speaker": f"{utt[:5]}_{utt.rsplit('_', 1)[-1][0]}",
+                    "session": utt[:5], "split": LABELLED, "text": texts.get(utt),
+                    "label": label or None, "arousal": e["arousal"],
+                    "valence": e["valence"], "dominance": e["dominance"],
+                    "dialog_id": dialog, "turn_index": e["turn_index"]})
+    return _finish(rows, "iemocap", summary)
+
+
+# ---------------------------------------------------------------------------- MSP-Podcast
+
+MSP_LAYOUT = """\
+  <root>/Labels/labels_consensus.csv   FileName, EmoClass, EmoAct, EmoVal, EmoDom, SpkrID,
+                                       Gender, Split_Set
+  <root>/Audios/<FileName>             e.g. MSP-PODCAST_0001_0008.wav
+  <root>/Transcripts/<stem>.txt        (optional; text is left empty without it)"""
+
+_MSP_ALL = {"A": "angry", "S": "sad", "H": "happy", "U": "surprise", "F": "fear",
+            "D": "disgust", "C": "contempt", "N": "neutral"}
+MSP_MAPS = {
+    4: {k: v for k, v in _MSP_ALL.items() if v in FOUR},
+    8: _MSP_ALL,
+    None: {**_MSP_ALL, "O": "", "X": ""},  # other / no agreement: A/V/D still usable
+}
+_MSP_COLUMNS = ["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Split_Set"]
+
+
+def _msp_float(value: str, column: str, name: str, csv: Path) -> float | None:
+    if value.strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise CorpusError(f"{csv}: {column} of {name} is not a number: {value!r}") from None
+
+
+def load_msp_podcast(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """MSP-Podcast with its official partitions as `split` (train, development, test1, ...)."""
+    root = _check_root(root, MSP_LAYOUT)
+    labels = _label_map(MSP_MAPS, classes, "msp_podcast")
+    csv = root / "Labels" / "labels_consensus.csv"
+    if not csv.is_file():
+        raise _layout_error(root, "file 'Labels/labels_consensus.csv' not found", MSP_LAYOUT)
+    _require_dir(root, "Audios", MSP_LAYOUT)
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    absent = [c for c in _MSP_COLUMNS if c not in table.columns]
+    if absent:
+        raise _layout_error(root, f"{csv.name} lacks columns {absent}", MSP_LAYOUT)
+    summary = _Summary("msp_podcast", root, classes)
+    rows = []
+    for rec in table.to_dict("records"):
+        name = rec["FileName"].strip()
+        stem = Path(name).stem
+        label = _map_label(rec["EmoClass"].strip(), labels, classes, stem, summary)
+        if label is None:
+            continue
+        transcript = root / "Transcripts" / f"{stem}.txt"
+        text = (transcript.read_text(encoding="utf-8").strip()
+                if transcript.is_file() else None)
+        if text is None:
+            summary.note("no transcript (text left empty)", stem)
+        speaker = rec["SpkrID"].strip()
+        if speaker.lower() in ("", "unknown"):
+            summary.note("speaker unknown (speaker left empty)", stem)
+            speaker = None
+        # "MSP-PODCAST_0001_0008": podcast 0001, segment 0008 (segments in time order)
+        m = re.match(r"^(.*)_(\d+)$", stem)
+        rows.append({
+            "utt_id": stem, "path": f"Audios/{name}", "speaker": speaker,
+            "split": rec["Split_Set"].strip().lower(), "text": text, "label": label or None,
+            "arousal": _msp_float(rec["EmoAct"], "EmoAct", name, csv),
+            "valence": _msp_float(rec["EmoVal"], "EmoVal", name, csv),
+            "dominance": _msp_float(rec["EmoDom"], "EmoDom", name, csv),
+            "dialog_id": m.group(1) if m else None, "x_segment": int(m.group(2)) if m else None})
+    df, info = _finish(rows, "msp_podcast", summary)
+    # turn order within a podcast from the segment numbers
+    df["turn_index"] = (df.groupby("dialog_id")["x_segment"].rank(method="first") - 1
+                        ).astype("Int64")
+    return df.drop(columns="x_segment"), info
+
+
+# ---------------------------------------------------------------------------- EmoDB
+
+EMODB_LAYOUT = """\
+  <root>/wav/<SS><TTT><E><V>.wav   e.g. wav/03a01Fa.wav: speaker 03, text a01,
+                                   emotion F (happiness), version a"""
+
+EMODB_TEXTS = {
+    "a01": "Der Lappen liegt auf dem Eisschrank.",
+    "a02": "Das will sie am Mittwoch abgeben.",
+    "a04": "Heute Abend könnte ich es ihm sagen.",
+    "a05": "Das schwarze Stück Papier befindet sich da oben neben dem Holzstück.",
+    "a07": "In sieben Stunden wird es soweit sein.",
+    "b01": "Was sind denn das für Tüten, die da unter dem Tisch stehen?",
+    "b02": "Sie haben es gerade hoch getragen und jetzt gehen sie wieder runter.",
+    "b03": "An den Wochenenden bin ich jetzt immer nach Hause gefahren und habe Agnes besucht.",
+    "b09": "Ich will das eben wegbringen und dann mit Karl was trinken gehen.",
+    "b10": "Die wird auf dem Platz sein, wo wir sie immer hinlegen.",
+}
+_EMODB_ALL = {"W": "angry", "L": "bored", "E": "disgust", "A": "fear", "F": "happy",
+              "T": "sad", "N": "neutral"}
+EMODB_MAPS = {None: _EMODB_ALL, 7: _EMODB_ALL,
+              4: {k: v for k, v in _EMODB_ALL.items() if v in FOUR}}
+_EMODB_NAME = re.compile(r"^(\d\d)([ab]\d\d)([A-Z])([a-z])$")
+
+
+def load_emodb(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Berlin EmoDB: 10 speakers, 10 German sentences, 7 emotions (4 for cross-corpus)."""
+    root = _check_root(root, EMODB_LAYOUT)
+    labels = _label_map(EMODB_MAPS, classes, "emodb")
+    wav = _require_dir(root, "wav", EMODB_LAYOUT)
+    summary = _Summary("emodb", root, classes)
+    rows = []
+    for path in _audio_files(wav, ".wav"):
+        m = _EMODB_NAME.match(path.stem)
+        if not m:
+            summary.drop("file name outside the EmoDB pattern", path.name)
+            continue
+        speaker, text_id, emotion, _version = m.groups()
+        label = _map_label(emotion, labels, classes, path.stem, summary)
+        if label is None:
+            continue
+        if text_id not in EMODB_TEXTS:
+            summary.note(f"text id '{text_id}' unknown (text left empty)", path.stem)
+        rows.append({"utt_id": path.stem, "path": f"wav/{path.name}", "speaker": speaker,
+                     "split": LABELLED, "text": EMODB_TEXTS.get(text_id), "label": label,
+                     "x_text_id": text_id})
+    return _finish(rows, "emodb", summary)
+
+
+# ---------------------------------------------------------------------------- RAVDESS
+
+RAVDESS_LAYOUT = """\
+  <root>/Actor_01 .. Actor_24/MM-VV-EE-II-SS-RR-AA.wav   e.g. Actor_01/03-01-05-01-02-01-01.wav
+      modality 03 (audio-only), vocal channel 01 (speech), emotion, intensity, statement,
+      repetition, actor"""
+
+_RAVDESS_ALL = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
+                "06": "fear", "07": "disgust", "08": "surprise"}
+RAVDESS_MAPS = {None: _RAVDESS_ALL, 8: _RAVDESS_ALL,
+                4: {k: v for k, v in _RAVDESS_ALL.items() if v in FOUR}}
+RAVDESS_TEXTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+_RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+
+
+def load_ravdess(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """RAVDESS audio-only speech; song files (vocal channel 02) are dropped."""
+    root = _check_root(root, RAVDESS_LAYOUT)
+    labels = _label_map(RAVDESS_MAPS, classes, "ravdess")
+    actors = sorted(p for p in root.glob("Actor_*") if p.is_dir())
+    if not actors:
+        raise _layout_error(root, "no Actor_XX folders", RAVDESS_LAYOUT)
+    summary = _Summary("ravdess", root, classes)
+    rows = []
+    for actor in actors:
+        for path in _audio_files(actor, ".wav"):
+            m = _RAVDESS_NAME.match(path.stem)
+            if not m:
+                summary.drop("file name outside the RAVDESS pattern", path.name)
+                continue
+            modality, channel, emotion, intensity, statement, _rep, actor_id = m.groups()
+            if modality != "03":
+                summary.drop(f"modality {modality} is not audio-only (03)", path.stem)
+                continue
+            if channel != "01":
+                summary.drop(f"vocal channel {channel} is song, not speech (01)", path.stem)
+                continue
+            label = _map_label(emotion, labels, classes, path.stem, summary)
+            if label is None:
+                continue
+            rows.append({"utt_id": path.stem, "path": f"{actor.name}/{path.name}",
+                         "speaker": f"Actor_{actor_id}", "split": LABELLED,
+                         "text": RAVDESS_TEXTS.get(statement), "label": label,
+                         "x_intensity": {"01": "normal", "02": "strong"}.get(intensity)})
+    return _finish(rows, "ravdess", summary)
+
+
+# ---------------------------------------------------------------------------- CREMA-D
+
+CREMAD_LAYOUT = """\
+  <root>/AudioWAV/AAAA_SSS_EEE_LL.wav   e.g. AudioWAV/1001_DFA_ANG_XX.wav: actor 1001,
+                                        sentence DFA, emotion ANG, level XX"""
+
+CREMAD_TEXTS = {
+    "IEO": "It's eleven o'clock", "TIE": "That is exactly what happened",
+    "IOM": "I'm on my way to the meeting", "IWW": "I wonder what this is about",
+    "TAI": "The airplane is almost full", "MTI": "Maybe tomorrow it will be cold",
+    "IWL": "I would like a new alarm clock", "ITH": "I think I have a doctor's appointment",
+    "DFA": "Don't forget a jacket", "ITS": "I think I've seen this before",
+    "TSI": "The surface is slick", "WSI": "We'll stop in a couple of minutes",
+}
+_CREMAD_ALL = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy",
+               "NEU": "neutral", "SAD": "sad"}
+CREMAD_MAPS = {None: _CREMAD_ALL, 6: _CREMAD_ALL,
+               4: {k: v for k, v in _CREMAD_ALL.items() if v in FOUR}}
+_CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+
+
+def load_crema_d(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """CREMA-D: 91 actors, 12 sentences, 6 emotions (4 for cross-corpus)."""
+    root = _check_root(root, CREMAD_LAYOUT)
+    labels = _label_map(CREMAD_MAPS, classes, "crema_d")
+    folder = _require_dir(root, "AudioWAV", CREMAD_LAYOUT)
+    summary = _Summary("crema_d", root, classes)
+    rows = []
+    for path in _audio_files(folder, ".wav"):
+        m = _CREMAD_NAME.match(path.stem)
+        if not m:
+            summary.drop("file name outside the CREMA-D pattern", path.name)
+            continue
+        actor, sentence, emotion, level = m.groups()
+        label = _map_label(emotion, labels, classes, path.stem, summary)
+        if label is None:
+            continue
+        if sentence not in CREMAD_TEXTS:
+            summary.note(f"sentence '{sentence}' unknown (text left empty)", path.stem)
+        rows.append({"utt_id": path.stem, "path": f"AudioWAV/{path.name}", "speaker": actor,
+                     "split": LABELLED, "text": CREMAD_TEXTS.get(sentence), "label": label,
+                     "x_level": level})
+    return _finish(rows, "crema_d", summary)
+
+
+# ---------------------------------------------------------------------------- LibriSpeech
+
+LIBRISPEECH_LAYOUT = """\
+  <root>/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
+  <root>/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac
+      e.g. dev-clean/84/121123/84-121123-0000.flac"""
+
+
+def load_librispeech(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """LibriSpeech read speech (split 'read', no labels) for the pre-training papers."""
+    root = _check_root(root, LIBRISPEECH_LAYOUT)
+    if classes is not None:
+        raise CorpusError(f"librispeech ({root}) has no emotion labels; use classes=None")
+    transcripts = sorted(root.glob("*/*/*/*.trans.txt"))
+    if not transcripts:
+        raise _layout_error(root, "no <subset>/<speaker>/<chapter>/*.trans.txt files",
+                            LIBRISPEECH_LAYOUT)
+    summary = _Summary("librispeech", root, classes)
+    rows = []
+    for trans in transcripts:
+        chapter_dir = trans.parent
+        rel_dir = chapter_dir.relative_to(root).as_posix()
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            utt, _, text = line.partition(" ")
+            speaker, chapter, number = (utt.split("-") + ["", "", ""])[:3]
+            rows.append({"utt_id": utt, "path": f"{rel_dir}/{utt}.flac", "speaker": speaker,
+                         "split": "read", "text": text.strip(),
+                         "dialog_id": f"{speaker}-{chapter}",
+                         "turn_index": int(number) if number.isdigit() else None,
+                         "x_subset": chapter_dir.parent.parent.name})
+    return _finish(rows, "librispeech", summary)
+
+
+# ---------------------------------------------------------------------------- generic CSV
+
+CSV_LAYOUT = """\
+  <root>/manifest.csv   utf-8, columns path,label (required) and optionally utt_id, start,
+                        end, text, speaker, session, split, arousal, valence, dominance,
+                        dialog_id, turn_index, and x_* extras; paths relative to <root>
+  <root>/<path>         the audio files"""
+
+CSV_REQUIRED = ["path", "label"]
+CSV_OPTIONAL = ["utt_id", "start", "end", "text", "speaker", "session", "split", "arousal",
+                "valence", "dominance", "dialog_id", "turn_index"]
+_CSV_NUMERIC = ["start", "end", "arousal", "valence", "dominance", "turn_index"]
+
+
+def _csv_numbers(table: pd.DataFrame, csv: Path) -> None:
+    for col in _CSV_NUMERIC:
+        if col not in table.columns:
+            continue
+        values = pd.to_numeric(table[col].mask(table[col] == ""), errors="coerce")
+        bad = table[col][values.isna() & (table[col] != "")]
+        if not bad.empty:
+            raise CorpusError(f"{csv}: column {col} holds non-numbers, e.g. row "
+                              f"{bad.index[0] + 2}: {bad.iloc[0]!r}")
+        table[col] = values
+
+
+def _csv_label_filter(table: pd.DataFrame, classes: int | None, csv: Path) -> pd.Series:
+    """Which rows the class choice keeps: all, the four standard names, or an exact count."""
+    found = sorted(set(table["label"]) - {""})
+    if classes is None:
+        return pd.Series(True, index=table.index)
+    if classes == 4 and FOUR & set(found):
+        return table["label"].isin(FOUR)
+    if len(found) != classes:
+        raise CorpusError(f"{csv}: classes={classes} but the file has {len(found)} labels "
+                          f"{found}; keep only those rows in the CSV, use the names "
+                          f"{sorted(FOUR)} for classes=4, or set classes to None")
+    return table["label"] != ""
+
+
+def load_csv(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Any corpus described by `root/manifest.csv`; `corpus` is the root folder's name."""
+    root = _check_root(root, CSV_LAYOUT)
+    csv = root / "manifest.csv"
+    if not csv.is_file():
+        raise _layout_error(root, "file 'manifest.csv' not found", CSV_LAYOUT)
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8")
+    absent = [c for c in CSV_REQUIRED if c not in table.columns]
+    unknown = [c for c in table.columns
+               if c not in CSV_REQUIRED + CSV_OPTIONAL and not c.startswith(EXTRA_PREFIX)]
+    if absent or unknown:
+        problems = ([f"missing columns {absent}"] if absent else []) + (
+            [f"unknown columns {unknown}"] if unknown else [])
+        raise CorpusError(f"{csv}: {'; '.join(problems)}. Expected:\n{CSV_LAYOUT}")
+    _csv_numbers(table, csv)
+    keep = _csv_label_filter(table, classes, csv)
+    corpus = root.resolve().name
+    summary = _Summary(corpus, root, classes)
+    rows = []
+    for i, rec in table.iterrows():
+        rel = rec["path"].strip()
+        if not rel or not (root / rel).resolve().is_relative_to(root.resolve()):
+            raise CorpusError(f"{csv}: row {i + 2} has path {rel!r}; paths must be "
+                              f"relative and inside {root}")
+        utt = rec.get("utt_id") or str(Path(rel).with_suffix("").as_posix())
+        if not keep[i]:
+            summary.drop(f"label '{rec['label']}' outside the {classes}-class map", utt)
+            continue
+        row = {k: (v if v != "" else None) for k, v in rec.items()}
+        row.update(utt_id=utt, path=Path(rel).as_posix(), split=row.get("split") or LABELLED)
+        rows.append(row)
+    return _finish(rows, corpus, summary)
+
+
+# ---------------------------------------------------------------------------- dispatcher
+
+LOADERS: dict[str, Callable[..., tuple[pd.DataFrame, dict]]] = {
+    "iemocap": load_iemocap, "msp_podcast": load_msp_podcast, "emodb": load_emodb,
+    "ravdess": load_ravdess, "crema_d": load_crema_d, "librispeech": load_librispeech,
+    "csv": load_csv,
+}
+
+
+def load(name: str, root: str | Path, classes: int | None = None,
+         max_lost_fraction: float = 0.05) -> tuple[pd.DataFrame, dict]:
+    """Load corpus `name` from `root`; refuse duplicate ids and too much lost audio.
+
+    Lost audio is what the corpus lists but is missing or unreadable on disk; beyond
+    `max_lost_fraction` of the listed audio the copy is probably incomplete.
+    """
+    if name not in LOADERS:
+        raise CorpusError(f"unknown corpus {name!r}; known: {sorted(LOADERS)}")
+    root = Path(root)
+    df, summary = LOADERS[name](root, classes)
+    dup = df["utt_id"][df["utt_id"].duplicated()].unique().tolist()
+    if dup:
+        raise CorpusError(f"{root}: {name} lists {len(dup)} utterance ids more than once, "
+                          f"e.g. {dup[:EXAMPLES]}")
+    lost, listed = len(summary["lost"]), summary["listed_audio"]
+    if listed and lost / listed > max_lost_fraction:
+        err = CorpusError(
+            f"{root}: {lost} of {listed} listed audio files are missing or unreadable "
+            f"({lost / listed:.1%} > max_lost_fraction {max_lost_fraction:.1%}), "
+            f"e.g. {summary['lost'][:EXAMPLES]}; is the copy complete? "
+            f"(the error's .summary lists them all)")
+        err.summary = summary
+        raise err
+    if df.empty:
+        raise CorpusError(f"{root}: {name} yielded no utterances; summary: {summary}")
+    validate(df, root, source=f"{name} at {root}")
+    return df, summary

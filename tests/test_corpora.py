@@ -1,0 +1,330 @@
+"""Each corpus loader on a tiny tree built here in the corpus's release layout."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from mmser import corpora, manifest
+from mmser.corpora import CorpusError, CorpusLayoutError
+
+SR = 16_000
+
+
+def wav(path: Path, seconds: float = 0.2, sr: int = SR, fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(len(path.name)).uniform(-0.1, 0.1, int(seconds * sr))
+    sf.write(str(path), noise, sr, format=fmt)
+
+
+# ---------------------------------------------------------------------------- IEMOCAP
+
+# (start, utt id, label, [V, A, D]); listed out of time order on purpose
+DIALOG = [
+    (8.50, "Ses01F_impro01_M001", "fru", "[2.0000, 3.5000, 3.0000]"),
+    (6.29, "Ses01F_impro01_F000", "neu", "[2.5000, 2.0000, 2.5000]"),
+    (10.1, "Ses01F_impro01_F001", "hap", "[4.0000, 3.0000, 3.0000]"),
+    (12.0, "Ses01F_impro01_M002", "exc", "[4.5000, 4.0000, 3.5000]"),
+    (14.0, "Ses01F_impro01_F002", "xxx", "[3.0000, 3.0000, 3.0000]"),
+    (16.0, "Ses01F_impro01_M003", "sad", "[1.5000, 1.5000, 2.0000]"),
+    (18.0, "Ses01F_impro01_F003", "oth", "[3.0000, 2.5000, 3.0000]"),
+]
+
+
+def build_iemocap(root: Path, sessions=(1, 2)) -> None:
+    for n in sessions:
+        ses = f"Ses0{n}"
+        dialog = f"{ses}F_impro01"
+        evals, trans = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""], []
+        for start, utt, label, vad in DIALOG:
+            utt = utt.replace("Ses01", ses)
+            evals += [f"[{start:.4f} - {start + 1.5:.4f}]\t{utt}\t{label}\t{vad}",
+                      "C-E1:\tNeutral;\t()", ""]
+            if not utt.endswith("M003"):  # one utterance has no transcript line
+                trans.append(f"{utt} [{start:08.4f}-{start + 1.5:08.4f}]: Words of {utt}.")
+            wav(root / f"Session{n}/sentences/wav/{dialog}/{utt}.wav")
+        base = root / f"Session{n}/dialog"
+        (base / "EmoEvaluation").mkdir(parents=True)
+        (base / "EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(evals) + "\n")
+        (base / "transcriptions").mkdir(parents=True)
+        (base / "transcriptions" / f"{dialog}.txt").write_text("\n".join(trans) + "\n")
+        (base / "EmoEvaluation" / "Categorical").mkdir()  # sub-folders of the release
+
+
+def test_iemocap_four_classes(tmp_path):
+    build_iemocap(tmp_path)
+    df, summary = corpora.load("iemocap", tmp_path, classes=4)
+    assert list(df.columns[:len(manifest.COLUMNS)]) == manifest.COLUMNS
+    assert len(df) == 8 and summary["kept"] == 8
+    assert summary["dropped"] == {"label 'fru' outside the 4-class map": 2,
+                                  "label 'xxx' outside the 4-class map": 2,
+                                  "label 'oth' outside the 4-class map": 2}
+    row = df.set_index("utt_id").loc["Ses01F_impro01_M002"]
+    assert row["label"] == "happy"  # exc merged into happy
+    assert (row["valence"], row["arousal"], row["dominance"]) == (4.5, 4.0, 3.5)
+    assert row["speaker"] == "Ses01_M" and row["session"] == "Ses01"
+    assert row["dialog_id"] == "Ses01F_impro01"
+    assert row["path"] == "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_M002.wav"
+    assert row["text"] == "Words of Ses01F_impro01_M002."
+    assert row["duration"] == pytest.approx(0.2) and row["sample_rate"] == SR
+    assert pd.isna(row["start"]) and pd.isna(row["end"])
+    # turn order counts the dropped 'fru' utterance that came before in time
+    turns = df[df["session"] == "Ses01"].set_index("utt_id")["turn_index"]
+    assert turns["Ses01F_impro01_F000"] == 0 and turns["Ses01F_impro01_F001"] == 2
+    assert set(df["label"]) == {"neutral", "happy", "sad"}
+    # missing transcript: kept with empty text, counted
+    no_text = df.set_index("utt_id").loc["Ses01F_impro01_M003"]
+    assert pd.isna(no_text["text"]) and no_text["label"] == "sad"
+    assert summary["noted"] == {"no transcript (text left empty)": 2}
+    assert summary["examples"]["no transcript (text left empty)"][0].endswith("M003")
+    assert df["corpus"].eq("iemocap").all()
+
+
+def test_iemocap_all_classes_keeps_dimensions(tmp_path):
+    build_iemocap(tmp_path, sessions=(1,))
+    df, summary = corpora.load("iemocap", tmp_path)
+    assert len(df) == 7 and summary["dropped"] == {}
+    labels = df.set_index("utt_id")["label"]
+    assert labels["Ses01F_impro01_M002"] == "excited"
+    assert labels["Ses01F_impro01_M001"] == "frustrated"
+    assert pd.isna(labels["Ses01F_impro01_F002"])  # xxx: no agreement, A/V/D kept
+
+
+def test_iemocap_layout_errors_name_the_missing_piece(tmp_path):
+    with pytest.raises(CorpusLayoutError, match="no Session1..Session5 folders") as err:
+        corpora.load("iemocap", tmp_path)
+    assert "dialog/EmoEvaluation" in str(err.value)  # the expected layout is shown
+    (tmp_path / "Session1" / "sentences" / "wav").mkdir(parents=True)
+    with pytest.raises(CorpusLayoutError, match="'Session1/dialog/EmoEvaluation' not found"):
+        corpora.load("iemocap", tmp_path)
+    with pytest.raises(CorpusLayoutError, match="corpus root folder not found"):
+        corpora.load("iemocap", tmp_path / "nowhere")
+
+
+def test_missing_audio_listed_and_too_much_fails(tmp_path):
+    build_iemocap(tmp_path, sessions=(1,))
+    gone = tmp_path / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"
+    gone.unlink()
+    df, summary = corpora.load("iemocap", tmp_path, classes=4, max_lost_fraction=0.5)
+    assert summary["dropped"]["missing audio"] == 1
+    assert summary["examples"]["missing audio"] == ["Ses01F_impro01_F000"]
+    assert "Ses01F_impro01_F000" not in set(df["utt_id"])
+    assert summary["lost"] == ["Ses01F_impro01_F000"]
+    with pytest.raises(CorpusError, match=r"1 of 4 listed audio files .*_F000") as err:
+        corpora.load("iemocap", tmp_path, classes=4)  # 25% > 5%
+    assert err.value.summary["lost"] == ["Ses01F_impro01_F000"]
+
+
+def test_unreadable_audio_counts_as_lost(tmp_path):
+    build_iemocap(tmp_path, sessions=(1,))
+    bad = tmp_path / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F001.wav"
+    bad.write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
+    _, summary = corpora.load("iemocap", tmp_path, classes=4, max_lost_fraction=1.0)
+    assert summary["dropped"]["unreadable audio"] == 1
+
+
+def test_duplicate_utterance_ids_are_an_error(tmp_path):
+    build_iemocap(tmp_path, sessions=(1,))
+    shutil.copytree(tmp_path / "Session1", tmp_path / "Session2")  # same ids twice
+    with pytest.raises(CorpusError, match="more than once.*Ses01F_impro01_F000"):
+        corpora.load("iemocap", tmp_path, classes=4)
+
+
+# ---------------------------------------------------------------------------- MSP-Podcast
+
+
+def build_msp(root: Path) -> None:
+    rows = [("MSP-PODCAST_0001_0002.wav", "A", "5.2", "2.0", "5.0", "127", "Male", "Train"),
+            ("MSP-PODCAST_0001_0001.wav", "N", "4.0", "4.0", "4.0", "127", "Male", "Train"),
+            ("MSP-PODCAST_0002_0001.wav", "H", "5.0", "6.0", "4.5", "31", "Female",
+             "Development"),
+            ("MSP-PODCAST_0003_0001.wav", "S", "2.0", "2.5", "3.0", "Unknown", "Unknown",
+             "Test1"),
+            ("MSP-PODCAST_0004_0001.wav", "X", "4.2", "3.8", "4.0", "44", "Female", "Test2"),
+            ("MSP-PODCAST_0004_0002.wav", "U", "6.0", "5.0", "4.0", "44", "Female", "Test2")]
+    table = pd.DataFrame(rows, columns=["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom",
+                                        "SpkrID", "Gender", "Split_Set"])
+    (root / "Labels").mkdir(parents=True)
+    table.to_csv(root / "Labels" / "labels_consensus.csv", index=False)
+    (root / "Transcripts").mkdir()
+    for name in table["FileName"]:
+        wav(root / "Audios" / name, sr=16_000)
+        if name != "MSP-PODCAST_0002_0001.wav":
+            (root / "Transcripts" / f"{Path(name).stem}.txt").write_text("so I said hello\n")
+
+
+def test_msp_podcast(tmp_path):
+    build_msp(tmp_path)
+    df, summary = corpora.load("msp_podcast", tmp_path, classes=4)
+    assert sorted(df["label"]) == ["angry", "happy", "neutral", "sad"]
+    assert summary["dropped"] == {"label 'X' outside the 4-class map": 1,
+                                  "label 'U' outside the 4-class map": 1}
+    by_id = df.set_index("utt_id")
+    assert set(df["split"]) == {"train", "development", "test1"}
+    row = by_id.loc["MSP-PODCAST_0001_0002"]
+    assert (row["arousal"], row["valence"], row["dominance"]) == (5.2, 2.0, 5.0)
+    assert row["speaker"] == "127" and row["path"] == "Audios/MSP-PODCAST_0001_0002.wav"
+    assert row["text"] == "so I said hello" and row["dialog_id"] == "MSP-PODCAST_0001"
+    assert row["turn_index"] == 1 and by_id.loc["MSP-PODCAST_0001_0001", "turn_index"] == 0
+    assert pd.isna(by_id.loc["MSP-PODCAST_0003_0001", "speaker"])  # SpkrID "Unknown"
+    assert pd.isna(by_id.loc["MSP-PODCAST_0002_0001", "text"])
+    assert summary["noted"] == {"no transcript (text left empty)": 1,
+                                "speaker unknown (speaker left empty)": 1}
+
+    df_all, summary = corpora.load("msp_podcast", tmp_path)
+    assert len(df_all) == 6 and summary["dropped"] == {}
+    by_id = df_all.set_index("utt_id")
+    assert pd.isna(by_id.loc["MSP-PODCAST_0004_0001", "label"])  # X: no agreement
+    assert by_id.loc["MSP-PODCAST_0004_0001", "arousal"] == 4.2
+    assert by_id.loc["MSP-PODCAST_0004_0002", "label"] == "surprise"
+    assert set(df_all["split"]) == {"train", "development", "test1", "test2"}
+
+
+def test_msp_layout_error(tmp_path):
+    (tmp_path / "Audios").mkdir()
+    with pytest.raises(CorpusLayoutError, match="Labels/labels_consensus.csv' not found"):
+        corpora.load("msp_podcast", tmp_path)
+
+
+# ---------------------------------------------------------------------------- EmoDB
+
+
+def build_emodb(root: Path) -> None:
+    for name in ["03a01Fa", "03a01Wa", "08b10Tb", "09a05Nc", "10b03La", "11a02Ea", "12a07Ac",
+                 "13b01Wa"]:
+        wav(root / "wav" / f"{name}.wav")
+    (root / "wav" / "._03a01Fa.wav").write_bytes(b"\0")  # macOS resource fork: ignored
+
+
+def test_emodb_seven_and_four_classes(tmp_path):
+    build_emodb(tmp_path)
+    df7, summary7 = corpora.load("emodb", tmp_path, classes=7)
+    assert len(df7) == 8 and summary7["dropped"] == {}
+    assert set(df7["label"]) == {"angry", "bored", "disgust", "fear", "happy", "sad",
+                                 "neutral"}
+    row = df7.set_index("utt_id").loc["03a01Fa"]
+    assert row["speaker"] == "03" and row["label"] == "happy"
+    assert row["text"] == "Der Lappen liegt auf dem Eisschrank."
+    assert row["path"] == "wav/03a01Fa.wav"
+    df4, summary4 = corpora.load("emodb", tmp_path, classes=4)
+    assert set(df4["label"]) == {"angry", "happy", "neutral", "sad"} and len(df4) == 5
+    assert summary4["dropped"] == {"label 'L' outside the 4-class map": 1,
+                                   "label 'E' outside the 4-class map": 1,
+                                   "label 'A' outside the 4-class map": 1}
+    with pytest.raises(CorpusError, match="classes=5 is not offered"):
+        corpora.load("emodb", tmp_path, classes=5)
+
+
+# ---------------------------------------------------------------------------- RAVDESS
+
+
+def test_ravdess_speech_only(tmp_path):
+    for name in ["03-01-05-01-01-01-01", "03-01-02-01-02-01-01", "03-01-01-01-01-01-02",
+                 "03-02-05-01-01-01-02", "03-01-03-02-02-02-02"]:
+        actor = name[-2:]
+        wav(tmp_path / f"Actor_{actor}" / f"{name}.wav", sr=48_000)
+    df, summary = corpora.load("ravdess", tmp_path)
+    assert len(df) == 4 and set(df["label"]) == {"angry", "calm", "neutral", "happy"}
+    assert summary["dropped"] == {"vocal channel 02 is song, not speech (01)": 1}
+    row = df.set_index("utt_id").loc["03-01-03-02-02-02-02"]
+    assert row["speaker"] == "Actor_02" and row["text"] == "Dogs are sitting by the door"
+    assert row["sample_rate"] == 48_000 and row["x_intensity"] == "strong"
+    df4, summary4 = corpora.load("ravdess", tmp_path, classes=4)
+    assert "calm" not in set(df4["label"])
+    assert summary4["dropped"]["label '02' outside the 4-class map"] == 1
+
+
+# ---------------------------------------------------------------------------- CREMA-D
+
+
+def test_crema_d(tmp_path):
+    for name in ["1001_DFA_ANG_XX", "1001_IEO_HAP_HI", "1002_TIE_DIS_LO", "1091_WSI_SAD_MD"]:
+        wav(tmp_path / "AudioWAV" / f"{name}.wav")
+    df, _ = corpora.load("crema_d", tmp_path)
+    assert len(df) == 4
+    row = df.set_index("utt_id").loc["1001_DFA_ANG_XX"]
+    assert (row["speaker"], row["label"], row["text"]) == ("1001", "angry",
+                                                          "Don't forget a jacket")
+    df4, summary4 = corpora.load("crema_d", tmp_path, classes=4)
+    assert len(df4) == 3 and summary4["dropped"] == {"label 'DIS' outside the 4-class map": 1}
+    with pytest.raises(CorpusLayoutError, match="'AudioWAV' not found"):
+        corpora.load("crema_d", tmp_path / "AudioWAV")
+
+
+# ---------------------------------------------------------------------------- LibriSpeech
+
+
+def test_librispeech(tmp_path):
+    chapter = tmp_path / "dev-clean" / "84" / "121123"
+    for utt in ["84-121123-0000", "84-121123-0001"]:
+        wav(chapter / f"{utt}.flac", fmt="FLAC")
+    (chapter / "84-121123.trans.txt").write_text(
+        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN FIVE MINUTES\n")
+    df, _ = corpora.load("librispeech", tmp_path)
+    assert list(df["split"]) == ["read", "read"] and df["label"].isna().all()
+    row = df.set_index("utt_id").loc["84-121123-0001"]
+    assert row["path"] == "dev-clean/84/121123/84-121123-0001.flac"
+    assert (row["speaker"], row["text"], row["turn_index"]) == (
+        "84", "BUT IN LESS THAN FIVE MINUTES", 1)
+    with pytest.raises(CorpusError, match="no emotion labels"):
+        corpora.load("librispeech", tmp_path, classes=4)
+
+
+# ---------------------------------------------------------------------------- generic CSV
+
+
+def test_csv_with_chinese_text(tmp_path):
+    root = tmp_path / "casia"
+    for i in range(3):
+        wav(root / "audio" / f"{i}.wav")
+    pd.DataFrame({"path": ["audio/0.wav", "audio/1.wav", "audio/2.wav"],
+                  "label": ["angry", "happy", "fear"],
+                  "text": ["我今天很生气", "太好了！", "别过来"],
+                  "speaker": ["01", "02", "01"], "valence": ["1.5", "", "2"]}
+                 ).to_csv(root / "manifest.csv", index=False, encoding="utf-8")
+    df, summary = corpora.load("csv", root)
+    assert list(df["text"]) == ["我今天很生气", "太好了！", "别过来"]
+    assert list(df["utt_id"]) == ["audio/0", "audio/1", "audio/2"]
+    assert df["corpus"].eq("casia").all() and df["split"].eq("labelled").all()
+    assert df["speaker"].tolist() == ["01", "02", "01"]  # strings, not numbers
+    assert df["valence"].iloc[0] == 1.5 and pd.isna(df["valence"].iloc[1])
+    manifest.write(df, tmp_path / "out.csv")
+    assert manifest.read(tmp_path / "out.csv")["text"].iloc[0] == "我今天很生气"
+    df4, summary4 = corpora.load("csv", root, classes=4)
+    assert len(df4) == 2 and summary4["dropped"] == {"label 'fear' outside the 4-class map": 1}
+
+
+def test_csv_segments(tmp_path):
+    wav(tmp_path / "talk.wav", seconds=1.0)
+    pd.DataFrame({"utt_id": ["a", "b", "c"], "path": ["talk.wav"] * 3,
+                  "label": ["sad", "happy", "sad"], "start": [0.1, 0.5, 0.8],
+                  "end": [0.4, 0.9, 1.5], "dialog_id": ["d"] * 3, "turn_index": [0, 1, 2]}
+                 ).to_csv(tmp_path / "manifest.csv", index=False)
+    df, summary = corpora.load("csv", tmp_path, max_lost_fraction=0.0)
+    assert df["duration"].tolist() == pytest.approx([0.3, 0.4])
+    assert df["turn_index"].tolist() == [0, 1]
+    assert summary["dropped"] == {"segment outside its audio file": 1}
+
+
+def test_csv_errors(tmp_path):
+    wav(tmp_path / "a.wav")
+    pd.DataFrame({"path": ["a.wav"], "label": ["sad"], "mood": ["x"]}).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    with pytest.raises(CorpusError, match=r"unknown columns \['mood'\]"):
+        corpora.load("csv", tmp_path)
+    pd.DataFrame({"path": ["a.wav", "a.wav"], "label": ["sad", "sad"]}).to_csv(
+        tmp_path / "manifest.csv", index=False)
+    with pytest.raises(CorpusError, match="more than once"):
+        corpora.load("csv", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusLayoutError, match="'manifest.csv' not found"):
+        corpora.load("csv", tmp_path / "empty")
+    pd.DataFrame({"path": ["../a.wav"], "label": ["sad"]}).to_csv(
+        tmp_path / "empty" / "manifest.csv", index=False)
+    with pytest.raises(CorpusError, match="must be relative and inside"):
+        corpora.load("csv", tmp_path / "empty")
+    with pytest.raises(CorpusError, match="unknown corpus 'timit'"):
+        corpora.load("timit", tmp_path)
