@@ -39,3 +39,11 @@ def test_cli_exit_code(tmp_path, capsys):
     assert main([str(bad)]) == 2
     assert "seeed" in capsys.readouterr().err
     assert main([str(ROOT / "params.yaml")]) == 0
+
+
+def test_corpus_and_protocol_choices_match_the_code():
+    from mmser import corpora, protocols
+    from mmser.config import CORPORA, PROTOCOLS
+
+    assert CORPORA - {"synthetic"} <= set(corpora.LOADERS)
+    assert PROTOCOLS <= set(protocols.PROTOCOLS)

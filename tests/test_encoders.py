@@ -59,7 +59,9 @@ def test_local_whisper_folder_uses_variable_length_path(tmp_path):
     config = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
                            encoder_attention_heads=2, decoder_attention_heads=2,
                            encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                           vocab_size=100, max_source_positions=1500)
+                           vocab_size=100, max_source_positions=1500,
+                           pad_token_id=0, bos_token_id=1, eos_token_id=1,
+                           decoder_start_token_id=2)
     WhisperModel(config).save_pretrained(tmp_path)
     enc = SpeechEncoder(str(tmp_path), layers=1)
     with torch.inference_mode():

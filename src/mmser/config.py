@@ -20,9 +20,12 @@ class ParamsError(ValueError):
 
 
 # Keys whose value must be one of a few choices.
+CORPORA = {"synthetic", "iemocap", "msp_podcast", "emodb", "ravdess", "crema_d", "csv"}
+PROTOCOLS = {"loso", "loso_speaker", "speaker_kfold", "official", "random_70_20_10",
+             "random_8_1_1"}
 CHOICES = {
-    "dataset.name": {"synthetic"},
-    "dataset.classes": {4, 6},
+    "dataset.name": CORPORA,
+    "dataset.protocol": PROTOCOLS,
     "transcribe.backend": {"converted", "faster-whisper"},
     "features.text_source": {"text", "asr_text"},
 }
@@ -30,9 +33,11 @@ CHOICES = {
 
 @dataclass
 class Dataset:
-    name: str = "synthetic"  # synthetic (more loaders: see README)
+    name: str = "synthetic"  # synthetic, or a real corpus under data/ (see README)
     root: str = "src/mmser/synth_text.yaml"  # what the prepare stage reads
-    classes: int = 4  # 4 (angry, happy, neutral, sad) or 6 (+ fear, surprise)
+    classes: int | None = 4  # synthetic: 4 or 6; real corpora: see mmser.corpora
+    protocol: str = "loso"  # how folds are made (mmser.protocols)
+    max_lost_fraction: float = 0.05  # stop when more listed audio is missing or unreadable
 
 
 @dataclass

@@ -81,3 +81,23 @@ def write(df: pd.DataFrame, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conform(df).to_csv(path, index=False)
+
+
+def write_corpus_info(corpus_dir: str | Path, audio_root: str | Path, **info) -> None:
+    """Record where the manifest's relative audio paths point (corpus.json beside it)."""
+    import json
+
+    corpus_dir = Path(corpus_dir)
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    (corpus_dir / "corpus.json").write_text(
+        json.dumps({"audio_root": str(audio_root), **info}, indent=2, default=str))
+
+
+def audio_root(corpus_dir: str | Path) -> Path:
+    """The folder the manifest's audio paths are relative to."""
+    import json
+
+    info = Path(corpus_dir) / "corpus.json"
+    if not info.is_file():
+        raise ManifestError(f"{info}: not found (run the prepare stage first)")
+    return Path(json.loads(info.read_text())["audio_root"])
