@@ -9,6 +9,7 @@ Two back-ends run the same weights:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,14 +41,30 @@ def transcribe_files(items: Sequence, backend: str = "converted", batch_size: in
     raise ValueError(f"unknown ASR backend {backend!r}; choose one of {BACKENDS}")
 
 
-def _faster_whisper(waves: list[np.ndarray], progress: bool) -> list[str]:
+def load(backend: str) -> None:
+    """Load a back-end's model now (memoised), so that timings leave loading out."""
+    if backend == "converted":
+        from mmser.whisper import load_bundled_whisper
+
+        load_bundled_whisper()
+    else:
+        _faster_whisper_model()
+
+
+@functools.lru_cache(maxsize=1)
+def _faster_whisper_model():
     from faster_whisper import WhisperModel
-    from tqdm.auto import tqdm
 
     from mmser.whisper import bundled_whisper_dir
 
-    model = WhisperModel(str(bundled_whisper_dir()), device="cpu", compute_type="int8",
-                         cpu_threads=2)
+    return WhisperModel(str(bundled_whisper_dir()), device="cpu", compute_type="int8",
+                        cpu_threads=2)
+
+
+def _faster_whisper(waves: list[np.ndarray], progress: bool) -> list[str]:
+    from tqdm.auto import tqdm
+
+    model = _faster_whisper_model()
     texts = []
     for wave in tqdm(waves, desc="faster-whisper", unit="clip", disable=not progress):
         segments, _ = model.transcribe(wave, beam_size=1, language="en", vad_filter=False,
