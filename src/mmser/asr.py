@@ -1,10 +1,12 @@
 """Speech recognition with the bundled Whisper tiny.en, and word error rate.
 
 Two back-ends run the same weights:
-- `converted`: our transformers port (mmser.whisper), a short common window per batch and
-  batched greedy decoding; the fast default.
-- `faster-whisper`: the reference implementation (CTranslate2, int8, beam 1), which always
-  encodes a 30-s window.
+- `converted`: our transformers port (mmser.whisper): batches of similar-length clips in a
+  short common window (at least 8 s instead of 30 s), batched greedy decoding; the default.
+- `faster-whisper`: the reference implementation (CTranslate2, int8, greedy, no VAD),
+  which always encodes a 30-s window, one clip at a time.
+`model_dir` swaps the bundled model for another: a CTranslate2 Whisper folder (both
+back-ends), or a Hugging Face Whisper id or folder (`converted` only).
 """
 
 from __future__ import annotations
@@ -27,46 +29,63 @@ def _waves(items: Sequence) -> list[np.ndarray]:
             for x in items]
 
 
-def transcribe_files(items: Sequence, backend: str = "converted", batch_size: int = 8,
+def transcribe_files(items: Sequence, backend: str = "converted",
+                     model_dir: str | Path | None = None, batch_size: int = 8,
                      progress: bool = True) -> list[str]:
-    """Transcripts of audio files or 16-kHz waveforms, in order."""
+    """Transcripts of audio files (any rate, mono or not) or 16-kHz waveforms, in order."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown ASR backend {backend!r}; choose one of {BACKENDS}")
     waves = _waves(items)
+    key = None if model_dir is None else str(model_dir)
     if backend == "converted":
-        from mmser.whisper import load_bundled_whisper, transcribe
+        from mmser.whisper import transcribe
 
-        model, tokenizer = load_bundled_whisper()
+        model, tokenizer = _converted(key)
         return transcribe(model, tokenizer, waves, batch_size=batch_size, progress=progress)
-    if backend == "faster-whisper":
-        return _faster_whisper(waves, progress)
-    raise ValueError(f"unknown ASR backend {backend!r}; choose one of {BACKENDS}")
+    return _faster_whisper(_faster_whisper_model(key), waves, progress)
 
 
-def load(backend: str) -> None:
+def load(backend: str, model_dir: str | Path | None = None) -> None:
     """Load a back-end's model now (memoised), so that timings leave loading out."""
+    key = None if model_dir is None else str(model_dir)
     if backend == "converted":
-        from mmser.whisper import load_bundled_whisper
-
-        load_bundled_whisper()
+        _converted(key)
     else:
-        _faster_whisper_model()
+        _faster_whisper_model(key)
 
 
-@functools.lru_cache(maxsize=1)
-def _faster_whisper_model():
+@functools.lru_cache(maxsize=2)
+def _converted(model_dir: str | None):
+    from mmser import whisper
+
+    if model_dir is None:
+        return whisper.load_bundled_whisper()
+    if (Path(model_dir) / "model.bin").is_file():  # a CTranslate2 folder
+        return whisper.convert_ct2_to_hf(model_dir), whisper.load_tokenizer(model_dir)
+    from transformers import AutoTokenizer, WhisperForConditionalGeneration
+
+    from mmser.encoders import _from_pretrained
+
+    return (_from_pretrained(WhisperForConditionalGeneration, model_dir).eval(),
+            _from_pretrained(AutoTokenizer, model_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _faster_whisper_model(model_dir: str | None):
     from faster_whisper import WhisperModel
 
     from mmser.whisper import bundled_whisper_dir
 
-    return WhisperModel(str(bundled_whisper_dir()), device="cpu", compute_type="int8",
-                        cpu_threads=2)
+    return WhisperModel(model_dir or str(bundled_whisper_dir()), device="cpu",
+                        compute_type="int8", cpu_threads=2)
 
 
-def _faster_whisper(waves: list[np.ndarray], progress: bool) -> list[str]:
+def _faster_whisper(model, waves: list[np.ndarray], progress: bool) -> list[str]:
     from tqdm.auto import tqdm
 
-    model = _faster_whisper_model()
     texts = []
     for wave in tqdm(waves, desc="faster-whisper", unit="clip", disable=not progress):
+        # greedy, English, no VAD; no timestamps and no previous-text prompt, like `converted`
         segments, _ = model.transcribe(wave, beam_size=1, language="en", vad_filter=False,
                                        condition_on_previous_text=False,
                                        without_timestamps=True)
@@ -75,13 +94,18 @@ def _faster_whisper(waves: list[np.ndarray], progress: bool) -> list[str]:
 
 
 def normalise(text: str) -> str:
-    """Lower case, punctuation removed (apostrophes kept), white space collapsed."""
-    text = re.sub(r"[^\w\s']", " ", str(text).lower())
-    return " ".join(text.replace("'", "").split())
+    """Lower case; apostrophes dropped ("don't" -> "dont"); every other non-word character
+    (punctuation, hyphens) made a space; white space collapsed. Numbers are left as they
+    are, so "7" against "seven" counts as an error."""
+    text = str(text).lower().replace("'", "").replace("\u2019", "")
+    return " ".join(re.sub(r"[^\w\s]|_", " ", text).split())
 
 
 def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Corpus-level word error rate after `normalise` on both sides."""
+    """Corpus-level word error rate (jiwer) after `normalise` on both sides.
+
+    Pairs whose reference normalises to nothing are left out (WER is undefined there).
+    """
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
     pairs = [(normalise(r), normalise(h)) for r, h in zip(refs, hyps) if normalise(r)]

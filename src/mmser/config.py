@@ -46,7 +46,7 @@ class Synthetic:
     n_sessions: int = 2
     n_labelled: int = 24
     n_read: int = 8
-    snr_db: list = field(default_factory=lambda: [0, 15])
+    snr_db: list = field(default_factory=lambda: [10, 30])
     workers: int = 2
 
 
