@@ -29,3 +29,16 @@ def test_mean_std_uses_sample_std():
     out = mean_std([0.5, 0.7])
     assert out["mean"] == pytest.approx(0.6)
     assert out["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+
+
+def test_paired_bootstrap_interval_brackets_a_real_difference():
+    from mmser.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(["a", "b", "c"], 300)
+    good = np.where(rng.random(300) < 0.9, y, "a")
+    bad = np.where(rng.random(300) < 0.5, y, "a")
+    out = paired_bootstrap(y, good, bad, n=300)
+    assert out["low"] <= out["diff"] <= out["high"] and out["low"] > 0
+    same = paired_bootstrap(y, good, good, n=50)
+    assert same == {"diff": 0.0, "low": 0.0, "high": 0.0}

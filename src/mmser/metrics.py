@@ -42,3 +42,22 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     arr = np.asarray(values, float)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+
+
+def paired_bootstrap(y_true: Sequence, pred_a: Sequence, pred_b: Sequence,
+                     metric: str = "UA", n: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, float]:
+    """Difference metric(a) - metric(b) on the same utterances, with a bootstrap CI.
+
+    Utterances are resampled with replacement, the same indices for both systems, so the
+    interval reflects the paired design.
+    """
+    score = {"UA": balanced_accuracy_score, "WA": accuracy_score}[metric]
+    t, a, b = (np.asarray(x) for x in (y_true, pred_a, pred_b))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n)
+    for i in range(n):
+        idx = rng.integers(0, len(t), len(t))
+        diffs[i] = score(t[idx], a[idx]) - score(t[idx], b[idx])
+    low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(score(t, a) - score(t, b)), "low": float(low), "high": float(high)}
