@@ -328,3 +328,18 @@ def test_csv_errors(tmp_path):
         corpora.load("csv", tmp_path / "empty")
     with pytest.raises(CorpusError, match="unknown corpus 'timit'"):
         corpora.load("timit", tmp_path)
+
+
+def test_stereo_and_other_rates_are_recorded_in_the_manifest(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from mmser import corpora
+
+    (tmp_path / "a").mkdir()
+    sf.write(tmp_path / "a/x.wav", np.zeros((4410, 2)), 44_100)
+    (tmp_path / "manifest.csv").write_text("path,label\na/x.wav,happy\n")
+    df, _ = corpora.load("csv", tmp_path)
+    row = df.iloc[0]
+    assert row["sample_rate"] == 44_100 and row["x_channels"] == 2
+    assert bool(row["x_resampled"]) and bool(row["x_downmixed"])

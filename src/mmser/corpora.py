@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
+from mmser.audio import SAMPLE_RATE
+
 from mmser.manifest import EXTRA_PREFIX, ManifestError, conform, validate
 
 FOUR = {"angry", "happy", "neutral", "sad"}
@@ -134,7 +136,11 @@ def _with_audio(rows: list[dict], root: Path, summary: _Summary) -> list[dict]:
             continue
         else:
             row["duration"] = float(row["end"]) - float(row["start"])
+        # the original format, recorded: every stage reads mono 16 kHz (mmser.audio.load_audio)
         row["sample_rate"] = int(info.samplerate)
+        row["x_channels"] = int(info.channels)
+        row["x_resampled"] = int(info.samplerate) != SAMPLE_RATE
+        row["x_downmixed"] = int(info.channels) > 1
         kept.append(row)
     return kept
 
