@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -163,6 +163,17 @@ def _finish(rows: list[dict], corpus: str, summary: _Summary) -> tuple[pd.DataFr
 def _audio_files(folder: Path, suffix: str) -> list[Path]:
     # macOS copies of some releases carry "._name" resource-fork files: not audio
     return sorted(p for p in folder.glob(f"*{suffix}") if not p.name.startswith("._"))
+
+
+def _coded_files(folder: Path, pattern: re.Pattern, corpus: str,
+                 summary: "_Summary") -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """WAVs whose names encode their metadata; others are dropped with the reason."""
+    for path in _audio_files(folder, ".wav"):
+        m = pattern.match(path.stem)
+        if m:
+            yield path, m.groups()
+        else:
+            summary.drop(f"file name outside the {corpus} pattern", path.name)
 
 
 # ---------------------------------------------------------------------------- IEMOCAP
@@ -357,12 +368,8 @@ def load_emodb(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, di
     wav = _require_dir(root, "wav", EMODB_LAYOUT)
     summary = _Summary("emodb", root, classes)
     rows = []
-    for path in _audio_files(wav, ".wav"):
-        m = _EMODB_NAME.match(path.stem)
-        if not m:
-            summary.drop("file name outside the EmoDB pattern", path.name)
-            continue
-        speaker, text_id, emotion, _version = m.groups()
+    for path, (speaker, text_id, emotion, _version) in _coded_files(wav, _EMODB_NAME,
+                                                                    "EmoDB", summary):
         label = _map_label(emotion, labels, classes, path.stem, summary)
         if label is None:
             continue
@@ -399,12 +406,8 @@ def load_ravdess(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, 
     summary = _Summary("ravdess", root, classes)
     rows = []
     for actor in actors:
-        for path in _audio_files(actor, ".wav"):
-            m = _RAVDESS_NAME.match(path.stem)
-            if not m:
-                summary.drop("file name outside the RAVDESS pattern", path.name)
-                continue
-            modality, channel, emotion, intensity, statement, _rep, actor_id = m.groups()
+        for path, groups in _coded_files(actor, _RAVDESS_NAME, "RAVDESS", summary):
+            modality, channel, emotion, intensity, statement, _rep, actor_id = groups
             if modality != "03":
                 summary.drop(f"modality {modality} is not audio-only (03)", path.stem)
                 continue
@@ -449,12 +452,8 @@ def load_crema_d(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, 
     folder = _require_dir(root, "AudioWAV", CREMAD_LAYOUT)
     summary = _Summary("crema_d", root, classes)
     rows = []
-    for path in _audio_files(folder, ".wav"):
-        m = _CREMAD_NAME.match(path.stem)
-        if not m:
-            summary.drop("file name outside the CREMA-D pattern", path.name)
-            continue
-        actor, sentence, emotion, level = m.groups()
+    for path, (actor, sentence, emotion, level) in _coded_files(folder, _CREMAD_NAME,
+                                                                "CREMA-D", summary):
         label = _map_label(emotion, labels, classes, path.stem, summary)
         if label is None:
             continue
