@@ -28,6 +28,8 @@ CHOICES = {
     "dataset.protocol": PROTOCOLS,
     "transcribe.backend": {"converted", "faster-whisper"},
     "features.text_source": {"text", "asr_text"},
+    "training.accelerator": {"cpu", "gpu", "cuda", "mps", "auto"},
+    "training.precision": {"32-true", "bf16-mixed", "16-mixed", "bf16-true"},
 }
 
 
@@ -76,6 +78,18 @@ class Features:
 
 
 @dataclass
+class Training:
+    """How every paper stage trains (PyTorch Lightning); the paper profile sets GPU values."""
+    accelerator: str = "cpu"
+    devices: int = 1
+    precision: str = "32-true"  # paper profile on a GPU: bf16-mixed
+    strategy: str = "auto"  # more than one device: ddp (launched as processes)
+    num_workers: int = 0  # DataLoader workers
+    seeds: list = field(default_factory=lambda: [0])  # every seed is run; tables give mean ± std
+    progress: bool = True  # progress bars
+
+
+@dataclass
 class Params:
     seed: int = 0
     dataset: Dataset = field(default_factory=Dataset)
@@ -83,6 +97,7 @@ class Params:
     encoders: Encoders = field(default_factory=Encoders)
     transcribe: Transcribe = field(default_factory=Transcribe)
     features: Features = field(default_factory=Features)
+    training: Training = field(default_factory=Training)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "params") -> "Params":

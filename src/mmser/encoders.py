@@ -150,3 +150,44 @@ class TextEncoder(nn.Module):
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          output_hidden_states=True)
         return torch.stack(out.hidden_states), batch["attention_mask"], batch["input_ids"]
+
+
+class TopLayers(nn.Module):
+    """The last `k` transformer layers of an encoder, as a trainable module on cached states.
+
+    Partial fine-tuning without running the frozen part again: feed it hidden state
+    `n_layers - k` from the feature cache (`FeatureStore.speech(..., layer=n - k)`) and it
+    returns what the whole encoder returns at its last layer (with Whisper's final layer
+    norm, or a stable-layer-norm wav2vec 2.0's), so training the top layers equals
+    fine-tuning them while the layers below stay frozen.
+    forward(hidden (batch, length, dim), mask (batch, length) bool, True = real) -> same shape.
+    """
+
+    def __init__(self, encoder: SpeechEncoder | TextEncoder, k: int):
+        super().__init__()
+        import copy
+
+        if not 1 <= k <= encoder.n_layers:
+            raise ValueError(f"{encoder.name}: cannot train the top {k} of "
+                             f"{encoder.n_layers} layers")
+        self.k, self.input_layer = k, encoder.n_layers - k
+        if isinstance(encoder, TextEncoder):
+            self.kind, layers, norm = "bert", encoder.model.encoder.layer, None
+        elif encoder.kind == "whisper":
+            self.kind, layers, norm = "whisper", encoder.model.layers, encoder.model.layer_norm
+        else:
+            inner = encoder.model.encoder
+            self.kind, layers = "ssl", inner.layers
+            norm = inner.layer_norm if getattr(encoder.model.config, "do_stable_layer_norm",
+                                               False) else None
+        self.layers = copy.deepcopy(nn.ModuleList(list(layers)[-k:]))
+        self.norm = copy.deepcopy(norm) if norm is not None else nn.Identity()
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # additive attention mask (batch, 1, query, key), the form these layers take
+        additive = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
+        additive = additive.masked_fill(~mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        for layer in self.layers:
+            out = layer(hidden, additive)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return self.norm(hidden)

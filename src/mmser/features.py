@@ -117,3 +117,93 @@ def write_stats(path: str | Path, stats: dict[str, CacheStats]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: v.as_dict() for k, v in stats.items()}, indent=2))
+
+
+# ------------------------------------------------------------------------- reading back
+
+INDEX, KEYS = "index.csv", "keys.json"
+MAIN = "main"  # the encoder as configured; other cuts are named by their layer count
+
+
+def cut_keys(keys: dict, main_layers: int | None) -> dict[str, str]:
+    """{layers: encoder key} -> {"main" | "<layers>": encoder key}, as the index stores it."""
+    return {(MAIN if layers == main_layers else str(layers)): key
+            for layers, key in keys.items()}
+
+
+def write_index(root: str | Path, utt_ids: Sequence[str] | None = None,
+                digests: Sequence[str] | None = None, **keys: dict[str, str]) -> None:
+    """Record which cache entry holds each utterance, and which encoder key each cut has.
+
+    `keys` is speech=... and/or text=..., each {"main" | "<layers>": encoder key}.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if utt_ids is not None:
+        import pandas as pd
+
+        pd.DataFrame({"utt_id": list(utt_ids), "speech": list(digests)}).to_csv(
+            root / INDEX, index=False)
+    known = json.loads((root / KEYS).read_text()) if (root / KEYS).is_file() else {}
+    known.update(keys)
+    (root / KEYS).write_text(json.dumps(known, indent=2))
+
+
+class FeatureStore:
+    """The cached hidden states by utterance id (speech) or by string (text).
+
+    `cut` is "main" (the configured encoder) or the layer count of a cut cached by the
+    features stage (`features.speech_cuts`, `features.text_cuts`). `layer=None` returns
+    every hidden state, (layers + 1, length, dim); an int returns that one, (length, dim).
+    Everything comes back as float32.
+    """
+
+    def __init__(self, root: str | Path = "interim/features"):
+        import pandas as pd
+
+        self.root = Path(root)
+        for name in (INDEX, KEYS):
+            if not (self.root / name).is_file():
+                raise FileNotFoundError(f"{self.root / name}: not found; run the features "
+                                        "stage first (dvc repro features)")
+        self.keys = json.loads((self.root / KEYS).read_text())
+        index = pd.read_csv(self.root / INDEX, dtype=str)
+        self._speech = dict(zip(index["utt_id"], index["speech"]))
+
+    def _cache(self, role: str, cut: str | int) -> FeatureCache:
+        cuts = self.keys.get(role, {})
+        if str(cut) not in cuts:
+            raise KeyError(f"no cached {role} features for cut {cut!r}; cached cuts: "
+                           f"{sorted(cuts)} (set features.{role}_cuts in params.yaml)")
+        return FeatureCache(self.root, cuts[str(cut)])
+
+    def _load(self, cache: FeatureCache, digest: str, name: str, what: str) -> torch.Tensor:
+        if not cache.path(digest).is_file():
+            raise KeyError(f"{what} has no entry in {cache.dir}; run the features stage on "
+                           "its split")
+        return cache.load(digest)[name]
+
+    def speech_digest(self, utt_id: str) -> str:
+        if utt_id not in self._speech:
+            raise KeyError(f"utterance {utt_id!r} was not encoded by the features stage "
+                           "(is its split in features.splits?)")
+        return self._speech[utt_id]
+
+    def speech(self, utt_ids: Sequence[str], layer: int | None = -1,
+               cut: str | int = MAIN) -> list[torch.Tensor]:
+        cache = self._cache("speech", cut)
+        states = [self._load(cache, self.speech_digest(u), "hidden", f"utterance {u!r}")
+                  for u in utt_ids]
+        return [(s if layer is None else s[layer]).float() for s in states]
+
+    def text(self, texts: Sequence[str], layer: int | None = -1,
+             cut: str | int = MAIN) -> list[torch.Tensor]:
+        cache = self._cache("text", cut)
+        states = [self._load(cache, text_digest(t), "hidden", f"text {t[:40]!r}")
+                  for t in texts]
+        return [(s if layer is None else s[layer]).float() for s in states]
+
+    def token_ids(self, texts: Sequence[str], cut: str | int = MAIN) -> list[torch.Tensor]:
+        cache = self._cache("text", cut)
+        return [self._load(cache, text_digest(t), "input_ids", f"text {t[:40]!r}")
+                for t in texts]

@@ -1,0 +1,162 @@
+"""What a paper stage trains on: the prepared corpus, its folds, and padded batches.
+
+`load_corpus` reads the manifest written by `prepare` and `transcribe` and the protocol
+recorded with it; `Corpus.folds` yields `mmser.protocols.Fold` objects whose test part
+opens only after the final choice is recorded. Batches are lists of per-utterance dicts
+padded by `collate`, so each paper builds its items from the feature cache in a few lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mmser import manifest, protocols
+
+DIMENSIONS = ("arousal", "valence", "dominance")
+# rating scale of the dimensional labels; IEMOCAP and the synthesised corpus use 1-5
+DIMENSION_SCALE = {"msp_podcast": (1.0, 7.0)}
+
+
+@dataclass
+class Corpus:
+    """The manifest of one prepared corpus and the protocol it was prepared for."""
+
+    df: pd.DataFrame
+    audio_root: Path
+    protocol: str
+    name: str
+    test_corpus: str | None = None
+
+    @property
+    def labelled(self) -> pd.DataFrame:
+        """Rows inside the protocol (they have a label and a fold)."""
+        return self.df[self.df["fold"].notna() & self.df["label"].notna()]
+
+    @property
+    def read(self) -> pd.DataFrame:
+        """Unlabelled read speech with transcripts, for the pre-training papers."""
+        return self.df[self.df["split"] == "read"]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(self.labelled["label"].unique())
+
+    @property
+    def protocol_label(self) -> str:
+        """Print it beside every table: it says whether the split is speaker-dependent."""
+        return protocols.protocol_info(self.protocol)["label"]
+
+    def folds(self, seed: int = 0, val_fraction: float = 0.1) -> Iterator[protocols.Fold]:
+        return protocols.iter_folds(self.labelled, self.protocol, seed=seed,
+                                    val_fraction=val_fraction, test_corpus=self.test_corpus)
+
+
+def load_corpus(corpus_dir: str | Path = "interim/corpus",
+                manifest_path: str | Path = "interim/manifest.csv") -> Corpus:
+    """The manifest (with ASR text when `transcribe` ran) and the protocol of `prepare`."""
+    info_path = Path(corpus_dir) / "corpus.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path}: not found; run the prepare stage first")
+    info = json.loads(info_path.read_text())
+    protocol = info["protocol"]["name"] if isinstance(info.get("protocol"), dict) \
+        else str(info.get("protocol", "loso"))
+    return Corpus(manifest.read(manifest_path), Path(info["audio_root"]), protocol,
+                  str(info.get("name", "")), info.get("test_corpus"))
+
+
+def label_ids(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
+    """Class indices; a label outside `classes` is an error that names it."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {list(classes)}")
+    return torch.tensor([index[label] for label in labels], dtype=torch.long)
+
+
+def dimensions(df: pd.DataFrame, corpus: str = "") -> torch.Tensor:
+    """Arousal, valence and dominance scaled from the corpus's rating scale to [0, 1]:
+    (n, 3) float32."""
+    low, high = DIMENSION_SCALE.get(corpus, (1.0, 5.0))
+    missing = [d for d in DIMENSIONS if df[d].isna().any()]
+    if missing:
+        raise ValueError(f"{missing} are empty for some utterances; this corpus has no "
+                         "dimensional labels there (a regression stage needs them)")
+    values = df[list(DIMENSIONS)].to_numpy(dtype=np.float32)
+    return torch.from_numpy((values - low) / (high - low))
+
+
+def pad(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sequences of different lengths (along dim 0): (batch, max_len, ...) and a
+    boolean mask that is True on real positions."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    out = seqs[0].new_zeros((len(seqs), int(lengths.max()), *seqs[0].shape[1:]))
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out, torch.arange(out.shape[1])[None, :] < lengths[:, None]
+
+
+def collate(items: Sequence[dict]) -> dict:
+    """Batch a list of per-utterance dicts. Tensors whose first dimension varies are padded
+    and get a `<key>_mask`; other tensors and numbers are stacked; strings become lists."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        first = values[0]
+        if isinstance(first, torch.Tensor) and first.dim() > 0 and (
+                first.dim() > 1 or len({len(v) for v in values}) > 1 or key.endswith("_seq")):
+            batch[key], batch[f"{key}_mask"] = pad(values)
+        elif isinstance(first, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(first, (int, float, bool)):
+            batch[key] = torch.tensor(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+class BucketSampler(Sampler[list[int]]):
+    """Batches of similar length (less padding), in a seeded random order of batches."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
+                 seed: int = 0):
+        self.lengths, self.batch_size, self.shuffle, self.seed = list(lengths), batch_size, \
+            shuffle, seed
+        self.epoch = 0
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        # jitter the sort so batches differ between epochs, then shuffle the batch order
+        noise = rng.uniform(0, 0.1, len(self.lengths)) if self.shuffle else 0
+        order = np.argsort(np.asarray(self.lengths) * (1 + noise), kind="stable")
+        batches = [order[i:i + self.batch_size].tolist()
+                   for i in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def loader(items: Sequence[dict], batch_size: int, shuffle: bool = False, seed: int = 0,
+           bucket_by: str | None = None, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over per-utterance dicts; `bucket_by` names a sequence key whose length
+    groups the batches (the distilled-models paper's length-bucketed batches)."""
+    items = list(items)
+    if bucket_by is not None:
+        sampler = BucketSampler([len(item[bucket_by]) for item in items], batch_size,
+                                shuffle, seed)
+        return DataLoader(items, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=num_workers)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                      generator=generator, num_workers=num_workers)

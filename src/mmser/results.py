@@ -1,0 +1,120 @@
+"""From per-utterance predictions to the numbers a stage reports.
+
+Every paper stage keeps a predictions table (one row per test utterance, fold and seed;
+see `mmser.training.cross_validate`) with a `system` column naming the model or ablation
+row. These functions turn it into per-fold metrics, mean ± std over folds and seeds,
+paired bootstrap intervals between systems, and tables in CSV and Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmser.data import DIMENSIONS
+from mmser.metrics import ccc, classification_report, mean_std, paired_bootstrap
+
+CLASSIFICATION = ("WA", "UA", "macro_F1", "weighted_F1")
+
+
+def fold_metrics(preds: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (system, seed, fold): WA, UA, macro- and weighted-F1, and/or the CCC of
+    each dimension that has `true_<dim>` and `pred_<dim>` columns."""
+    preds = _with_system(preds)
+    records = []
+    for (system, seed, fold), part in preds.groupby(["system", "seed", "fold"], sort=True):
+        row = {"system": system, "seed": seed, "fold": fold, "n": len(part)}
+        if "pred" in part.columns and part["pred"].notna().all():
+            report = classification_report(part["label"], part["pred"], labels=classes)
+            row.update({m: report[m] for m in CLASSIFICATION})
+        for dim in DIMENSIONS:
+            if f"pred_{dim}" in part.columns:
+                row[f"CCC_{dim}"] = ccc(part[f"true_{dim}"], part[f"pred_{dim}"])
+        records.append(row)
+    return pd.DataFrame(records)
+
+
+def summary(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over folds and seeds of every metric, per system."""
+    metrics = [c for c in per_fold.columns if c not in ("system", "seed", "fold", "n")]
+    records = []
+    for system, part in per_fold.groupby("system", sort=False):
+        row = {"system": system, "folds": part["fold"].nunique(), "seeds": part["seed"].nunique()}
+        for metric in metrics:
+            stats = mean_std(part[metric])
+            row[metric], row[f"{metric}_std"] = stats["mean"], stats["std"]
+        records.append(row)
+    return pd.DataFrame(records)
+
+
+def formatted(table: pd.DataFrame, metrics: Sequence[str], digits: int = 3) -> pd.DataFrame:
+    """`metric` and `metric_std` columns merged into "mean ± std" strings."""
+    out = table.drop(columns=[c for c in table.columns if c.endswith("_std")])
+    for metric in metrics:
+        out[metric] = [f"{m:.{digits}f} ± {s:.{digits}f}"
+                       for m, s in zip(table[metric], table[f"{metric}_std"])]
+    return out
+
+
+def bootstrap(preds: pd.DataFrame, system_a: str, system_b: str, metric: str = "UA",
+              n: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap CI of metric(a) - metric(b) over the pooled test predictions of all
+    folds and seeds (the same utterances for both systems)."""
+    preds = _with_system(preds)
+    a = preds[preds["system"] == system_a].set_index(["seed", "fold", "utt_id"]).sort_index()
+    b = preds[preds["system"] == system_b].set_index(["seed", "fold", "utt_id"]).sort_index()
+    if not a.index.equals(b.index):
+        raise ValueError(f"systems {system_a!r} and {system_b!r} were not tested on the same "
+                         "utterances; a paired comparison needs the same test sets")
+    result = paired_bootstrap(a["label"].to_numpy(), a["pred"].to_numpy(),
+                              b["pred"].to_numpy(), metric=metric, n=n, seed=seed)
+    return {"a": system_a, "b": system_b, "metric": metric, **result}
+
+
+def write_table(table: pd.DataFrame, stem: str | Path, floatfmt: str = ".3f") -> str:
+    """Write `stem`.csv and `stem`.md; return the Markdown."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    markdown = table.to_markdown(index=False, floatfmt=floatfmt)
+    stem.with_suffix(".md").write_text(markdown + "\n")
+    return markdown
+
+
+def write_metrics(path: str | Path, per_fold: pd.DataFrame, **extra) -> dict:
+    """metrics.json: per system, mean and std of every metric and its per-fold values."""
+    metrics = {}
+    for system, part in per_fold.groupby("system", sort=False):
+        names = [c for c in part.columns if c not in ("system", "seed", "fold", "n")]
+        metrics[system] = {m: {**mean_std(part[m]),
+                               "folds": {f"seed{s}_fold{f}": float(v) for s, f, v in
+                                         zip(part["seed"], part["fold"], part[m])}}
+                           for m in names}
+    out = {"systems": metrics, **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=_jsonable))
+    return out
+
+
+def pooled_confusion(preds: pd.DataFrame, system: str, classes: Sequence[str]) -> np.ndarray:
+    """Confusion matrix (rows: true class) summed over folds and seeds of one system."""
+    part = _with_system(preds)
+    part = part[part["system"] == system]
+    return np.asarray(classification_report(part["label"], part["pred"], classes)["confusion"])
+
+
+def _with_system(preds: pd.DataFrame) -> pd.DataFrame:
+    return preds if "system" in preds.columns else preds.assign(system="model")
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
