@@ -89,6 +89,8 @@ class Training:
     progress: bool = True  # progress bars
 
 
+# ---- paper sections: each paper stage puts its dataclass (and any CHOICES.update) above
+# ---- this line, and one field in Params below
 @dataclass
 class Params:
     seed: int = 0
@@ -98,6 +100,7 @@ class Params:
     transcribe: Transcribe = field(default_factory=Transcribe)
     features: Features = field(default_factory=Features)
     training: Training = field(default_factory=Training)
+    # paper stages' sections:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "params") -> "Params":
