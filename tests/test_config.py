@@ -47,3 +47,20 @@ def test_corpus_and_protocol_choices_match_the_code():
 
     assert CORPORA - {"synthetic"} <= set(corpora.LOADERS)
     assert PROTOCOLS <= set(protocols.PROTOCOLS)
+
+
+def test_profile_merges_into_params_and_a_bad_profile_changes_nothing(tmp_path):
+    from mmser.config import apply_profile
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"training": {"precision": "bf16-mixed", "devices": 2}}))
+    merged = apply_profile(good, params)
+    assert merged.training.precision == "bf16-mixed" and merged.training.devices == 2
+    assert merged.training.seeds == [0]  # keys the profile leaves out keep their value
+    before = params.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"training": {"precison": "bf16-mixed"}}))
+    assert main(["--apply", str(bad), str(params)]) == 2
+    assert params.read_text() == before

@@ -68,3 +68,48 @@ def test_local_whisper_folder_uses_variable_length_path(tmp_path):
         states, lengths = enc([np.zeros(16_000, np.float32)])
     assert enc.kind == "whisper" and states.shape == (2, 1, 50, 32)
     assert lengths.tolist() == [50]
+
+
+def _top_matches_full(enc, states, mask, k):
+    from mmser.encoders import TopLayers
+
+    top = TopLayers(enc, k)
+    with torch.no_grad():
+        out = top(states[top.input_layer], mask)
+    for i in range(states.shape[1]):
+        n = int(mask[i].sum())
+        torch.testing.assert_close(out[i, :n], states[-1][i, :n], atol=1e-4, rtol=0)
+    # the copy is trainable on its own: the encoder's weights are untouched by it
+    first = next(top.parameters())
+    assert first.requires_grad and first.data_ptr() not in {p.data_ptr() for p in enc.parameters()}
+
+
+def test_top_layers_reproduce_the_last_layer_from_cached_states(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(0, 0.1, 16_000).astype(np.float32),
+             rng.normal(0, 0.1, 24_000).astype(np.float32)]
+    speech = SpeechEncoder()  # bundled Whisper tiny.en: layer norm after the last layer
+    with torch.no_grad():
+        states, lengths = speech(waves)
+    mask = torch.arange(states.shape[2])[None] < lengths[:, None]
+    _top_matches_full(speech, states, mask, 2)
+    text = TextEncoder()
+    with torch.no_grad():
+        states, mask, _ = text(["so happy to see you", "no"])
+    _top_matches_full(text, states, mask.bool(), 1)
+    for stable in (True, False):  # wav2vec 2.0 / HuBERT style, both layer-norm placements
+        config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4),
+                                conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                                num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+                                do_stable_layer_norm=stable)
+        folder = tmp_path / f"w2v-{stable}"
+        Wav2Vec2Model(config).save_pretrained(folder)
+        Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
+        ssl = SpeechEncoder(str(folder))
+        with torch.no_grad():
+            states, lengths = ssl(waves)
+        mask = torch.arange(states.shape[2])[None] < lengths[:, None]
+        _top_matches_full(ssl, states, mask, 2)

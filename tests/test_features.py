@@ -67,3 +67,30 @@ def test_text_features_store_every_layer_and_token_ids(tmp_path):
     # batching and padding do not change a text's states
     alone = enc(["This is awful"])[0][:, 0].half()
     torch.testing.assert_close(cache.load(digests[1])["hidden"], alone, atol=2e-3, rtol=0)
+
+
+def test_feature_store_reads_back_by_utterance_and_text(tmp_path):
+    enc = CountingEncoder()
+    speech = F.FeatureCache(tmp_path, "speech-key")
+    digests = F.speech_features(speech, enc, _waves([0.1, 0.2]))
+    text_enc = TextEncoder(layers=1)
+    F.text_features(F.FeatureCache(tmp_path, text_enc.key), text_enc, ["hello", "bye now"])
+    F.write_index(tmp_path, ["u1", "u2"], digests, speech={"main": "speech-key"})
+    F.write_index(tmp_path, text=F.cut_keys({None: text_enc.key}, None))
+    store = F.FeatureStore(tmp_path)
+    second = store.speech(["u2"], layer=-1)[0]
+    assert second.dtype == torch.float32 and second.shape == (11, 4)
+    assert torch.allclose(second, torch.full((11, 4), 0.2), atol=1e-3)
+    assert store.speech(["u1"], layer=None)[0].shape == (3, 10, 4)
+    assert store.text(["bye now"], layer=0)[0].shape[-1] == text_enc.dim
+    assert store.token_ids(["hello"])[0].tolist() == text_enc.tokenizer("hello")["input_ids"]
+    import pytest
+
+    with pytest.raises(KeyError, match="'u3'.*features.splits"):
+        store.speech(["u3"])
+    with pytest.raises(KeyError, match="cut 2.*speech_cuts"):
+        store.speech(["u1"], cut=2)
+    with pytest.raises(KeyError, match="no entry"):
+        store.text(["never encoded"])
+    with pytest.raises(FileNotFoundError, match="features stage"):
+        F.FeatureStore(tmp_path / "empty")

@@ -157,11 +157,41 @@ def load(path: str | Path = "params.yaml") -> Params:
     return Params.from_dict(data, source=str(path))
 
 
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied section by section (nested mappings merge)."""
+    out = dict(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> Params:
+    """Merge a profile file (e.g. profiles/paper/clap.yaml) into params.yaml, validated first.
+
+    params.yaml is rewritten only when the merged result fits the schema.
+    """
+    params, profile = Path(params), Path(profile)
+    if not profile.is_file():
+        raise ParamsError(f"{profile}: profile file not found")
+    base = yaml.safe_load(params.read_text()) or {}
+    result = merged(base, yaml.safe_load(profile.read_text()) or {})
+    checked = Params.from_dict(result, source=f"{params} + {profile}")
+    params.write_text(yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
+    return checked
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m mmser.config [params.yaml]` checks; `--apply PROFILE` merges a profile in."""
     argv = sys.argv[1:] if argv is None else argv
-    path = argv[0] if argv else "params.yaml"
     try:
-        load(path)
+        if argv[:1] == ["--apply"] and len(argv) >= 2:
+            apply_profile(argv[1], *argv[2:3])
+            print(f"applied {argv[1]}")
+        else:
+            load(argv[0] if argv else "params.yaml")
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

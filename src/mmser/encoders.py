@@ -111,7 +111,10 @@ class SpeechEncoder(nn.Module):
         out = self.model(batch.input_values, attention_mask=batch.attention_mask,
                          output_hidden_states=True)
         frames = self.model._get_feat_extract_output_lengths(batch.attention_mask.sum(-1))
-        return torch.stack(out.hidden_states), frames.long()
+        # the last state is what the model outputs: transformers 5 records a stable-layer-norm
+        # model's last layer before its final norm, which last_hidden_state includes
+        states = (*out.hidden_states[:-1], out.last_hidden_state)
+        return torch.stack(states), frames.long()
 
 
 class TextEncoder(nn.Module):

@@ -73,6 +73,9 @@ class Task(L.LightningModule):
                         plateau_patience=plateau_patience)
         self.param_groups, self.val_metric = param_groups, val_metric
         self._val_outputs: list[dict] = []
+        self._train_losses: list[float] = []
+        self.history: list[dict] = []  # one row per epoch; saved in checkpoints, so it
+        # survives an interrupted and resumed run
 
     def forward(self, batch: dict) -> dict:
         return self.model(batch)
@@ -81,6 +84,7 @@ class Task(L.LightningModule):
         out = self.model(batch)
         self.log("train_loss", out["loss"], on_step=False, on_epoch=True,
                  batch_size=_batch_size(batch))
+        self._train_losses.append(out["loss"].item())
         return out["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -95,9 +99,22 @@ class Task(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._val_outputs = self._val_outputs, []
-        if not outputs:
+        if not outputs or self.trainer.sanity_checking:
             return
-        self.log("val_score", float(self.score(outputs)), prog_bar=True)
+        score = float(self.score(outputs))
+        self.log("val_score", score, prog_bar=True)
+        losses, self._train_losses = self._train_losses, []
+        self.history.append({
+            "epoch": self.current_epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_loss": float(np.mean([o["loss"].item() for o in outputs])),
+            "val_score": score})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("history", []))
 
     def score(self, outputs: list[dict]) -> float:
         """The validation score (higher is better) of a list of model outputs."""
@@ -185,7 +202,6 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
 
     seed_everything(seed)
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     checkpoint = ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_score",
                                  mode="max", save_last=True, save_top_k=1,
@@ -198,7 +214,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
         devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
         deterministic="warn", callbacks=callbacks, enable_progress_bar=cfg.progress,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-        logger=CSVLogger(out_dir, name="", version="logs"))
+        logger=False)
     train_loader = D.loader(train, batch_size, shuffle=True, seed=seed, bucket_by=bucket_by,
                             num_workers=cfg.num_workers)
     val_loader = D.loader(val, batch_size, bucket_by=bucket_by, num_workers=cfg.num_workers)
@@ -210,7 +226,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
 
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     torch.save(best["state_dict"], out_dir / BEST)
-    history = _history(out_dir / "logs" / "metrics.csv")
+    history = pd.DataFrame(task.history)
     history.to_csv(out_dir / "history.csv", index=False)
     best_epoch = int(best["epoch"])
     best_score = float(history.loc[history["epoch"] == best_epoch, "val_score"].iloc[0])
@@ -219,13 +235,6 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     for stale in ("last.ckpt", "best.ckpt"):
         (out_dir / stale).unlink(missing_ok=True)  # resumable state is no longer needed
     return _finished(task, out_dir)
-
-
-def _history(metrics_csv: Path) -> pd.DataFrame:
-    """One row per epoch from Lightning's CSV log (train and val are logged on separate rows)."""
-    log = pd.read_csv(metrics_csv)
-    columns = [c for c in ("train_loss", "val_loss", "val_score") if c in log.columns]
-    return log.groupby("epoch")[columns].max().reset_index()
 
 
 def _finished(task: Task, out_dir: Path) -> FitResult:
