@@ -343,3 +343,54 @@ def test_stereo_and_other_rates_are_recorded_in_the_manifest(tmp_path):
     row = df.iloc[0]
     assert row["sample_rate"] == 44_100 and row["x_channels"] == 2
     assert bool(row["x_resampled"]) and bool(row["x_downmixed"])
+
+
+# ----------------------------------------------------------------- several corpora at once
+
+
+def build_librispeech(root: Path, n: int = 3) -> None:
+    chapter = root / "dev-clean" / "84" / "121123"
+    ids = [f"84-121123-{i:04d}" for i in range(n)]
+    for utt in ids:
+        wav(chapter / f"{utt}.flac", fmt="FLAC")
+    (chapter / "84-121123.trans.txt").write_text(
+        "".join(f"{utt} WORDS NUMBER {i}\n" for i, utt in enumerate(ids)))
+
+
+def test_cross_corpus_and_librispeech_join_one_manifest(tmp_path):
+    from mmser import protocols
+
+    build_iemocap(tmp_path / "iemocap")
+    build_emodb(tmp_path / "emodb")
+    build_librispeech(tmp_path / "libri", n=5)
+    main, summary = corpora.load("iemocap", tmp_path / "iemocap", classes=4)
+    df, root, summaries = corpora.add_extra_corpora(
+        main, tmp_path / "iemocap", summary, protocol="cross_corpus", test_corpus="emodb",
+        test_root=str(tmp_path / "emodb"), test_classes=4, read_corpus="librispeech",
+        read_root=str(tmp_path / "libri"), read_max=3)
+    assert root == tmp_path.resolve()
+    assert set(summaries) == {"main", "test", "read"}
+    assert df.groupby("corpus").size().to_dict() == {"emodb": 5, "iemocap": 8,
+                                                     "librispeech": 3}
+    manifest.validate(manifest.conform(df), root)  # every re-rooted path resolves
+    assert df.loc[df.corpus == "emodb", "path"].str.startswith("emodb/wav/").all()
+    folded = protocols.assign_folds(df, "cross_corpus", test_corpus="emodb")
+    tested = folded[folded["fold"] == 0]
+    assert set(tested["corpus"]) == {"emodb"}
+    assert set(tested["label"]) <= set(folded.loc[folded.corpus == "iemocap", "label"])
+    assert folded.loc[folded.split == "read", "fold"].isna().all()
+
+
+def test_extra_corpora_are_checked(tmp_path):
+    build_emodb(tmp_path / "emodb")
+    main, summary = corpora.load("emodb", tmp_path / "emodb", classes=4)
+    with pytest.raises(CorpusError, match="go together"):
+        corpora.add_extra_corpora(main, tmp_path / "emodb", summary, protocol="cross_corpus")
+    with pytest.raises(CorpusError, match="test_root"):
+        corpora.add_extra_corpora(main, tmp_path / "emodb", summary, protocol="cross_corpus",
+                                  test_corpus="iemocap")
+    same, root, _ = corpora.add_extra_corpora(main, tmp_path / "emodb", summary,
+                                              protocol="speaker_kfold")
+    assert same is main and root == tmp_path / "emodb"
+    with pytest.raises(CorpusError, match="share utterance ids"):
+        corpora.combine([(main, tmp_path / "emodb"), (main, tmp_path / "emodb")])

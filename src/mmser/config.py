@@ -25,7 +25,9 @@ PROTOCOLS = {"loso", "loso_speaker", "speaker_kfold", "official", "random_70_20_
              "random_8_1_1"}
 CHOICES = {
     "dataset.name": CORPORA,
-    "dataset.protocol": PROTOCOLS,
+    "dataset.protocol": PROTOCOLS | {"cross_corpus"},
+    "dataset.test_corpus": (CORPORA - {"synthetic"}) | {None},
+    "dataset.read_corpus": {None, "librispeech"},
     "transcribe.backend": {"converted", "faster-whisper"},
     "features.text_source": {"text", "asr_text"},
     "training.accelerator": {"cpu", "gpu", "cuda", "mps", "auto"},
@@ -40,6 +42,14 @@ class Dataset:
     classes: int | None = 4  # synthetic: 4 or 6; real corpora: see mmser.corpora
     protocol: str = "loso"  # how folds are made (mmser.protocols)
     max_lost_fraction: float = 0.05  # stop when more listed audio is missing or unreadable
+    # cross-corpus (protocol cross_corpus): train on `name`, test on this corpus's shared labels
+    test_corpus: str | None = None  # e.g. emodb
+    test_root: str | None = None  # e.g. data/emodb
+    test_classes: int | None = 4  # e.g. EmoDB's 4-class subset
+    # pre-training speech from another corpus (replaces the main corpus's read split)
+    read_corpus: str | None = None  # librispeech
+    read_root: str | None = None  # e.g. data/LibriSpeech (holding train-clean-100/...)
+    read_max: int | None = None  # keep a seeded sample of this many read utterances
 
 
 @dataclass

@@ -611,3 +611,66 @@ def load(name: str, root: str | Path, classes: int | None = None,
         raise CorpusError(f"{root}: {name} yielded no utterances; summary: {summary}")
     validate(df, root, source=f"{name} at {root}")
     return df, summary
+
+
+# ------------------------------------------------------------------- several corpora at once
+
+
+def combine(parts: list[tuple[pd.DataFrame, Path]]) -> tuple[pd.DataFrame, Path]:
+    """One manifest from several corpora: audio paths re-rooted at the roots' common folder.
+
+    Used for cross-corpus runs (train on one corpus, test on another) and for adding an
+    external read-speech corpus for pre-training. Utterance ids must stay unique.
+    """
+    import os
+
+    roots = [Path(root).resolve() for _, root in parts]
+    common = Path(os.path.commonpath(roots))
+    frames = []
+    for (df, _), root in zip(parts, roots):
+        prefix = root.relative_to(common).as_posix()
+        frames.append(df.assign(path=[p if prefix == "." else f"{prefix}/{p}"
+                                      for p in df["path"]]))
+    out = pd.concat(frames, ignore_index=True)
+    dup = out["utt_id"][out["utt_id"].duplicated()].unique().tolist()
+    if dup:
+        raise CorpusError(f"the corpora {[str(r) for r in roots]} share utterance ids, e.g. "
+                          f"{dup[:EXAMPLES]}; they cannot be combined in one manifest")
+    return out, common
+
+
+def add_extra_corpora(df: pd.DataFrame, root: Path, summary: dict, *, protocol: str,
+                      test_corpus: str | None = None, test_root: str | None = None,
+                      test_classes: int | None = None, read_corpus: str | None = None,
+                      read_root: str | None = None, read_max: int | None = None,
+                      seed: int = 0, max_lost_fraction: float = 0.05
+                      ) -> tuple[pd.DataFrame, Path, dict]:
+    """Add the cross-corpus test corpus and/or an external read-speech corpus to a manifest.
+
+    `test_corpus` (e.g. emodb with `test_classes: 4`) is what the `cross_corpus` protocol
+    tests on; the main corpus is trained on, over the labels both share. `read_corpus`
+    (librispeech) replaces any read split of the main corpus; `read_max` keeps a seeded
+    sample of that many utterances. The summary gains one entry per added corpus.
+    """
+    parts, summary = [(df, Path(root))], {"main": summary}
+    if (protocol == "cross_corpus") != bool(test_corpus):
+        raise CorpusError("dataset.protocol cross_corpus and dataset.test_corpus go together: "
+                          f"protocol={protocol!r}, test_corpus={test_corpus!r}")
+    if test_corpus:
+        if not test_root:
+            raise CorpusError(f"dataset.test_root: the folder of {test_corpus} is not set")
+        test, summary["test"] = load(test_corpus, test_root, test_classes, max_lost_fraction)
+        parts.append((test, Path(test_root)))
+    if read_corpus:
+        if not read_root:
+            raise CorpusError(f"dataset.read_root: the folder of {read_corpus} is not set")
+        read, summary["read"] = load(read_corpus, read_root, None, max_lost_fraction)
+        read = read[read["split"] == "read"]
+        if read_max is not None and len(read) > read_max:
+            read = read.sample(n=read_max, random_state=seed).sort_index()
+        parts[0] = (df[df["split"] != "read"], Path(root))
+        parts.append((read, Path(read_root)))
+    if len(parts) == 1:
+        return df, Path(root), summary["main"]
+    out, common = combine(parts)
+    return out, common, summary

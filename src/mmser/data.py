@@ -8,7 +8,6 @@ padded by `collate`, so each paper builds its items from the feature cache in a 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +61,7 @@ class Corpus:
 def load_corpus(corpus_dir: str | Path = "interim/corpus",
                 manifest_path: str | Path = "interim/manifest.csv") -> Corpus:
     """The manifest (with ASR text when `transcribe` ran) and the protocol of `prepare`."""
-    info_path = Path(corpus_dir) / "corpus.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path}: not found; run the prepare stage first")
-    info = json.loads(info_path.read_text())
+    info = manifest.corpus_info(corpus_dir)
     protocol = info["protocol"]["name"] if isinstance(info.get("protocol"), dict) \
         else str(info.get("protocol", "loso"))
     return Corpus(manifest.read(manifest_path), Path(info["audio_root"]), protocol,

@@ -93,11 +93,16 @@ def write_corpus_info(corpus_dir: str | Path, audio_root: str | Path, **info) ->
         json.dumps({"audio_root": str(audio_root), **info}, indent=2, default=str))
 
 
-def audio_root(corpus_dir: str | Path) -> Path:
-    """The folder the manifest's audio paths are relative to."""
+def corpus_info(corpus_dir: str | Path) -> dict:
+    """What `prepare` recorded beside the manifest: audio root, corpus name, protocol."""
     import json
 
     info = Path(corpus_dir) / "corpus.json"
     if not info.is_file():
         raise ManifestError(f"{info}: not found (run the prepare stage first)")
-    return Path(json.loads(info.read_text())["audio_root"])
+    return json.loads(info.read_text())
+
+
+def audio_root(corpus_dir: str | Path) -> Path:
+    """The folder the manifest's audio paths are relative to."""
+    return Path(corpus_info(corpus_dir)["audio_root"])

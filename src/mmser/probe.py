@@ -17,12 +17,16 @@ from mmser.metrics import classification_report, mean_std
 
 
 def leave_one_group_out(features: np.ndarray, labels: Sequence[str], groups: Sequence,
-                        C: float = 0.1, seed: int = 0) -> dict:
-    """Train on all groups but one, test on it, for each group; per-fold and mean ± std."""
+                        C: float = 0.1, seed: int = 0, never_tested: Sequence = (-1,)) -> dict:
+    """Train on all groups but one, test on it, for each group; per-fold and mean ± std.
+
+    Groups are the protocol's folds; rows in a `never_tested` group (official training
+    partitions, the training corpus of a cross-corpus run) only ever train.
+    """
     labels, groups = np.asarray(labels), np.asarray(groups)
     classes = sorted(set(labels))
     folds = {}
-    for group in sorted(set(groups), key=str):
+    for group in sorted(set(groups) - set(never_tested), key=str):
         test = groups == group
         model = make_pipeline(StandardScaler(),
                               LogisticRegression(C=C, max_iter=2000, random_state=seed))

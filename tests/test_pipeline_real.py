@@ -1,0 +1,58 @@
+"""A real corpus is a params switch: `dataset: emodb` with its root under data/, then
+`dvc repro features` runs prepare, transcribe and features on it; a cross-corpus run adds a
+second corpus. The corpora are tiny trees in the release layout built here."""
+
+import json
+
+import pytest
+import yaml
+from test_corpora import build_emodb, build_iemocap
+from test_pipeline import _copy_project, _run, _set_params
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = tmp_path_factory.mktemp("real")
+    _copy_project(project)
+    build_emodb(project / "data" / "emodb")
+    build_iemocap(project / "data" / "iemocap", sessions=(1, 2, 3))
+    _run(["dvc", "config", "core.no_scm", "true"], project)
+    return project
+
+
+def _features_metrics(project):
+    return json.loads((project / "results/features/metrics.json").read_text())
+
+
+def test_emodb_through_prepare_transcribe_and_features(project):
+    _set_params(project, dataset={"name": "emodb", "root": "data/emodb", "classes": 4,
+                                  "protocol": "loso_speaker"},
+                transcribe={"compare_n": 2, "splits": ["labelled"]},
+                features={"splits": ["labelled"]})
+    out = _run(["dvc", "repro", "features"], project).stdout
+    assert all(f"Running stage '{s}'" in out for s in ("prepare", "transcribe", "features"))
+    prepare = json.loads((project / "results/prepare/metrics.json").read_text())
+    assert prepare["corpus"] == "emodb" and "leave-one-speaker-out" in prepare["protocol"]
+    assert prepare["utterances"] == {"labelled": 5}
+    summary = json.loads((project / "results/prepare/summary.json").read_text())
+    assert summary["dropped"]  # EmoDB's boredom, disgust and fear are outside 4 classes
+    features = _features_metrics(project)
+    assert features["utterances"] == 5 and "audio" in features["probe"]
+    assert "Running stage" not in _run(["dvc", "repro", "features"], project).stdout
+
+
+def test_cross_corpus_iemocap_to_emodb(project):
+    _set_params(project, dataset={"name": "iemocap", "root": "data/iemocap", "classes": 4,
+                                  "protocol": "cross_corpus", "test_corpus": "emodb",
+                                  "test_root": "data/emodb", "test_classes": 4})
+    _run(["dvc", "repro", "features"], project)
+    info = json.loads((project / "interim/corpus/corpus.json").read_text())
+    assert info["test_corpus"] == "emodb" and info["protocol"]["name"] == "cross_corpus"
+    folds = (project / "results/prepare/folds.csv").read_text()
+    assert "cross-corpus" in folds
+    features = _features_metrics(project)
+    assert list(features["probe_folds"]["audio"]) == ["0"]  # one test fold: EmoDB
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["dataset"]["test_corpus"] == "emodb"
