@@ -203,3 +203,10 @@ def test_results_tables_and_paired_bootstrap(tmp_path):
     with pytest.raises(ValueError, match="same utterances"):
         results.bootstrap(preds[~((preds.system == "bad") & (preds.utt_id == "u0"))],
                           "good", "bad")
+
+
+def test_empty_validation_set_is_a_clear_error(tmp_path):
+    corpus = _corpus()
+    items = _make_items(corpus, _features(corpus))(corpus.labelled)
+    with pytest.raises(ValueError, match="0 validation items"):
+        T.fit(T.Task(MeanPool()), items, [], tmp_path, QUIET, max_epochs=1, batch_size=4)

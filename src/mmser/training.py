@@ -192,6 +192,10 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     """
     cfg = cfg or Training()
     out_dir = Path(out_dir)
+    if not train or not val:
+        raise ValueError(f"{out_dir}: {len(train)} training and {len(val)} validation items; "
+                         "both must be non-empty (too few speakers or utterances per class "
+                         "for this protocol's validation split?)")
     stamp = json.dumps(fingerprint or {}, sort_keys=True, default=str)
     if (out_dir / FINGERPRINT).is_file() and (out_dir / FINGERPRINT).read_text() != stamp:
         shutil.rmtree(out_dir)
