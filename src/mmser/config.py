@@ -99,6 +99,117 @@ class Training:
     progress: bool = True  # progress bars
 
 
+@dataclass
+class Lemer:
+    """LE-MER (label embeddings + label-guided cross-attention); tiny defaults for tests."""
+    systems: list = field(default_factory=lambda: [  # Table 1-3 rows to run (mmser.lemer)
+        "A1", "A2", "A3", "A4", "A5", "B1", "B3", "B4", "B5", "C1", "C2", "C3", "C4"])
+    text_k: int = 9  # TF-IDF keywords per class for the text label embedding (paper: 9)
+    speech_k: int = 8  # speech units per class for the tonal label embedding (paper: 100)
+    k_grid: list = field(default_factory=lambda: [4])  # Figure 3 sweep of speech_k
+    units: str = "kmeans"  # kmeans (no quantizer in Whisper) | quantizer (wav2vec 2.0)
+    n_units: int = 32  # k-means clusters, fitted on each fold's training frames only
+    kmeans_frames: int = 20000  # frames sampled to fit k-means (speed)
+    context_turns: int = 10  # previous turns of the dialogue spliced before the text
+    context_tokens: int = 150  # token limit of the spliced text
+    mu: list = field(default_factory=lambda: [1.0, 0.5, 0.2, 0.2])  # eq. 12 weights
+    text_top_layers: int = 0  # trainable top text layers (0 = frozen cached states)
+    speech_top_layers: int = 0  # trainable top speech layers (0 = frozen cached states)
+    lr: float = 1e-3  # the heads and label embeddings
+    text_lr: float = 5e-6  # trainable text layers (paper: 5e-6)
+    speech_lr: float = 1e-6  # trainable speech layers (paper: 1e-6)
+    warmup_steps: int = 0  # linear warm-up (paper: 8000)
+    batch_size: int = 16  # paper: 16
+    max_epochs: int = 1
+    patience: int | None = None  # early stopping on validation UA
+
+
+CHOICES.update({"lemer.units": {"kmeans", "quantizer"}})
+
+
+@dataclass
+class Clap:
+    """HuBERT-CLAP (contrastive audio-text pre-training, then partial fine-tuning of the
+    speech side); tiny defaults for tests, the default profile in params.yaml."""
+    systems: list = field(default_factory=lambda: ["none", "small", "full"])  # Table 1 rows
+    small_text: str | None = None  # "DistilBERT" role: None = a cut of encoders.text
+    small_text_layers: int | None = 3  # its layer cut (cached by features.text_cuts)
+    text_source: str = "text"  # transcripts to align with: text (reference) | asr_text
+    use_read: bool = False  # also pre-train on the unlabelled read-speech split
+    speech_top_layers: int = 0  # trainable top speech layers on cached states (0 = none)
+    text_top_layers: int = 0  # trainable top text layers (0 = frozen cached states)
+    text_pool: str = "mean"  # mean (sentence-transformer MiniLM) | cls (BERT)
+    max_seconds: float = 8.0  # audio cut (paper: 8 s)
+    proj_dim: int = 256  # projection width (paper: not given)
+    dropout: float = 0.2  # projection block (paper: 0.2)
+    temperature: float = 1.0  # CLIP temperature (paper: 1)
+    optimizer: str = "adamw"  # paper: CosAngularGrad, which no maintained package provides
+    speech_lr: float = 1e-4  # speech encoder layers (paper: 1e-4)
+    text_lr: float = 1e-5  # text encoder layers (paper: 1e-5)
+    head_lr: float = 1e-3  # projections and classifier (paper: not given)
+    min_lr: float = 1e-6  # cosine annealing floor (paper: 1e-6)
+    weight_decay: float = 0.01  # AdamW default
+    batch_size: int = 16  # paper: 16
+    pretrain_epochs: int = 1  # paper: 50
+    finetune_epochs: int = 1  # paper: 30
+    pretrain_val_fraction: float = 0.1  # held-out training-side pairs: epoch and retrieval
+    pretrain_precision: str | None = None  # None = training.precision (paper: bf16)
+    transfer: str | None = None  # Table 3: folder of a second prepared corpus (see notebook)
+
+
+CHOICES.update({"clap.text_source": {"text", "asr_text"}, "clap.text_pool": {"mean", "cls"},
+                "clap.optimizer": {"adam", "adamw"},
+                "clap.pretrain_precision": {None, "32-true", "bf16-mixed", "16-mixed",
+                                            "bf16-true"}})
+
+
+@dataclass
+class Vcemo:
+    """VCEMO (co-attention of log-mel CNN-LSTM, word embeddings and a BERT vector; SupCon
+    on a MoCo queue); tiny defaults for tests, the default profile in params.yaml."""
+    systems: list = field(default_factory=lambda: [  # Table 1-2 rows (mmser.vcemo_run)
+        "supcon", "ce", "yoon", "xu"])
+    ablation: bool = True  # Table 3: all seven modality combinations (with SupCon)
+    text_source: str = "text"  # text (reference) | asr_text (the paper transcribes its audio)
+    word_vectors: str = "encoder"  # encoder: text encoder input embeddings (hidden state 0) |
+    # learned: on the training folds' words (paper: 300-d GloVe, not bundled here)
+    segmenter: str = "auto"  # learned vectors: auto (CJK -> chars) | chars | words
+    word_dim: int = 32  # learned word vectors' width (paper: GloVe 300)
+    max_tokens: int = 48  # words kept per transcript
+    sentence_pool: str = "mean"  # BERT-branch vector: mean (MiniLM's pooling) | cls (BERT)
+    n_mels: int = 40  # log-mel bands (paper: not given)
+    hop_ms: int = 20  # frame hop; 20 ms halves the CNN-LSTM's work against 10 ms
+    n_augment: int = 1  # augmented views per training clip: noise, pitch, stretch in turn
+    snr_db: float = 30.0  # Gaussian noise SNR (paper: 30 dB)
+    max_semitones: float = 2.0  # pitch shift range (paper: librosa, range not given)
+    max_stretch: float = 0.15  # time stretch rate range 1 +- this (paper: not given)
+    dim: int = 16  # model width (paper: not given; BERT 768 is projected to it)
+    heads: int = 2
+    layers: int = 1  # MCAN stacking depth per co-attention round (paper: not given)
+    dropout: float = 0.1  # also makes the two contrastive views differ
+    proj_dim: int = 128  # SupCon projector output (paper: 128)
+    temperature: float = 1.0  # SupCon temperature t (paper: 1)
+    alpha: float = 100.0  # SupCon weight (paper: 100 IEMOCAP, 0.1 VCEMO)
+    queue_size: int = 64  # MoCo queue of negatives (paper: 16384; scale to the corpus)
+    momentum: float = 0.99  # MoCo key-encoder momentum (paper: not given)
+    lr: float = 1e-3  # Adam (paper: 1e-4 IEMOCAP, 1e-5 VCEMO, far more steps)
+    weight_decay: float = 0.0  # paper: 0 IEMOCAP, 1e-3 VCEMO
+    batch_size: int = 8  # paper: 256
+    max_epochs: int = 1  # paper: 50
+    patience: int | None = None  # early stopping on validation UA
+    tsne_fold: int = 0  # fold whose test projector outputs the t-SNE figure shows
+    mandarin: bool = False  # also run on a small Mandarin (espeak-ng cmn) corpus
+    mandarin_n: int = 24  # its labelled utterances
+    mandarin_speakers: int = 4
+    mandarin_sessions: int = 2
+
+
+CHOICES.update({"vcemo.text_source": {"text", "asr_text"},
+                "vcemo.word_vectors": {"encoder", "learned"},
+                "vcemo.segmenter": {"auto", "chars", "words"},
+                "vcemo.sentence_pool": {"mean", "cls"}})
+
+
 # ---- paper sections: each paper stage puts its dataclass (and any CHOICES.update) above
 # ---- this line, and one field in Params below
 @dataclass
@@ -111,6 +222,9 @@ class Params:
     features: Features = field(default_factory=Features)
     training: Training = field(default_factory=Training)
     # paper stages' sections:
+    lemer: Lemer = field(default_factory=Lemer)
+    clap: Clap = field(default_factory=Clap)
+    vcemo: Vcemo = field(default_factory=Vcemo)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "params") -> "Params":

@@ -1,0 +1,479 @@
+"""HuBERT-CLAP (MMASIA 2024): CLIP-style audio-text pre-training, then partial fine-tuning.
+
+Stage 1 aligns an utterance's speech embedding with its transcript's embedding: each side is
+an encoder, a pooling and the paper's projection block, and the loss is the symmetric
+cross-entropy over the scaled cosine similarities of a batch (CLIP). Stage 2 keeps only the
+speech side, adds a classifier head and fine-tunes it for emotion classes: audio only at
+inference.
+
+Encoders run from the feature cache: the frozen part is never run again. `TopLayers` makes
+the top `k` transformer layers trainable on the cached state below them (k = 0 trains the
+projection only, the CPU default); the paper profile trains every transformer layer of
+HuBERT (its convolutional feature extractor stays frozen, as in the paper).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmser import data as D
+from mmser import training as T
+from mmser.config import Clap as ClapParams
+from mmser.config import Training
+from mmser.features import FeatureStore
+
+FRAMES_PER_SECOND = 50  # Whisper and HuBERT/wav2vec 2.0 encoders both emit 50 frames/s
+SYSTEMS = {  # Table 1 rows: system key -> (text cut used for pre-training, readable name)
+    "none": (None, "speech only, no pre-training"),
+    "small": ("small", "pre-trained with the small text model"),
+    "full": ("main", "pre-trained with the full text model"),
+}
+
+
+# ------------------------------------------------------------------------------ model
+
+
+class Projection(nn.Module):
+    """The paper's projection block: Linear, GELU, Linear, Dropout, residual add, LayerNorm
+    (the residual is the first Linear's output)."""
+
+    def __init__(self, dim_in: int, dim_out: int, dropout: float):
+        super().__init__()
+        self.linear1, self.linear2 = nn.Linear(dim_in, dim_out), nn.Linear(dim_out, dim_out)
+        self.dropout, self.norm = nn.Dropout(dropout), nn.LayerNorm(dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.linear1(x)
+        return self.norm(projected + self.dropout(self.linear2(F.gelu(projected))))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real positions: x (B, L, D), mask (B, L) True = real -> (B, D)."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+class Side(nn.Module):
+    """One modality: optional trainable top layers on cached states, pooling, projection."""
+
+    def __init__(self, dim: int, proj_dim: int, dropout: float, top: nn.Module | None = None,
+                 pool: str = "mean"):
+        super().__init__()
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be mean or cls, not {pool!r}")
+        self.top, self.pool = top, pool
+        self.projection = Projection(dim, proj_dim, dropout)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.top is not None:
+            states = self.top(states, mask)
+        pooled = states[:, 0] if self.pool == "cls" else masked_mean(states, mask)
+        return self.projection(pooled)
+
+
+def clip_loss(audio: torch.Tensor, text: torch.Tensor, temperature: float = 1.0,
+              text_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric cross-entropy over cosine similarities / temperature (CLIP).
+
+    Pairs that share the same transcript (`text_keys` equal) are all positives, with equal
+    target weight; with distinct texts this is exactly CLIP's loss with identity targets.
+    """
+    logits = F.normalize(audio, dim=-1) @ F.normalize(text, dim=-1).T / temperature
+    if text_keys is None:
+        same = torch.eye(len(audio), device=audio.device)
+    else:
+        same = (text_keys[:, None] == text_keys[None, :]).to(logits.dtype)
+    targets = same / same.sum(1, keepdim=True)
+    a2t = -(targets * logits.log_softmax(1)).sum(1).mean()
+    t2a = -(targets.T * logits.T.log_softmax(1)).sum(1).mean()
+    return (a2t + t2a) / 2
+
+
+class ClapModel(nn.Module):
+    """Stage 1: speech and text sides trained to agree (batch: speech, text, text_key)."""
+
+    def __init__(self, speech: Side, text: Side, temperature: float = 1.0):
+        super().__init__()
+        self.speech, self.text, self.temperature = speech, text, temperature
+
+    def forward(self, batch: dict) -> dict:
+        audio = self.speech(batch["speech"], batch["speech_mask"])
+        text = self.text(batch["text"], batch["text_mask"])
+        loss = clip_loss(audio, text, self.temperature, batch["text_key"])
+        return {"loss": loss, "audio": audio, "text": text, "text_key": batch["text_key"]}
+
+
+class SpeechClassifier(nn.Module):
+    """Stage 2: the speech side (pre-trained or not) and a linear classifier head."""
+
+    def __init__(self, speech: Side, n_classes: int):
+        super().__init__()
+        self.speech = speech
+        self.head = nn.Linear(speech.projection.norm.normalized_shape[0], n_classes)
+
+    def forward(self, batch: dict) -> dict:
+        embedding = self.speech(batch["speech"], batch["speech_mask"])
+        logits = self.head(embedding)
+        out = {"logits": logits, "embedding": embedding}
+        if "label" in batch:
+            out["loss"] = F.cross_entropy(logits, batch["label"])
+        return out
+
+
+# -------------------------------------------------------------------------- retrieval
+
+
+def retrieval(audio: torch.Tensor, text: torch.Tensor, text_keys: torch.Tensor,
+              ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Audio-to-text recall@k among the distinct transcripts of a set of pairs, and chance.
+
+    Identical transcripts are one candidate (their embeddings are equal in eval mode), so
+    a clip is right when its own words rank within the top k.
+    """
+    keys, first = np.unique(text_keys.numpy(), return_index=True)
+    candidates = F.normalize(text[torch.as_tensor(first)].float(), dim=-1)
+    sims = F.normalize(audio.float(), dim=-1) @ candidates.T
+    truth = torch.as_tensor(np.searchsorted(keys, text_keys.numpy()))
+    rank = (sims > sims.gather(1, truth[:, None])).sum(1)  # candidates scored above the truth
+    out = {}
+    for k in ks:
+        out[f"R@{k}"] = float((rank < k).float().mean())
+        out[f"chance@{k}"] = min(k, len(keys)) / len(keys)
+    return out
+
+
+def recall_at_1(outputs: list[dict]) -> float:
+    """Validation score of pre-training (a `Task.val_metric`): audio-to-text recall@1."""
+    cat = {k: torch.cat([o[k] for o in outputs]) for k in ("audio", "text", "text_key")}
+    return retrieval(cat["audio"], cat["text"], cat["text_key"], ks=(1,))["R@1"]
+
+
+# ------------------------------------------------------------------------- features
+
+
+def text_key(text: str) -> int:
+    """A stable integer id of a transcript (equal strings, equal ids)."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:12], 16)
+
+
+def _below_top(n_layers: int, k: int) -> int:
+    """Index of the cached hidden state that feeds the top `k` layers (-1: the last)."""
+    if not 0 <= k <= n_layers:
+        raise ValueError(f"cannot train the top {k} of {n_layers} cached layers")
+    return -1 if k == 0 else n_layers - k
+
+
+def _pool_once(states: torch.Tensor, pool: str) -> torch.Tensor:
+    """A frozen sequence reduced to the one vector `Side` pools from it: (1, dim)."""
+    return states[:1] if pool == "cls" else states.mean(0, keepdim=True)
+
+
+def _text_states(store: FeatureStore, texts: list[str], role: str, p: ClapParams, encoders,
+                 cache_root: str | Path) -> list[torch.Tensor]:
+    """One role's text states, from the features stage's cache or (another model named by
+    clap.small_text) from this stage's own cache, encoded once."""
+    if role == "main" or p.small_text is None:
+        cut = "main" if role == "main" else p.small_text_layers
+        n_layers = len(store.text(texts[:1], layer=None, cut=cut)[0]) - 1
+        return store.text(texts, layer=_below_top(n_layers, p.text_top_layers), cut=cut)
+    from mmser.features import FeatureCache, text_features
+
+    encoder = _encoder("text", p.small_text, p.small_text_layers)
+    cache = FeatureCache(cache_root, encoder.key)
+    digests = text_features(cache, encoder, texts)
+    layer = _below_top(encoder.n_layers, p.text_top_layers)
+    return [cache.load(d)["hidden"][layer].float() for d in digests]
+
+
+class Bank:
+    """Cached encoder states of every utterance, cropped, read once; items by utterance id.
+
+    Each side is fed the cached hidden state below its trainable top layers (the last
+    state when none is trained). Text roles: "main" is `encoders.text`; "small" is
+    `clap.small_text` (None: the `small_text_layers` cut of `encoders.text` that the
+    features stage cached; a model name: encoded once into `cache_root`).
+    """
+
+    def __init__(self, store: FeatureStore, df: pd.DataFrame, p: ClapParams, encoders,
+                 roles: Sequence[str] = ("main", "small"), cache_root: str | Path = ""):
+        self.df, self.p = df.set_index("utt_id", drop=False), p
+        missing = df[df[p.text_source].isna()] if roles else df.iloc[:0]
+        if len(missing):
+            raise ValueError(f"clap.text_source={p.text_source!r} is empty for "
+                             f"{len(missing)} utterances, e.g. "
+                             f"{missing['utt_id'].head(3).tolist()}")
+        ids = df["utt_id"].tolist()
+        n_speech = len(store.speech(ids[:1], layer=None)[0]) - 1
+        max_frames = int(p.max_seconds * FRAMES_PER_SECOND)  # the paper's 8-s cut
+        states = store.speech(ids, layer=_below_top(n_speech, p.speech_top_layers))
+        # with nothing trained below the pooling, pool once here: exactly what Side does
+        # per batch, without padding and copying every frame in every epoch
+        reduce = _pool_once if p.speech_top_layers == 0 else (lambda s, pool: s)
+        self.speech = {u: reduce(s[:max_frames], "mean") for u, s in zip(ids, states)}
+        texts = sorted(set(df[p.text_source])) if roles else []
+        reduce = _pool_once if p.text_top_layers == 0 else (lambda s, pool: s)
+        self.text = {role: {t: reduce(s, p.text_pool) for t, s in
+                            zip(texts, _text_states(store, texts, role, p, encoders, cache_root))}
+                     for role in roles}
+        self.dim = states[0].shape[-1]
+        self.text_dim = {r: next(iter(t.values())).shape[-1] for r, t in self.text.items()}
+
+    def pairs(self, rows: pd.DataFrame, role: str) -> list[dict]:
+        """Pre-training items: speech states, transcript states and the transcript's id."""
+        texts = rows[self.p.text_source].tolist()
+        return [{"speech": self.speech[u], "text": self.text[role][t], "text_key": text_key(t)}
+                for u, t in zip(rows["utt_id"], texts)]
+
+    def labelled(self, rows: pd.DataFrame, classes: Sequence[str]) -> list[dict]:
+        """Fine-tuning items: speech states and the class index."""
+        labels = D.label_ids(rows["label"].tolist(), classes)
+        return [{"speech": self.speech[u], "label": int(y)}
+                for u, y in zip(rows["utt_id"], labels)]
+
+
+# ----------------------------------------------------------------------- building
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(role: str, name: str, layers: int | None):
+    from mmser.encoders import SpeechEncoder, TextEncoder
+
+    return (SpeechEncoder if role == "speech" else TextEncoder)(name, layers)
+
+
+def top_layers(role: str, name: str, layers: int | None, k: int) -> nn.Module | None:
+    """The top `k` layers of an encoder, initialised from its pretrained weights (k=0: none)."""
+    if k == 0:
+        return None
+    from mmser.encoders import TopLayers
+
+    return TopLayers(_encoder(role, name, layers), k)
+
+
+def speech_side(p: ClapParams, encoders, dim: int) -> Side:
+    top = top_layers("speech", encoders.speech, encoders.speech_layers, p.speech_top_layers)
+    return Side(dim, p.proj_dim, p.dropout, top, pool="mean")
+
+
+def text_side(p: ClapParams, encoders, dim: int, role: str) -> Side:
+    if role == "small":
+        name = p.small_text or encoders.text
+        layers = p.small_text_layers
+    else:
+        name, layers = encoders.text, encoders.text_layers
+    top = top_layers("text", name, layers, p.text_top_layers)
+    return Side(dim, p.proj_dim, p.dropout, top, pool=p.text_pool)
+
+
+def param_groups(model: nn.Module, p: ClapParams) -> list[dict]:
+    """Speech encoder layers at speech_lr, text encoder layers at text_lr (10x smaller in
+    the paper), projections and head at head_lr; frozen or absent parts are left out."""
+    groups: dict[str, list] = {"speech": [], "text": [], "head": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        side = name.split(".")[0]
+        key = side if ".top." in f".{name}" and side in groups else "head"
+        groups[key].append(param)
+    lrs = {"speech": p.speech_lr, "text": p.text_lr, "head": p.head_lr}
+    return [{"params": v, "lr": lrs[k], "name": k} for k, v in groups.items() if v]
+
+
+def make_task(model: nn.Module, p: ClapParams, kind: str, **kwargs) -> T.Task:
+    return T.Task(model, kind=kind, optimizer=p.optimizer, weight_decay=p.weight_decay,
+                  param_groups=param_groups(model, p), schedule="cosine", min_lr=p.min_lr,
+                  **kwargs)
+
+
+def rows_digest(rows: pd.DataFrame) -> str:
+    """Names a pre-training run by the utterances it sees."""
+    return hashlib.sha256("|".join(sorted(rows["utt_id"])).encode()).hexdigest()[:12]
+
+
+def split_pretraining(rows: pd.DataFrame, fraction: float, seed: int
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out a seeded share of the pre-training pairs to choose the epoch and to measure
+    retrieval; every row comes from the training side of the fold."""
+    if len(rows) < 4:
+        raise ValueError(f"pre-training needs at least 4 pairs, got {len(rows)}")
+    order = np.random.default_rng([seed, 7]).permutation(len(rows))
+    n_val = max(2, int(round(fraction * len(rows))))
+    return rows.iloc[order[n_val:]], rows.iloc[order[:n_val]]
+
+
+def pretrain(bank: Bank, rows: pd.DataFrame, role: str, p: ClapParams, encoders,
+             cfg: Training, out_dir: str | Path, seed: int, fingerprint: dict
+             ) -> tuple[ClapModel, T.FitResult, dict]:
+    """Stage 1 on `rows` (training-side pairs only): returns the model at the epoch with
+    the best held-out recall@1, its fit result, and held-out retrieval at 1 and 5."""
+    T.seed_everything(seed)
+    train, val = split_pretraining(rows, p.pretrain_val_fraction, seed)
+    model = ClapModel(speech_side(p, encoders, bank.dim),
+                      text_side(p, encoders, bank.text_dim[role], role), p.temperature)
+    task = make_task(model, p, "loss", val_metric=recall_at_1)
+    cfg = replace(cfg, precision=p.pretrain_precision or cfg.precision)
+    val_items = bank.pairs(val, role)
+    result = T.fit(task, bank.pairs(train, role), val_items, out_dir, cfg,
+                   max_epochs=p.pretrain_epochs, batch_size=p.batch_size, seed=seed,
+                   fingerprint={**fingerprint, "rows": rows_digest(rows), "role": role})
+    out = T.predict(task, val_items, keys=("audio", "text"))
+    keys = torch.tensor([item["text_key"] for item in val_items])
+    scores = retrieval(torch.from_numpy(out["audio"]), torch.from_numpy(out["text"]), keys)
+    return model, result, {"n_pairs": len(train), "n_heldout": len(val), **scores}
+
+
+class Runner:
+    """Builds the fine-tuning task of one system per fold for `training.cross_validate`,
+    pre-training first (on the fold's training rows and optionally the read split) when the
+    system uses pre-training. Pre-training records land in `self.records`."""
+
+    def __init__(self, bank: Bank, system: str, classes: Sequence[str], p: ClapParams,
+                 encoders, cfg: Training, out_dir: str | Path, read: pd.DataFrame | None,
+                 fingerprint: dict):
+        if system not in SYSTEMS:
+            raise ValueError(f"unknown system {system!r}; known: {sorted(SYSTEMS)}")
+        self.bank, self.system, self.classes, self.p = bank, system, list(classes), p
+        self.encoders, self.cfg, self.out_dir = encoders, cfg, Path(out_dir)
+        self.read, self.fingerprint = read, fingerprint
+        self.records: list[dict] = []
+        self.histories: list[pd.DataFrame] = []
+
+    def items(self, rows: pd.DataFrame) -> list[dict]:
+        return self.bank.labelled(rows, self.classes)
+
+    def build(self) -> SpeechClassifier:
+        return SpeechClassifier(speech_side(self.p, self.encoders, self.bank.dim),
+                                len(self.classes))
+
+    def task(self, model: nn.Module) -> T.Task:
+        return make_task(model, self.p, "classification")
+
+    def __call__(self, train_rows: pd.DataFrame) -> T.Task:
+        model = self.build()
+        role = SYSTEMS[self.system][0]
+        if role is not None:
+            pool = train_rows if self.read is None else pd.concat([train_rows, self.read])
+            seed = int(torch.initial_seed())  # cross_validate seeded this fold
+            run = self.out_dir / "pretrain" / self.system / f"seed{seed}-{rows_digest(pool)}"
+            clap, result, scores = pretrain(self.bank, pool, role, self.p, self.encoders,
+                                            self.cfg, run, seed, self.fingerprint)
+            model.speech.load_state_dict(clap.speech.state_dict())
+            held_out = sorted(set(self.bank.df.loc[self.bank.df["fold"].notna(), "session"])
+                              - set(train_rows["session"]))
+            tag = {"system": self.system, "seed": seed, "run": run.name,
+                   "sessions_not_in_train": ", ".join(map(str, held_out))}
+            self.records.append({**tag, "best_epoch": result.best_epoch, **scores})
+            self.histories.append(result.history.assign(**tag))
+        return self.task(model)
+
+
+def run_system(corpus: D.Corpus, bank: Bank, system: str, p: ClapParams, encoders,
+               cfg: Training, out_dir: str | Path, use_read: bool, fingerprint: dict
+               ) -> tuple[pd.DataFrame, Runner]:
+    """Cross-validated predictions of one Table 1 system (with a `system` column)."""
+    read = corpus.read if use_read and len(corpus.read) else None
+    runner = Runner(bank, system, corpus.classes, p, encoders, cfg, out_dir, read,
+                    fingerprint)
+    preds = T.cross_validate(corpus, runner.items, runner, Path(out_dir) / system, cfg,
+                             seeds=cfg.seeds, fingerprint={**fingerprint, "system": system},
+                             max_epochs=p.finetune_epochs, batch_size=p.batch_size)
+    return preds.assign(system=system), runner
+
+
+def trained_folds(corpus: D.Corpus, runner: Runner, out_dir: str | Path, seeds: Sequence[int]):
+    """Each fold's fine-tuned model (from its best.pt, the choice already made on
+    validation) with the fold's test rows: (seed, fold index, task, test rows)."""
+    import json
+
+    for seed in seeds:
+        for fold in corpus.folds(seed=seed):
+            run = Path(out_dir) / runner.system / f"seed{seed}" / f"fold{fold.index}"
+            done = json.loads((run / T.DONE).read_text())
+            fold.select(checkpoint=str(run / T.BEST), epoch=done["best_epoch"])
+            task = runner.task(runner.build())
+            task.load_state_dict(torch.load(run / T.BEST, map_location="cpu",
+                                            weights_only=True))
+            yield seed, fold.index, task.eval(), fold.test().reset_index(drop=True)
+
+
+def embeddings(task: T.Task, items: list[dict]) -> np.ndarray:
+    """Utterance features of the speech side (the projection output): Figure 4's input."""
+    return T.predict(task, items, keys=("embedding",))["embedding"]
+
+
+def transfer_predictions(task: T.Task, rows: pd.DataFrame, items: list[dict],
+                         classes: Sequence[str], shared: Sequence[str]) -> pd.DataFrame:
+    """Predictions on a second corpus restricted to the shared classes: the argmax over the
+    shared classes only (the model never chooses a class the second corpus lacks)."""
+    logits = T.predict(task, items)["logits"]
+    keep = [list(classes).index(c) for c in shared]
+    pred = np.asarray(shared)[logits[:, keep].argmax(1)]
+    return pd.DataFrame({"utt_id": rows["utt_id"].to_numpy(), "label": rows["label"].to_numpy(),
+                         "pred": pred})
+
+
+# ----------------------------------------------------------------------------- tables
+
+# The paper's WA (%) on IEMOCAP (Table 1, its 5-fold cross-validation) and on EmoDB's
+# anger/happiness/neutral/sadness with the IEMOCAP-trained models (Table 3).
+PAPER_TABLE1 = {"none": 70.04, "small": 76.91, "full": 77.22}
+PAPER_TABLE3 = {"none": 60.02, "small": 74.15, "full": 79.00}
+PAPER_NAMES = {"none": "Only HuBERT without pre-training",
+               "small": "HuBERT + DistilBERT pre-training",
+               "full": "HuBERT + BERT pre-training"}
+
+
+def beside_paper(summary: pd.DataFrame, paper: dict[str, float], metrics: Sequence[str],
+                 paper_setting: str, ours_setting: str) -> pd.DataFrame:
+    """Our mean ± std next to the paper's WA, one row per system, settings named."""
+    from mmser.results import formatted
+
+    table = formatted(summary, metrics)
+    table.insert(1, "model", [SYSTEMS[s][1] for s in table["system"]])
+    table["ours: setting"] = ours_setting
+    table["paper: model"] = [PAPER_NAMES[s] for s in table["system"]]
+    table["paper: WA (%)"] = [paper[s] for s in table["system"]]
+    table["paper: setting"] = paper_setting
+    return table
+
+
+def by_speaker(preds: pd.DataFrame, corpus: D.Corpus) -> pd.DataFrame:
+    """Predictions regrouped by test speaker (`fold` := speaker), so that `fold_metrics`
+    scores each voice that its model never heard (leave-one-session-out holds them out)."""
+    speaker = corpus.df.set_index("utt_id")["speaker"]
+    return preds.assign(fold=preds["utt_id"].map(speaker).astype(str))
+
+
+def load_transfer(folder: str | Path, classes: Sequence[str]) -> tuple[D.Corpus, FeatureStore,
+                                                                      list[str]]:
+    """A second prepared corpus (`corpus/`, `manifest.csv`, `features/` made by this
+    pipeline's prepare/transcribe/features stages with the same encoders) and the classes
+    it shares with the training corpus."""
+    folder = Path(folder)
+    target = D.load_corpus(folder / "corpus", folder / "manifest.csv")
+    shared = sorted(set(classes) & set(target.df["label"].dropna()))
+    if not shared:
+        raise ValueError(f"{folder}: shares no class with {list(classes)}")
+    return target, FeatureStore(folder / "features"), shared
+
+
+def transfer(corpus: D.Corpus, runner: Runner, out_dir: str | Path, seeds: Sequence[int],
+             target: D.Corpus, store: FeatureStore, shared: Sequence[str]) -> pd.DataFrame:
+    """Every fold model of one system on the second corpus's shared classes; `fold` names
+    the model, so tables give mean ± std over the fold models."""
+    rows = target.df[target.df["label"].isin(shared)].reset_index(drop=True)
+    items = Bank(store, rows, runner.p, runner.encoders, roles=()).labelled(rows, runner.classes)
+    out = [transfer_predictions(task, rows, items, runner.classes, shared)
+           .assign(system=runner.system, seed=seed, fold=k)
+           for seed, k, task, _ in trained_folds(corpus, runner, out_dir, seeds)]
+    return pd.concat(out, ignore_index=True)

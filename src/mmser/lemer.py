@@ -1,0 +1,611 @@
+"""LE-MER (Wang et al., Interspeech 2023): label embeddings and label-guided cross-attention.
+
+- Label descriptions: the top-K TF-IDF terms of each class, one document per class, fitted on
+  a fold's training rows only: words of the transcripts (text) and discrete units of the
+  speech frames (speech). `tfidf_top`.
+- Discrete speech units: the wav2vec 2.0 quantizer's codevector ids (`QuantizerUnits`, the
+  paper), or k-means over frozen frame states (`KMeansUnits`, the default's substitution:
+  Whisper has no quantizer).
+- Label embeddings of one fold (`LabelSources`): text = mean encoder state of the keywords
+  (or of the label word, or random); speech = mean codevector/centroid of the top units
+  (or the text label embedding, or random). They are trainable parameters from there on.
+- Models: `Branch` (one modality, eq. 1-6), `Unimodal` (Table 1), `LEMER` (eq. 7-12,
+  Tables 2-3). `SYSTEMS` names the rows of the paper's tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmser.config import Lemer
+from mmser.data import label_ids
+from mmser.training import Task
+
+# ------------------------------------------------------------------------------ systems
+
+TEXT_INITS = (None, "random", "label", "tfidf")
+SPEECH_INITS = (None, "random", "text", "units")
+FUSIONS = ("constraint", "sum", "label", "vanilla")
+
+
+@dataclass(frozen=True)
+class System:
+    """One row of the paper's tables: which modalities, which label-embedding inits."""
+
+    name: str
+    title: str
+    kind: str  # text | speech | fusion
+    context: bool = False  # previous turns spliced before the text
+    text_init: str | None = None  # see TEXT_INITS; None = no text label embedding
+    speech_init: str | None = None  # see SPEECH_INITS; None = no speech label embedding
+    fusion: str = "constraint"  # see FUSIONS
+    speech_k: int | None = None  # overrides lemer.speech_k (the Figure 3 sweep)
+
+
+SYSTEMS = {s.name: s for s in [
+    System("A1", "text encoder", "text"),
+    System("A2", "+ historical utterances", "text", context=True),
+    System("A3", "+ historical utterances + LE (random init)", "text", True, "random"),
+    System("A4", "+ historical utterances + LE (label words init)", "text", True, "label"),
+    System("A5", "+ historical utterances + LE (TF-IDF init)", "text", True, "tfidf"),
+    System("B1", "speech encoder", "speech"),
+    System("B3", "+ LE (random init)", "speech", speech_init="random"),
+    System("B4", "+ LE (text embedding init)", "speech", speech_init="text"),
+    System("B5", "+ LE (unit init)", "speech", speech_init="units"),
+    System("C1", "attention constraint (full model)", "fusion", True, "tfidf", "units",
+           "constraint"),
+    System("C2", "A_r + A_l", "fusion", True, "tfidf", "units", "sum"),
+    System("C3", "only A_l", "fusion", True, "tfidf", "units", "label"),
+    System("C4", "only A_r", "fusion", True, "tfidf", "units", "vanilla"),
+]}
+
+# The paper's numbers (IEMOCAP, 4 classes, 5,531 utterances, leave-one-session-out; %).
+PAPER = {
+    "A1": (67.34, 67.66), "A2": (77.46, 78.38), "A3": (77.51, 78.52), "A4": (78.03, 78.88),
+    "A5": (78.11, 78.92), "B1": (73.92, 74.48), "B2": (75.73, 76.44), "B3": (76.20, 76.80),
+    "B4": (76.48, 77.14), "B5": (76.74, 77.74), "C1": (82.40, 83.11), "C2": (82.39, 82.75),
+    "C3": (81.29, 81.37), "C4": (81.08, 81.68), "score fusion": (81.32, 82.18),
+}
+PAPER_BASELINES = {  # Table 2: earlier systems on the same protocol, (WA, UA) %
+    "Chen et al. (key-sparse Transformer)": (74.30, 75.30),
+    "Chen et al. (temporal and semantic consistency)": (74.92, 76.64),
+    "Hou et al.": (75.60, 77.60), "Wu et al.": (77.57, 78.41),
+    "Santoso et al.": (78.40, 78.60), "Li et al.": (80.36, 81.70),
+}
+
+
+def systems(names: Sequence[str], k_grid: Sequence[int] = ()) -> list[System]:
+    """The requested rows, then one B5 variant per K of the Figure 3 sweep."""
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"lemer.systems: unknown rows {unknown}; known: {list(SYSTEMS)}")
+    out = [SYSTEMS[n] for n in names]
+    return out + [replace(SYSTEMS["B5"], name=f"B5_K{k}", title=f"B5 with K={k}",
+                          speech_k=int(k)) for k in k_grid]
+
+
+def text_key(system: System) -> str:
+    return "context" if system.context else "text"
+
+
+def item_keys(system: System) -> tuple[str, ...]:
+    """The sequences a system reads from an item."""
+    return {"text": (text_key(system),), "speech": ("speech",),
+            "fusion": (text_key(system), "speech")}[system.kind]
+
+
+# ------------------------------------------------------------------------- text context
+
+
+def context_texts(df: pd.DataFrame, column: str, turns: int, max_tokens: int,
+                  count_tokens: Callable[[str], int], sep: str = " ") -> pd.Series:
+    """Each row's text after up to `turns` previous turns of its dialogue (oldest first),
+    dropping the oldest turns until the whole fits in `max_tokens`. Indexed by utt_id."""
+    if "dialog_id" not in df.columns or df["dialog_id"].isna().all():
+        raise ValueError("text context needs dialog_id and turn_index in the manifest; this "
+                         "corpus has none (leave out the rows with context: A2-A5, C1-C4)")
+    out = {}
+    for _, dialogue in df[df["dialog_id"].notna()].groupby("dialog_id"):
+        dialogue = dialogue.sort_values("turn_index")
+        said = dialogue[column].fillna("").tolist()
+        for i, utt in enumerate(dialogue["utt_id"]):
+            history = said[max(0, i - turns):i]
+            while history and count_tokens(sep.join([*history, said[i]])) > max_tokens:
+                history = history[1:]
+            out[utt] = sep.join([*history, said[i]])
+    alone = df[df["dialog_id"].isna()]
+    out.update(zip(alone["utt_id"], alone[column].fillna("")))
+    return pd.Series(out)
+
+
+# ------------------------------------------------------------------------------ TF-IDF
+
+
+def _tokens(doc: Sequence[str]) -> Sequence[str]:
+    return doc
+
+
+def words(texts: Sequence[str]) -> list[str]:
+    """Lower-cased words without English stop words (the keyword candidates)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    analyse = TfidfVectorizer(stop_words="english").build_analyzer()
+    return [w for t in texts for w in analyse(t)]
+
+
+def tfidf_top(docs: Mapping[str, Sequence[str]], k: int) -> dict[str, list[str]]:
+    """The top-`k` terms of each class by TF-IDF, one document (a list of terms) per class;
+    ties go to the alphabetically first term, so the choice is deterministic."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    empty = [c for c, doc in docs.items() if len(doc) == 0]
+    if empty:
+        raise ValueError(f"classes {empty} have no training material for a label embedding "
+                         "(no words or frames in this fold's training rows)")
+    if k < 1:
+        raise ValueError(f"top-K needs K >= 1, got {k}")
+    vectoriser = TfidfVectorizer(analyzer=_tokens)
+    scores = vectoriser.fit_transform([list(doc) for doc in docs.values()]).toarray()
+    terms = vectoriser.get_feature_names_out()
+    top = {}
+    for row, name in zip(scores, docs):
+        order = sorted(np.flatnonzero(row > 0), key=lambda j: (-row[j], str(terms[j])))
+        top[name] = [str(terms[j]) for j in order[:k]]
+    return top
+
+
+# ------------------------------------------------------------------------ speech units
+
+
+class KMeansUnits:
+    """Discrete speech units by k-means over frozen frame states, fitted on training frames
+    only; a unit's vector is its centroid (in the space of the frames themselves)."""
+
+    def __init__(self, n_units: int, max_frames: int, seed: int = 0):
+        self.n_units, self.max_frames, self.seed = n_units, max_frames, seed
+        self.model = None
+
+    def fit(self, frames: Sequence[torch.Tensor]) -> "KMeansUnits":
+        from sklearn.cluster import MiniBatchKMeans
+
+        stacked = torch.cat(list(frames)).numpy()
+        if len(stacked) < self.n_units:
+            raise ValueError(f"k-means: {len(stacked)} frames cannot make {self.n_units} units")
+        rng = np.random.default_rng(self.seed)
+        if len(stacked) > self.max_frames:
+            stacked = stacked[rng.choice(len(stacked), self.max_frames, replace=False)]
+        self.model = MiniBatchKMeans(self.n_units, random_state=self.seed, n_init=1,
+                                     batch_size=2048).fit(stacked)
+        return self
+
+    def units(self, frames: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        return [self.model.predict(f.numpy()) for f in frames]
+
+    def vectors(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.from_numpy(self.model.cluster_centers_[list(ids)]).float()
+
+
+class QuantizerUnits:
+    """The paper's units: wav2vec 2.0's quantizer on the CNN features. A unit is the tuple of
+    codebook entries of its groups; its vector the projected codevector (`project_q`), which
+    lives where `project_hid` maps the encoder's output (wav2vec 2.0's contrastive space)."""
+
+    def __init__(self, name: str):
+        from transformers import AutoFeatureExtractor, Wav2Vec2ForPreTraining
+
+        from mmser.encoders import _from_pretrained
+
+        self.model = _from_pretrained(Wav2Vec2ForPreTraining, name).eval()
+        self.extractor = _from_pretrained(AutoFeatureExtractor, name)
+        q = self.model.quantizer
+        self.groups, self.entries = q.num_groups, q.num_vars
+
+    @torch.no_grad()
+    def units(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        batch = self.extractor(list(waves), sampling_rate=16_000, return_tensors="pt",
+                               padding=True, return_attention_mask=True)
+        w2v = self.model.wav2vec2
+        feats = w2v(batch.input_values, attention_mask=batch.attention_mask).extract_features
+        logits = self.model.quantizer.weight_proj(feats)  # (B, T, G * V)
+        ids = logits.view(*logits.shape[:2], self.groups, self.entries).argmax(-1)
+        radix = self.entries ** torch.arange(self.groups - 1, -1, -1)
+        unit = (ids * radix).sum(-1)
+        lengths = w2v._get_feat_extract_output_lengths(batch.attention_mask.sum(-1))
+        return [unit[i, :n].numpy() for i, n in enumerate(lengths.tolist())]
+
+    @torch.no_grad()
+    def vectors(self, ids: Sequence[int]) -> torch.Tensor:
+        codebook = self.model.quantizer.codevectors[0]  # (G * V, dim / G)
+        ids = torch.as_tensor(list(ids))
+        parts = [codebook[g * self.entries + (ids // self.entries ** (self.groups - 1 - g))
+                          % self.entries] for g in range(self.groups)]
+        return self.model.project_q(torch.cat(parts, -1))
+
+    def projection(self) -> nn.Linear:
+        """Encoder states -> codevector space (initialises the speech branch's projection)."""
+        import copy
+
+        return copy.deepcopy(self.model.project_hid)
+
+
+def unit_label_embedding(units: Mapping[str, Sequence[np.ndarray]], k: int,
+                         vectors: Callable[[Sequence[int]], torch.Tensor]
+                         ) -> tuple[torch.Tensor, dict[str, list[int]]]:
+    """Tonal label embedding (classes, dim): mean vector of each class's top-`k` TF-IDF units."""
+    docs = {c: [str(u) for seq in seqs for u in seq.tolist()] for c, seqs in units.items()}
+    top = {c: [int(u) for u in terms] for c, terms in tfidf_top(docs, k).items()}
+    return torch.stack([vectors(top[c]).mean(0) for c in units]), top
+
+
+def text_label_embedding(descriptions: Mapping[str, Sequence[str]],
+                         encode: Callable[[list[str]], list[torch.Tensor]]) -> torch.Tensor:
+    """Semantic label embedding (classes, dim): the mean token state of every description
+    word of a class, each word encoded alone, [CLS] and [SEP] left out."""
+    rows = []
+    for words_ in descriptions.values():
+        states = encode(list(words_))
+        rows.append(torch.cat([s[1:-1] if len(s) > 2 else s for s in states]).mean(0))
+    return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------- label sources
+
+
+class LabelSources:
+    """What a fold's label embeddings are fitted from; `text(...)` and `speech(...)` see only
+    the training rows they are given.
+
+    text_of: utt_id -> transcript; frames: utt_ids -> frozen frame states (for k-means);
+    encode: words -> token states of the text encoder; units: "kmeans" or a
+    `QuantizerUnits`, with `waves(utt_ids)` giving the audio it needs.
+    """
+
+    def __init__(self, classes: Sequence[str], text_of: Mapping[str, str],
+                 frames: Callable[[Sequence[str]], list[torch.Tensor]],
+                 encode: Callable[[list[str]], list[torch.Tensor]], cfg: Lemer, seed: int = 0,
+                 units: str | QuantizerUnits = "kmeans",
+                 waves: Callable[[Sequence[str]], list[np.ndarray]] | None = None):
+        self.classes, self.text_of, self.frames, self.encode = list(classes), text_of, \
+            frames, encode
+        self.cfg, self.seed, self.unit_source, self.waves = cfg, seed, units, waves
+        self.keywords: dict[str, dict[str, list[str]]] = {}  # fold key -> class -> words
+        self.top_units: dict[tuple[str, int], dict[str, list[int]]] = {}
+        self._units: dict[str, tuple] = {}
+
+    @staticmethod
+    def key(rows: pd.DataFrame) -> str:
+        return hashlib.sha256("|".join(sorted(rows["utt_id"])).encode()).hexdigest()[:12]
+
+    def _by_class(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        missing = sorted(set(self.classes) - set(rows["label"]))
+        if missing:
+            raise ValueError(f"classes {missing} have no training rows in this fold; a label "
+                             "embedding needs examples of every class")
+        return {c: rows[rows["label"] == c] for c in self.classes}
+
+    def _random(self, dim: int, salt: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + salt)
+        return torch.randn(len(self.classes), dim, generator=generator)
+
+    def text(self, rows: pd.DataFrame, init: str | None, dim: int) -> torch.Tensor | None:
+        """L_t of one fold: None, random, the label words, or the TF-IDF keywords."""
+        if init is None:
+            return None
+        if init == "random":
+            return self._random(dim, 1)
+        if init == "label":
+            return text_label_embedding({c: [c] for c in self.classes}, self.encode)
+        if init != "tfidf":
+            raise ValueError(f"text label init {init!r} is not one of {TEXT_INITS}")
+        docs = {c: words([self.text_of[u] for u in part["utt_id"]])
+                for c, part in self._by_class(rows).items()}
+        top = tfidf_top(docs, self.cfg.text_k)
+        self.keywords[self.key(rows)] = top
+        return text_label_embedding(top, self.encode)
+
+    def _fold_units(self, rows: pd.DataFrame) -> tuple:
+        """(unit ids per class, vectors function), fitted once per training set."""
+        key = self.key(rows)
+        if key not in self._units:
+            parts = self._by_class(rows)
+            if self.unit_source == "kmeans":
+                model = KMeansUnits(self.cfg.n_units, self.cfg.kmeans_frames, self.seed)
+                model.fit(self.frames(list(rows["utt_id"])))
+                units = {c: model.units(self.frames(list(p["utt_id"]))) for c, p in parts.items()}
+            else:
+                model = self.unit_source
+                units = {c: model.units(self.waves(list(p["utt_id"])))
+                         for c, p in parts.items()}
+            self._units[key] = (units, model.vectors)
+        return self._units[key]
+
+    def speech(self, rows: pd.DataFrame, init: str | None, dim: int,
+               k: int | None = None) -> torch.Tensor | None:
+        """L_s of one fold: None, random, the text label embedding, or the top-K units."""
+        if init is None:
+            return None
+        if init == "random":
+            return self._random(dim, 2)
+        if init == "text":
+            return self.text(rows, "tfidf", dim)
+        if init != "units":
+            raise ValueError(f"speech label init {init!r} is not one of {SPEECH_INITS}")
+        k = k or self.cfg.speech_k
+        units, vectors = self._fold_units(rows)
+        embedding, top = unit_label_embedding(units, k, vectors)
+        self.top_units[(self.key(rows), k)] = top
+        return embedding.detach()
+
+
+# ------------------------------------------------------------------------------ models
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real positions: (B, l, d), (B, l) -> (B, d)."""
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over real positions: (B, l, d), (B, l) -> (B, d)."""
+    return x.masked_fill(~mask[..., None], float("-inf")).amax(1)
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis (keys), padded keys get zero weight: mask (B, keys)."""
+    return scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
+
+
+def cosine_map(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 / 4: cosine of every position with every label, (B, l, d), (c, d) -> (B, l, c)."""
+    return F.normalize(h, dim=-1) @ F.normalize(labels, dim=-1).T
+
+
+class Branch(nn.Module):
+    """One modality: its states H (optionally through trainable top encoder layers) and,
+    with a label embedding, the label-token / label-frame map G (eq. 1 / 4).
+
+    `proj` maps H into the label space when that differs (the wav2vec 2.0 codevector space);
+    otherwise the cosine is taken on H itself.
+    """
+
+    def __init__(self, label_init: torch.Tensor | None = None, top: nn.Module | None = None,
+                 proj: nn.Module | None = None, top_lr: float = 1e-6):
+        super().__init__()
+        self.top, self.top_lr = top, top_lr
+        self.label = None if label_init is None else nn.Parameter(label_init.detach().clone())
+        self.proj = proj if proj is not None else nn.Identity()
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.top is not None:
+            h = self.top(h, mask)
+        if self.label is None:
+            return h, None
+        return h, cosine_map(self.proj(h), self.label)
+
+
+def label_loss(g: torch.Tensor | None, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. 2-3 / 5-6: cross-entropy of softmax(mean over the sequence of G); 0 without G."""
+    if g is None:
+        return torch.zeros((), device=y.device)
+    return F.cross_entropy(masked_mean(g, mask), y)
+
+
+class Unimodal(nn.Module):
+    """Table 1: one branch, max-pooled, linear; plus mu * the label loss with an embedding."""
+
+    def __init__(self, key: str, branch: Branch, dim: int, n_classes: int, mu_label: float):
+        super().__init__()
+        self.key, self.branch, self.mu_label = key, branch, mu_label
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, batch: dict) -> dict:
+        mask = batch[f"{self.key}_mask"]
+        h, g = self.branch(batch[self.key], mask)
+        logits = self.head(masked_max(h, mask))
+        y = batch["label"]
+        loss = F.cross_entropy(logits, y) + self.mu_label * label_loss(g, mask, y)
+        return {"loss": loss, "logits": logits, "G": g}
+
+
+class LEMER(nn.Module):
+    """The full model (eq. 7-12): label-enhanced text and speech branches fused by
+    cross-attention from tokens to frames.
+
+    fusion: "constraint" (C1: A_r, pulled towards A_l by the MSE of eq. 10), "sum" (C2:
+    A_r + A_l), "label" (C3: A_l only), "vanilla" (C4: A_r only). Where A_l weights the
+    frames it is normalised over the frames by a softmax, like A_r.
+    """
+
+    def __init__(self, text_key: str, text: Branch, speech: Branch, d_text: int,
+                 d_speech: int, n_classes: int, fusion: str = "constraint",
+                 mu: Sequence[float] = (1.0, 0.5, 0.2, 0.2)):
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r} is not one of {FUSIONS}")
+        if len(mu) != 4:
+            raise ValueError(f"mu needs the 4 weights of eq. 12, got {list(mu)}")
+        self.text_key, self.text, self.speech = text_key, text, speech
+        self.fusion, self.mu, self.scale = fusion, tuple(mu), 1 / math.sqrt(d_text)
+        self.W = nn.Linear(d_speech, d_text, bias=False)  # eq. 7's W
+        self.head = nn.Linear(d_text + d_speech, n_classes)
+
+    def attention(self, ht, tmask, hs, smask, gt, gs) -> dict[str, torch.Tensor]:
+        # eq. 7; the 1/sqrt(d) scale only re-parametrises W (keeps early softmaxes soft)
+        ar = masked_softmax(ht @ self.W(hs).transpose(1, 2) * self.scale, smask)
+        al = gt @ gs.transpose(1, 2)  # eq. 9
+        weights = {"constraint": ar, "vanilla": ar, "label": masked_softmax(al, smask),
+                   "sum": ar + masked_softmax(al, smask)}[self.fusion]
+        return {"A_r": ar, "A_l": al, "A": weights}
+
+    def forward(self, batch: dict) -> dict:
+        tmask, smask = batch[f"{self.text_key}_mask"], batch["speech_mask"]
+        ht, gt = self.text(batch[self.text_key], tmask)
+        hs, gs = self.speech(batch["speech"], smask)
+        if gt is None or gs is None:
+            raise ValueError("LE-MER needs both label embeddings (text and speech)")
+        att = self.attention(ht, tmask, hs, smask, gt, gs)
+        hm = torch.cat([ht, att["A"] @ hs], -1)  # eq. 8
+        logits = self.head(masked_max(hm, tmask))  # eq. 11
+        y = batch["label"]
+        pairs = tmask[:, :, None] & smask[:, None, :]
+        constraint = F.mse_loss(att["A_l"][pairs], att["A_r"][pairs]) \
+            if self.fusion == "constraint" else torch.zeros((), device=y.device)  # eq. 10
+        parts = (F.cross_entropy(logits, y), constraint, label_loss(gt, tmask, y),
+                 label_loss(gs, smask, y))
+        loss = sum(m * part for m, part in zip(self.mu, parts))  # eq. 12
+        return {"loss": loss, "logits": logits, "G_t": gt, "G_s": gs, **att}
+
+
+# ---------------------------------------------------------------------- items and tasks
+
+
+def item_table(rows: pd.DataFrame, classes: Sequence[str],
+               **sequences: Sequence[torch.Tensor]) -> dict[str, dict]:
+    """utt_id -> {"label": class index, <name>: (length, dim) states} for every sequence."""
+    labels = label_ids(list(rows["label"]), classes)
+    for name, seqs in sequences.items():
+        if len(seqs) != len(rows):
+            raise ValueError(f"{name}: {len(seqs)} sequences for {len(rows)} rows")
+    return {u: {"label": int(y), **{k: v[i] for k, v in sequences.items()}}
+            for i, (u, y) in enumerate(zip(rows["utt_id"], labels.tolist()))}
+
+
+def make_items(table: Mapping[str, dict], keys: Sequence[str]
+               ) -> Callable[[pd.DataFrame], list[dict]]:
+    """`cross_validate`'s make_items: the system's sequences and the label of each row."""
+    def build(rows: pd.DataFrame) -> list[dict]:
+        missing = [u for u in rows["utt_id"] if u not in table]
+        if missing:
+            raise KeyError(f"{len(missing)} utterances have no features, e.g. {missing[:3]}")
+        return [{k: table[u][k] for k in (*keys, "label")} for u in rows["utt_id"]]
+    return build
+
+
+@dataclass
+class Encoders:
+    """What the model builder needs to know of the encoders: widths, and factories of
+    trainable top layers (None = frozen cached states)."""
+
+    d_text: int
+    d_speech: int
+    text_top: Callable[[], nn.Module] | None = None
+    speech_top: Callable[[], nn.Module] | None = None
+    speech_proj: Callable[[], nn.Module] | None = None  # H_s -> unit vector space
+
+
+def build_model(system: System, rows: pd.DataFrame, sources: LabelSources, enc: Encoders,
+                cfg: Lemer) -> nn.Module:
+    """A fresh model for `system`, its label embeddings fitted on the training `rows`."""
+    n = len(sources.classes)
+    make = lambda f: f() if f is not None else None  # noqa: E731
+    text_init = sources.text(rows, system.text_init, enc.d_text) \
+        if system.kind != "speech" else None
+    speech_init = sources.speech(rows, system.speech_init, enc.d_speech, system.speech_k) \
+        if system.kind != "text" else None
+    proj = None
+    if speech_init is not None and speech_init.shape[1] != enc.d_speech:
+        proj = make(enc.speech_proj) or nn.Linear(enc.d_speech, speech_init.shape[1])
+    mu = cfg.mu
+    if system.kind == "text":
+        return Unimodal(text_key(system), Branch(text_init, make(enc.text_top),
+                                                 top_lr=cfg.text_lr), enc.d_text, n, mu[2])
+    speech = Branch(speech_init, make(enc.speech_top), proj, cfg.speech_lr)
+    if system.kind == "speech":
+        return Unimodal("speech", speech, enc.d_speech, n, mu[3])
+    text = Branch(text_init, make(enc.text_top), top_lr=cfg.text_lr)
+    return LEMER(text_key(system), text, speech, enc.d_text, enc.d_speech, n, system.fusion,
+                 mu)
+
+
+def make_task(model: nn.Module, cfg: Lemer) -> Task:
+    """Adam; encoder layers at the paper's small learning rates, the rest at `cfg.lr`;
+    linear warm-up when `cfg.warmup_steps` is set."""
+    top_lr = {id(p): m.top_lr for m in model.modules()
+              if isinstance(m, Branch) and m.top is not None for p in m.top.parameters()}
+    groups: dict[float, list] = {}
+    for p in model.parameters():
+        groups.setdefault(top_lr.get(id(p), cfg.lr), []).append(p)
+    return Task(model, kind="classification", lr=cfg.lr, optimizer="adam",
+                param_groups=[{"params": ps, "lr": lr} for lr, ps in groups.items()],
+                schedule="warmup" if cfg.warmup_steps else None,
+                warmup_steps=cfg.warmup_steps)
+
+
+# ------------------------------------------------------------------------------ results
+
+
+def score_fusion(a: pd.DataFrame, b: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Sum of two models' logits per test utterance. Summing log-probabilities picks the same
+    class (each softmax only subtracts one constant per utterance)."""
+    keys = ["seed", "fold", "utt_id"]
+    a, b = a.set_index(keys).sort_index(), b.set_index(keys).sort_index()
+    if not a.index.equals(b.index):
+        raise ValueError("score fusion needs both models' predictions on the same utterances")
+    probs = [f"prob_{c}" for c in classes]
+    scores = np.log(a[probs].to_numpy() + 1e-12) + np.log(b[probs].to_numpy() + 1e-12)
+    fused = softmax_np(scores)
+    out = a[["label"]].copy()
+    out["pred"] = [classes[i] for i in fused.argmax(1)]
+    for i, c in enumerate(classes):
+        out[f"prob_{c}"] = fused[:, i]
+    return out.reset_index()
+
+
+def softmax_np(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def paper_columns(table: pd.DataFrame, key: str = "system") -> pd.DataFrame:
+    """Add the paper's WA / UA (%) beside ours (rows the paper did not report stay empty)."""
+    out = table.copy()
+    out["paper WA (%)"] = [PAPER.get(s, (None, None))[0] for s in out[key]]
+    out["paper UA (%)"] = [PAPER.get(s, (None, None))[1] for s in out[key]]
+    return out
+
+
+# ------------------------------------------------------------------ new text, cached
+
+
+class TextStates:
+    """Strings the features stage did not encode (spliced context, keywords, label words):
+    every hidden state through the text encoder, cached under `root` once."""
+
+    def __init__(self, name: str, root: str, layers: int | None = None,
+                 max_length: int = 150):
+        self.name, self.root, self.layers, self.max_length = name, root, layers, max_length
+        self._encoder = None
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from mmser.encoders import TextEncoder
+
+            self._encoder = TextEncoder(self.name, self.layers, max_length=self.max_length)
+        return self._encoder
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encoder.tokenizer(text)["input_ids"])
+
+    def __call__(self, texts: Sequence[str], layer: int | None = -1) -> list[torch.Tensor]:
+        from mmser.features import FeatureCache, text_features
+
+        cache = FeatureCache(self.root, f"{self.encoder.key}-max{self.max_length}")
+        digests = text_features(cache, self.encoder, list(texts))
+        states = [cache.load(d)["hidden"] for d in digests]
+        return [(s if layer is None else s[layer]).float() for s in states]
+
+    def tokens(self, text: str) -> list[str]:
+        ids = self.encoder.tokenizer(text, truncation=True, max_length=self.max_length)
+        return self.encoder.tokenizer.convert_ids_to_tokens(ids["input_ids"])

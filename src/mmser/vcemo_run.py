@@ -1,0 +1,289 @@
+"""The VCEMO stage's experiments: item building (cached log-mels, augmented training
+copies, word and sentence vectors), the systems of the paper's tables run with
+`mmser.training.cross_validate`, the paper's numbers, and the small Mandarin corpus."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from mmser import manifest, synth
+from mmser.audio import SAMPLE_RATE, write_audio
+from mmser import vcemo as V
+from mmser.config import Training, Vcemo
+from mmser.data import Corpus, label_ids
+from mmser.training import Task, cross_validate, predict
+
+CMN_TEXT = Path(__file__).with_name("vcemo_cmn.yaml")
+# espeak-ng's Mandarin voice with male/female variants, base pitch and rate (as synth.VOICES)
+CMN_VOICES = [("cmn+m1", 38, 160), ("cmn+f2", 62, 165), ("cmn+m3", 42, 155),
+              ("cmn+f3", 58, 170), ("cmn+m2", 36, 150), ("cmn+f4", 66, 160)]
+
+# The paper's numbers (Tang et al. 2024): Table 1 (VCEMO, 8/1/1 random split, accuracy and
+# F1), Table 2 (IEMOCAP, 5-fold leave-one-session-out, WA/UA), Table 3 (VCEMO 4-class).
+PAPER_VCEMO = {  # system -> (4-class acc, 4-class F1, 6-class acc, 6-class F1), %
+    "VCEMO (SupCon)": (67.40, 67.22, 65.51, 64.67),
+    "VCEMO": (66.99, 66.90, 65.37, 64.54),
+    "UMONS": (63.27, 63.44, 61.36, 61.35),
+    "Yoon et al. 2018": (60.96, 59.14, 57.89, 55.42),
+    "Xu et al. 2019": (59.42, 57.68, 58.16, 55.39),
+}
+PAPER_IEMOCAP = {  # system -> (WA, UA), %
+    "Xu et al. 2019": (70.41, 69.52), "CME": (72.72, 73.57), "VCEMO": (71.23, 72.46),
+    "VCEMO (SupCon)": (73.07, 74.10),
+}
+PAPER_ABLATION = {  # modalities -> (accuracy, F1), %, VCEMO 4-class
+    "Embeddings": (57.40, 55.05), "BERT": (53.29, 50.16), "Acoustic": (53.18, 51.15),
+    "Embeddings + BERT": (57.26, 55.11), "Embeddings + Acoustic": (65.21, 64.40),
+    "BERT + Acoustic": (61.23, 60.91), "Embeddings + BERT + Acoustic": (69.52, 74.10),
+}
+
+
+@dataclass(frozen=True)
+class System:
+    key: str  # folder name under the stage's model dir
+    name: str  # row name in the tables
+    kind: str  # vcemo | yoon | xu
+    modalities: tuple[str, ...] = V.MODALITIES
+    supcon: bool = False
+
+
+SYSTEMS = {
+    "supcon": System("supcon", "VCEMO (SupCon)", "vcemo", supcon=True),
+    "ce": System("ce", "VCEMO", "vcemo"),
+    "yoon": System("yoon", "Yoon et al. 2018", "yoon"),
+    "xu": System("xu", "Xu et al. 2019", "xu"),
+}
+
+
+def ablation_name(modalities: Sequence[str]) -> str:
+    """The paper's Table 3 row name (its order: embeddings, BERT, acoustic)."""
+    order = ("words", "bert", "acoustic")
+    return " + ".join(V.SHORT[m] for m in order if m in modalities)
+
+
+def ablation_systems() -> list[System]:
+    """All seven modality combinations, with SupCon; the full one is the main model."""
+    out = []
+    for n in (1, 2, 3):
+        for combo in itertools.combinations(V.MODALITIES, n):
+            if n == 3:
+                out.append(SYSTEMS["supcon"])
+            else:
+                out.append(System("abl-" + "-".join(combo), ablation_name(combo), "vcemo",
+                                  combo, supcon=True))
+    return out
+
+
+def system(key: str) -> System:
+    if key not in SYSTEMS:
+        raise ValueError(f"unknown vcemo system {key!r}; known: {sorted(SYSTEMS)}")
+    return SYSTEMS[key]
+
+
+class Experiment:
+    """One corpus's inputs, built once, and the systems trained on its folds.
+
+    Log-mels (clean and `n_augment` augmented views of every clip) come from a cache;
+    `items(rows)` adds the augmented views only for the rows that `make_task` was last
+    given as training rows, so validation and test items are always clean.
+    """
+
+    def __init__(self, corpus: Corpus, text_states: Callable[[Sequence[str]], list],
+                 cfg: Vcemo, mel_dir: str | Path, seed: int = 0):
+        self.corpus, self.cfg, self.seed = corpus, cfg, seed
+        rows = corpus.labelled
+        if rows.empty:
+            raise ValueError("the corpus has no labelled utterances inside the protocol")
+        for name, count in rows["label"].value_counts().items():
+            if count < 2:
+                raise ValueError(f"class {name!r} has {count} utterance(s); every class needs "
+                                 "examples in training and test folds")
+        texts = rows[cfg.text_source]
+        if texts.isna().any() or (texts.astype(str).str.strip() == "").any():
+            missing = rows.loc[texts.isna(), "utt_id"].tolist()[:3]
+            raise ValueError(f"vcemo.text_source={cfg.text_source!r} is empty for some "
+                             f"utterances (e.g. {missing}); run the transcribe stage, or "
+                             "use text_source: text")
+        self.mel_cfg = V.MelConfig(cfg.n_mels, cfg.hop_ms)
+        paths = manifest.resolve_paths(rows, corpus.audio_root)
+        views = V.mel_views(paths, mel_dir, self.mel_cfg, cfg.n_augment, seed,
+                            snr_db=cfg.snr_db, max_semitones=cfg.max_semitones,
+                            max_stretch=cfg.max_stretch)
+        self.mels = dict(zip(rows["utt_id"], views))
+        unique = sorted(set(texts))
+        states = dict(zip(unique, text_states(unique)))
+        self.words = {t: V.word_vectors(s[0], cfg.max_tokens) for t, s in states.items()}
+        self.sent = {t: V.sentence_vector(s[-1], cfg.sentence_pool) for t, s in states.items()}
+        self.word_dim = next(iter(self.words.values())).shape[-1]
+        self.vocab: dict[str, int] | None = None
+        self._train_ids: frozenset = frozenset()
+
+    # -------------------------------------------------------------------- items
+
+    def items(self, rows: pd.DataFrame) -> list[dict]:
+        cfg = self.cfg
+        augment = frozenset(rows["utt_id"]) == self._train_ids
+        labels = label_ids(rows["label"].tolist(), self.corpus.classes)
+        out = []
+        for (utt, text), label in zip(rows[["utt_id", cfg.text_source]].itertuples(
+                index=False), labels):
+            item = {"sent": self.sent[text], "label": int(label)}
+            if cfg.word_vectors == "learned":
+                ids = [self.vocab.get(w, 1) for w in V.segment(text, cfg.segmenter)]
+                item["tokens_seq"] = torch.tensor(ids[: cfg.max_tokens] or [1])
+            else:
+                item["words"] = self.words[text]
+            for mel in self.mels[utt][: (1 + cfg.n_augment) if augment else 1]:
+                out.append({**item, "mel": mel})
+        return out
+
+    # -------------------------------------------------------------------- models
+
+    def model(self, spec: System) -> torch.nn.Module:
+        cfg, n_classes = self.cfg, len(self.corpus.classes)
+        vocab = len(self.vocab) if cfg.word_vectors == "learned" else None
+        word_dim = cfg.word_dim if vocab else self.word_dim
+        if spec.kind == "yoon":
+            return V.Yoon2018(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout)
+        if spec.kind == "xu":
+            return V.Xu2019(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout)
+        net = V.VcemoNet(spec.modalities, cfg.n_mels, word_dim, self.word_dim, cfg.dim,
+                         cfg.heads, cfg.layers, cfg.dropout, vocab)
+        return V.VcemoModel(net, n_classes, cfg.alpha if spec.supcon else 0.0,
+                            cfg.temperature, cfg.proj_dim, cfg.queue_size, cfg.momentum,
+                            cfg.dropout)
+
+    def make_task(self, spec: System) -> Callable[[pd.DataFrame], Task]:
+        def make(train_rows: pd.DataFrame) -> Task:
+            self._train_ids = frozenset(train_rows["utt_id"])
+            if self.cfg.word_vectors == "learned":
+                self.vocab = V.build_vocab(train_rows[self.cfg.text_source].tolist(),
+                                           self.cfg.segmenter)
+            return Task(self.model(spec), kind="classification", lr=self.cfg.lr,
+                        weight_decay=self.cfg.weight_decay, optimizer="adam")
+        return make
+
+    def fingerprint(self, spec: System) -> dict:
+        return {"system": asdict(spec), "vcemo": asdict(self.cfg),
+                "classes": self.corpus.classes, "n": len(self.corpus.labelled)}
+
+    def run(self, spec: System, out_dir: str | Path, training: Training,
+            seeds: Sequence[int]) -> pd.DataFrame:
+        """Every fold and seed of one system; predictions with a `system` column."""
+        preds = cross_validate(self.corpus, self.items, self.make_task(spec),
+                               Path(out_dir) / spec.key, training, seeds=seeds,
+                               fingerprint=self.fingerprint(spec),
+                               max_epochs=self.cfg.max_epochs, batch_size=self.cfg.batch_size,
+                               patience=self.cfg.patience, bucket_by="mel")
+        return preds.assign(system=spec.name)
+
+    def embeddings(self, spec: System, out_dir: str | Path, fold_index: int, seed: int,
+                   ) -> tuple[np.ndarray, list[str]]:
+        """Projector outputs of a trained system on one fold's test utterances (for t-SNE);
+        the fold's choice is the checkpoint that `run` chose on validation."""
+        for fold in self.corpus.folds(seed=seed):
+            if fold.index != fold_index:
+                continue
+            task = self.make_task(spec)(fold.train())
+            best = Path(out_dir) / spec.key / f"seed{seed}" / f"fold{fold.index}" / "best.pt"
+            task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+            fold.select(checkpoint=str(best))
+            test = fold.test()
+            out = predict(task, self.items(test), keys=("proj",))
+            return out["proj"], test["label"].tolist()
+        raise ValueError(f"no fold {fold_index} in this corpus")
+
+
+# ------------------------------------------------------------------ result tables
+
+
+def paper_comparison(ours: pd.DataFrame, n_classes: int) -> pd.DataFrame:
+    """Our WA/UA/F1 (mean ± std strings, by system name) beside the paper's Tables 1-2."""
+    col = 0 if n_classes == 4 else 2
+    rows = []
+    for name in dict.fromkeys([*ours["system"], *PAPER_VCEMO]):
+        row = {"system": name}
+        if name in set(ours["system"]):
+            row.update(ours.set_index("system").loc[name].to_dict())
+        vc = PAPER_VCEMO.get(name)
+        ie = PAPER_IEMOCAP.get(name)
+        row[f"paper VCEMO {n_classes}-cl acc"] = f"{vc[col]:.2f}" if vc else "–"
+        row[f"paper VCEMO {n_classes}-cl F1"] = f"{vc[col + 1]:.2f}" if vc else "–"
+        row["paper IEMOCAP WA"] = f"{ie[0]:.2f}" if ie else "–"
+        row["paper IEMOCAP UA"] = f"{ie[1]:.2f}" if ie else "–"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("–")
+
+
+def paper_ablation(ours: pd.DataFrame) -> pd.DataFrame:
+    """Our modality ablation beside the paper's Table 3."""
+    table = ours.copy()
+    full = ablation_name(V.MODALITIES)
+    table["system"] = table["system"].replace({SYSTEMS["supcon"].name: full})
+    table["paper acc"] = [f"{PAPER_ABLATION[s][0]:.2f}" for s in table["system"]]
+    table["paper F1"] = [f"{PAPER_ABLATION[s][1]:.2f}" for s in table["system"]]
+    return table.rename(columns={"system": "modalities"})
+
+
+# ------------------------------------------------------------------ Mandarin corpus
+
+
+def _cmn_text(kind: str, rng: np.random.Generator) -> str:
+    material = yaml.safe_load(CMN_TEXT.read_text())
+    return synth._fill(str(rng.choice(material["frames"])),
+                       [material["kinds"][kind], material["slots"]], rng)
+
+
+def _make_cmn(spec: synth.Spec) -> dict:
+    rng = np.random.default_rng([spec.seed, spec.index])
+    voice, base_pitch, base_rate = CMN_VOICES[spec.speaker % len(CMN_VOICES)]
+    wording = synth._wording(spec.label, rng)
+    spaced = _cmn_text(wording, rng)
+    cue = synth._draw_prosody(spec.label, rng)
+    wave = synth._espeak(synth._ssml(spaced, cue, rng), voice, base_pitch, base_rate)
+    snr = round(float(rng.uniform(*spec.snr_db)), 2)
+    write_audio(Path(spec.out_dir) / "wav" / f"{spec.utt_id}.wav",
+                      synth._add_noise(wave, snr, rng))
+    row = {"utt_id": spec.utt_id, "text": spaced.replace(" ", ""),
+           "duration": round(len(wave) / SAMPLE_RATE, 4), "x_voice": voice,
+           "x_wording": wording, "x_snr_db": snr}
+    row.update({f"x_{name}": int(v) for name, v in zip(synth.CUES, cue)})
+    row.update(synth._scales(cue, wording, rng))
+    return row
+
+
+def synthesise_mandarin(out_dir: str | Path, *, seed: int, n_labelled: int = 96,
+                        n_speakers: int = 4, n_sessions: int = 2, classes: int = 4,
+                        snr_db: tuple[float, float] = (10, 30)) -> Corpus:
+    """A small Mandarin variant of the default corpus (espeak-ng `cmn`, reference
+    transcripts in Chinese characters, leave-one-session-out), written under `out_dir`
+    with its manifest and corpus.json; returns it loaded. Deterministic from `seed`."""
+    from mmser.data import load_corpus
+
+    synth.require_espeak()
+    if not 1 <= n_sessions <= n_speakers <= len(CMN_VOICES):
+        raise ValueError(f"need 1 <= n_sessions <= n_speakers <= {len(CMN_VOICES)}")
+    labels = synth.EMOTIONS_4 if classes == 4 else synth.EMOTIONS_6
+    out_dir = Path(out_dir)
+    sessions = synth._sessions(n_speakers, n_sessions)
+    plan = np.random.default_rng([seed, synth.DIALOGUE_STREAM])
+    rows = list(synth._dialogues(n_labelled, sessions, labels, plan))
+    made = []
+    for i, row in enumerate(rows):
+        row.update(utt_id=f"cmn_{i:05d}", split="labelled")
+        made.append(_make_cmn(synth.Spec(i, row["utt_id"], row["speaker"], row["label"], seed,
+                                         (float(snr_db[0]), float(snr_db[1])), str(out_dir))))
+    df = synth._manifest(pd.DataFrame(rows).merge(pd.DataFrame(made), on="utt_id"))
+    df["corpus"] = "synthetic_cmn"
+    manifest.write(df, out_dir / "manifest.csv")
+    manifest.write_corpus_info(out_dir, out_dir, name="synthetic_cmn", classes=classes,
+                               protocol={"name": "loso"}, language="cmn")
+    return load_corpus(out_dir, out_dir / "manifest.csv")

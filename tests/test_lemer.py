@@ -1,0 +1,403 @@
+"""LE-MER: losses by hand, masks, frozen parts, the fold guard, determinism, the paper
+profile on tiny local models, and the notebook under papermill."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from mmser import data as D
+from mmser import lemer as LE
+from mmser.config import Lemer, Params, ParamsError, merged
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["angry", "happy", "neutral", "sad"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny heads: one thread (thread hand-offs dominate on a shared CPU); restored after."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def _batch(lengths_t, lengths_s, d=8, seed=0, c=4):
+    g = torch.Generator().manual_seed(seed)
+    items = [{"text": torch.randn(lt, d, generator=g), "speech": torch.randn(ls, d, generator=g),
+              "label": i % c} for i, (lt, ls) in enumerate(zip(lengths_t, lengths_s))]
+    return items
+
+
+def _lemer(fusion="constraint", d=8, c=4, seed=0):
+    torch.manual_seed(seed)
+    return LE.LEMER("text", LE.Branch(torch.randn(c, d)), LE.Branch(torch.randn(c, d)), d, d, c,
+                    fusion)
+
+
+# --------------------------------------------------------------------------- losses by hand
+
+
+def test_cosine_map_and_label_loss_by_hand():
+    h = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])  # last position is padding
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    g = LE.cosine_map(h, labels)
+    r = 1 / math.sqrt(2)
+    assert torch.allclose(g[0, :2], torch.tensor([[1.0, 0.0, r], [0.0, 1.0, r]]))
+    mask = torch.tensor([[True, True, False]])
+    # eq. 2-3: mean over the two real tokens -> [0.5, 0.5, r]; CE with label 2
+    scores = torch.tensor([0.5, 0.5, r])
+    expected = -math.log(math.exp(r) / torch.exp(scores).sum().item())
+    assert LE.label_loss(g, mask, torch.tensor([2])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_lemer_loss_is_eq_12_by_hand():
+    model = _lemer().eval()
+    batch = D.collate(_batch([3, 2], [4, 5]))
+    out = model(batch)
+    tm, sm, y = batch["text_mask"], batch["speech_mask"], batch["label"]
+    # eq. 7 and 9 by hand on the first utterance (3 tokens, 4 frames)
+    ht, hs = batch["text"][0, :3], batch["speech"][0, :4]
+    ar = torch.softmax(ht @ model.W(hs).T / math.sqrt(8), -1)
+    gt = F.normalize(ht, dim=-1) @ F.normalize(model.text.label, dim=-1).T
+    gs = F.normalize(hs, dim=-1) @ F.normalize(model.speech.label, dim=-1).T
+    assert torch.allclose(out["A_r"][0, :3, :4], ar, atol=1e-6)
+    assert torch.allclose(out["A_l"][0, :3, :4], gt @ gs.T, atol=1e-6)
+    assert torch.all(out["A_r"][0, :, 4:] == 0)  # padded frames get no attention
+    pairs = tm[:, :, None] & sm[:, None, :]
+    lc = ((out["A_l"] - out["A_r"])[pairs] ** 2).mean()
+    lm = F.cross_entropy(out["logits"], y)
+    lt = F.cross_entropy(LE.masked_mean(out["G_t"], tm), y)
+    ls = F.cross_entropy(LE.masked_mean(out["G_s"], sm), y)
+    assert out["loss"].item() == pytest.approx((lm + 0.5 * lc + 0.2 * lt + 0.2 * ls).item(),
+                                               abs=1e-6)
+    # ablations without the constraint drop L_c only
+    vanilla = _lemer("vanilla").eval()(batch)
+    assert torch.allclose(vanilla["A"], vanilla["A_r"])
+
+
+def test_tfidf_top_by_hand():
+    docs = {"a": ["mad", "mad", "day"], "b": ["glad", "day"]}
+    top = LE.tfidf_top(docs, 1)
+    # idf(mad) = ln(3/2) + 1 > idf(day) = 1, and mad has tf 2: "mad" first for a
+    assert top == {"a": ["mad"], "b": ["glad"]}
+    assert LE.tfidf_top(docs, 5)["b"] == ["glad", "day"]
+    with pytest.raises(ValueError, match="no training material"):
+        LE.tfidf_top({"a": ["x"], "b": []}, 2)
+
+
+def test_unit_label_embedding_averages_the_top_units():
+    units = {"a": [np.array([0, 0, 1])], "b": [np.array([2, 2, 1])]}
+    book = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 3.0]])
+    emb, top = LE.unit_label_embedding(units, 2, lambda ids: book[list(ids)])
+    assert top == {"a": [0, 1], "b": [2, 1]}
+    assert torch.allclose(emb, torch.tensor([[0.5, 0.5], [1.5, 2.0]]))
+
+
+def test_context_splices_previous_turns_within_the_token_limit():
+    df = pd.DataFrame({"utt_id": ["u0", "u1", "u2", "x"], "text": ["a b", "c d", "e f", "z"],
+                       "dialog_id": ["d", "d", "d", None], "turn_index": [0, 1, 2, None]})
+    count = lambda s: len(s.split())  # noqa: E731
+    ctx = LE.context_texts(df, "text", turns=10, max_tokens=4, count_tokens=count)
+    assert ctx["u0"] == "a b" and ctx["u1"] == "a b c d" and ctx["u2"] == "c d e f"
+    assert ctx["x"] == "z"
+    assert LE.context_texts(df, "text", 1, 99, count)["u2"] == "c d e f"
+    with pytest.raises(ValueError, match="dialog_id"):
+        LE.context_texts(df.assign(dialog_id=None), "text", 1, 99, count)
+
+
+# ------------------------------------------------------------------------ shapes and masks
+
+
+@pytest.mark.parametrize("fusion", LE.FUSIONS)
+def test_padding_does_not_change_an_utterance(fusion):
+    model = _lemer(fusion).eval()
+    items = _batch([3, 7], [4, 9])
+    alone = model(D.collate(items[:1]))
+    together = model(D.collate(items))
+    assert together["logits"].shape == (2, 4) and together["A_r"].shape == (2, 7, 9)
+    assert torch.allclose(alone["logits"][0], together["logits"][0], atol=1e-5)
+    uni = LE.Unimodal("speech", LE.Branch(torch.randn(4, 8)), 8, 4, 0.2).eval()
+    assert torch.allclose(uni(D.collate(items[:1]))["logits"][0],
+                          uni(D.collate(items))["logits"][0], atol=1e-5)
+    assert torch.allclose(uni(D.collate(items[:1]))["loss"], uni(D.collate(items[:1]))["loss"])
+
+
+def test_bad_inputs_fail_clearly():
+    with pytest.raises(ValueError, match="unknown rows"):
+        LE.systems(["A1", "Z9"])
+    with pytest.raises(ValueError, match="not among the classes"):
+        LE.item_table(pd.DataFrame({"utt_id": ["a"], "label": ["bored"]}), CLASSES,
+                      text=[torch.zeros(2, 3)])
+    with pytest.raises(ParamsError, match="speech_kk"):
+        Params.from_dict({"lemer": {"speech_kk": 3}})
+    with pytest.raises(ParamsError, match="units"):
+        Params.from_dict({"lemer": {"units": "vq"}})
+    sources = LE.LabelSources(CLASSES, {"a": "x"}, None, None, Lemer())
+    with pytest.raises(ValueError, match="no training rows"):
+        sources.text(pd.DataFrame({"utt_id": ["a"], "label": ["angry"]}), "tfidf", 4)
+
+
+# ------------------------------------------------------- training on a tiny fake corpus
+
+
+def _fake_corpus(n_per_session=16, sessions=3, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    words = {"angry": "mad furious", "happy": "glad joy", "neutral": "table chair",
+             "sad": "tears gloomy"}
+    rows, seqs = [], {"text": [], "context": [], "speech": []}
+    for s in range(sessions):
+        for i in range(n_per_session):
+            label = CLASSES[i % 4]
+            rows.append({"utt_id": f"s{s}_{i:02d}", "speaker": f"spk{s}{i % 4}",
+                         "session": f"S{s}", "split": "labelled", "label": label,
+                         "text": f"I am {words[label]} today", "fold": s,
+                         "dialog_id": f"S{s}_D{i // 8}", "turn_index": i % 8})
+            shift = CLASSES.index(label)
+            for key, n in (("text", 5), ("context", 9), ("speech", 12 + i % 5)):
+                x = rng.normal(size=(n, d)).astype(np.float32)
+                x[:, shift] += 1.5
+                seqs[key].append(torch.from_numpy(x))
+    df = pd.DataFrame(rows)
+    corpus = D.Corpus(df, Path("."), "loso", "fake")
+    return corpus, LE.item_table(df, CLASSES, **seqs)
+
+
+def _sources(corpus, items, cfg):
+    def encode(words):  # a stand-in text encoder: one one-hot-ish state per character
+        return [torch.tensor([[float(len(w)), 1.0] + [0.0] * 6] * 3) for w in words]
+    frames = lambda ids: [items[u]["speech"] for u in ids]  # noqa: E731
+    return LE.LabelSources(CLASSES, dict(zip(corpus.df.utt_id, corpus.df.text)), frames,
+                           encode, cfg, seed=0)
+
+
+def _run(tmp_path, corpus, items, name="C1", seed=0):
+    from mmser.config import Training
+    from mmser.training import cross_validate
+
+    cfg = Lemer(n_units=8, speech_k=3, max_epochs=2, batch_size=8)
+    sources = _sources(corpus, items, cfg)
+    system = LE.SYSTEMS[name]
+    dims = LE.Encoders(8, 8)
+    make = lambda rows: LE.make_task(LE.build_model(system, rows, sources, dims, cfg), cfg)  # noqa
+    return cross_validate(corpus, LE.make_items(items, LE.item_keys(system)), make,
+                          tmp_path / name, Training(progress=False), seeds=[seed],
+                          max_epochs=cfg.max_epochs, batch_size=cfg.batch_size), sources
+
+
+def test_training_never_sees_the_test_fold_and_is_repeatable(tmp_path, monkeypatch):
+    corpus, items = _fake_corpus()
+    seen = []
+    build = LE.make_items
+
+    def spy(table, keys):
+        inner = build(table, keys)
+        def wrapped(rows):
+            seen.append(set(rows["utt_id"]))
+            return inner(rows)
+        return wrapped
+
+    monkeypatch.setattr(LE, "make_items", spy)
+    preds, sources = _run(tmp_path / "a", corpus, items)
+    # per fold: train, val, test; train and val never hold a test utterance
+    for k in range(3):
+        train, val, test = seen[3 * k: 3 * k + 3]
+        assert test == set(corpus.df.utt_id[corpus.df.fold == k])
+        assert not (train | val) & test
+    # every fold's label embeddings came from its own training rows only
+    assert len(sources.keywords) == 3 and len(sources._units) == 3
+    for kw in sources.keywords.values():
+        assert kw["angry"][:1] in (["mad"], ["furious"])
+    again, _ = _run(tmp_path / "b", corpus, items)
+    pd.testing.assert_frame_equal(preds, again)
+    assert set(preds.columns) >= {"utt_id", "fold", "pred", "prob_angry"}
+
+
+def test_frozen_parts_are_unchanged_by_a_training_step():
+    from transformers import BertConfig, BertModel
+
+    from mmser.encoders import TopLayers
+
+    class TinyText:  # what TopLayers needs of a TextEncoder
+        pass
+
+    config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=16)
+    from mmser.encoders import TextEncoder
+
+    enc = TextEncoder.__new__(TextEncoder)
+    torch.nn.Module.__init__(enc)
+    enc.model, enc.name = BertModel(config).eval(), "tiny"
+    before = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    cfg = Lemer(text_top_layers=1)
+    top = TopLayers(enc, 1)
+    model = LE.Unimodal("text", LE.Branch(torch.randn(4, 8), top, top_lr=cfg.text_lr), 8, 4, 0.2)
+    task = LE.make_task(model, cfg)
+    lrs = sorted(g["lr"] for g in task.param_groups)
+    assert lrs == [cfg.text_lr, cfg.lr]
+    opt = torch.optim.Adam(task.param_groups)
+    batch = D.collate(_batch([3, 4], [2, 2]))
+    top_before = [p.clone() for p in top.parameters()]
+    model(batch)["loss"].backward()
+    opt.step()
+    assert all(torch.equal(v, enc.model.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(top_before, top.parameters()))
+
+
+# ---------------------------------------------------------------------- the paper profile
+
+
+def _tiny_wav2vec2(path):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32, conv_dim=(16, 16), conv_stride=(5, 4),
+                            conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
+                            do_stable_layer_norm=True, num_codevector_groups=2,
+                            num_codevectors_per_group=5, codevector_dim=8,
+                            proj_codevector_dim=6)
+    torch.manual_seed(0)
+    Wav2Vec2ForPreTraining(config).save_pretrained(path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(path)
+
+
+def _tiny_bert(path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from mmser.encoders import bundled_text_dir
+
+    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(path)
+
+
+def test_paper_profile_validates_and_trains_one_step(tmp_path):
+    from mmser.encoders import SpeechEncoder, TextEncoder, TopLayers
+
+    profile = yaml.safe_load((ROOT / "profiles/paper/lemer.yaml").read_text())
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    P = Params.from_dict(merged(base, profile))
+    assert P.lemer.units == "quantizer" and P.lemer.text_k == 9 and P.lemer.speech_k == 100
+    assert P.lemer.mu == [1.0, 0.5, 0.2, 0.2] and P.training.precision == "bf16-mixed"
+    # the same families as the paper's encoders, tiny and built here
+    _tiny_wav2vec2(tmp_path / "w2v")
+    _tiny_bert(tmp_path / "bert")
+    units = LE.QuantizerUnits(str(tmp_path / "w2v"))
+    waves = [np.random.default_rng(i).normal(size=1600 + 400 * i).astype(np.float32)
+             for i in range(4)]
+    ids = units.units(waves)
+    assert [len(u) for u in ids][0] < [len(u) for u in ids][-1]
+    assert all(0 <= u.min() and u.max() < 25 for u in ids)
+    assert units.vectors([0, 7]).shape == (2, 6)
+    speech = SpeechEncoder(str(tmp_path / "w2v"))
+    text = TextEncoder(str(tmp_path / "bert"))
+    with torch.no_grad():
+        hs, lengths = speech(waves)
+        ht, mask, _ = text(["so mad", "glad", "a table", "in tears"])
+    rows = pd.DataFrame({"utt_id": list("abcd"), "label": CLASSES,
+                         "text": ["so mad", "glad", "a table", "in tears"]})
+    cfg = P.lemer
+    assert P.lemer.text_top_layers == 12 and P.lemer.speech_top_layers == 12  # base models
+    cfg = Lemer(**{**cfg.__dict__, "speech_k": 2, "text_k": 2, "text_top_layers": 2,
+                   "speech_top_layers": 2})  # every layer of the 2-layer tiny models
+    sources = LE.LabelSources(CLASSES, dict(zip(rows.utt_id, rows.text)), None,
+                              lambda words: [s[-1] for s in text(words)[0].unbind(1)], cfg,
+                              units=units, waves=lambda u: [waves["abcd".index(x)] for x in u])
+    dims = LE.Encoders(16, 16, lambda: TopLayers(text, cfg.text_top_layers),
+                       lambda: TopLayers(speech, cfg.speech_top_layers), units.projection)
+    model = LE.build_model(LE.SYSTEMS["C1"], rows, sources, dims, cfg)
+    assert isinstance(model.speech.proj, torch.nn.Linear) and model.speech.label.shape == (4, 6)
+    items = [{"text": ht[0, i, : int(mask[i].sum())], "speech": hs[0, i, : int(n)], "label": i}
+             for i, n in enumerate(lengths)]
+    batch = D.collate(items)
+    batch["context"], batch["context_mask"] = batch["text"], batch["text_mask"]
+    task = LE.make_task(model, cfg)
+    assert sorted({g["lr"] for g in task.param_groups}) == sorted({cfg.speech_lr, cfg.text_lr,
+                                                                   cfg.lr})
+    opt = torch.optim.Adam(task.param_groups)
+    before = model.W.weight.clone()
+    loss = model(batch)["loss"]
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.W.weight)
+
+
+# ------------------------------------------------------------------------------ notebook
+
+
+def _tiny_project(tmp_path):
+    """A tiny corpus (two sessions, dialogues, wav files) and a feature store: real MiniLM
+    text states, random speech states."""
+    from mmser import features as F
+    from mmser import manifest
+    from mmser.audio import write_audio
+    from mmser.encoders import TextEncoder
+
+    words = {"angry": "furious mad", "happy": "glad joyful", "neutral": "table chair",
+             "sad": "tears gloomy"}
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(2):
+        for i in range(12):
+            label = CLASSES[i % 4]
+            rows.append({"utt_id": f"u{s}{i:02d}", "path": f"wav/u{s}{i:02d}.wav",
+                         "speaker": f"spk{s}{i % 3}", "session": f"S{s + 1}", "fold": s,
+                         "split": "labelled", "text": f"I feel {words[label]} now",
+                         "label": label, "dialog_id": f"S{s}_D{i // 6}", "turn_index": i % 6,
+                         "duration": 0.5, "sample_rate": 16000, "corpus": "synthetic"})
+    df = pd.DataFrame(rows)
+    corpus_dir = tmp_path / "corpus"
+    for r in rows:
+        write_audio(corpus_dir / r["path"], rng.normal(0, 0.1, 8000).astype(np.float32))
+    manifest.write(df, tmp_path / "manifest.csv")
+    manifest.write_corpus_info(corpus_dir, corpus_dir, name="synthetic",
+                               protocol={"name": "loso"})
+    feats = tmp_path / "features"
+    speech = F.FeatureCache(feats, "fake-speech")
+    speech.dir.mkdir(parents=True)
+    digests = []
+    for i, r in enumerate(rows):
+        x = torch.from_numpy(rng.normal(size=(5, 20 + i % 7, 384)).astype(np.float32))
+        x[:, :, CLASSES.index(r["label"])] += 1.0
+        from safetensors.torch import save_file
+        digests.append(f"d{i}")
+        save_file({"hidden": x.half()}, str(speech.path(f"d{i}")))
+    enc = TextEncoder()
+    text = F.FeatureCache(feats, enc.key)
+    F.text_features(text, enc, sorted(set(df["text"])))
+    F.write_index(feats, df["utt_id"], digests, speech={"main": "fake-speech"},
+                  text={"main": enc.key})
+    return corpus_dir, tmp_path / "manifest.csv", feats
+
+
+@pytest.mark.notebook
+def test_notebook_runs_with_tiny_parameters(tmp_path):
+    corpus_dir, manifest_path, feats = _tiny_project(tmp_path)
+    out = tmp_path / "out.ipynb"
+    params = {"corpus_dir": str(corpus_dir), "manifest_path": str(manifest_path),
+              "cache_dir": str(feats), "lemer_cache": str(tmp_path / "lemer"),
+              "models_dir": str(tmp_path / "models"), "results_dir": str(tmp_path / "results")}
+    args = [sys.executable, "-m", "papermill", "-k", "python3", str(ROOT / "notebooks/lemer.ipynb"),
+            str(out)] + [x for k, v in params.items() for x in ("-p", k, v)]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "results/metrics.json").read_text())
+    assert {"A1", "A5", "B5", "C1", "C4", "B5_K4", "score fusion"} <= set(metrics["systems"])
+    assert metrics["systems"]["C1"]["UA"]["folds"].keys() == {"seed0_fold0", "seed0_fold1"}
+    for name in ("table1_unimodal", "table2_multimodal", "table3_fusion"):
+        assert "leave-one-session-out" in (tmp_path / f"results/tables/{name}.md").read_text()
+    for fig in ("k_sweep", "label_maps", "confusion_full"):
+        assert (tmp_path / f"results/figures/{fig}.png").stat().st_size > 1000

@@ -1,0 +1,343 @@
+"""The VCEMO stage: losses by hand, masks, the momentum encoder, augmentation, the
+protocol, repeatability, Mandarin text, the paper profile and the notebook."""
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from mmser import data as D
+from mmser import features as FS
+from mmser import manifest, synth
+from mmser import vcemo as V
+from mmser import vcemo_run as R
+from mmser.config import Params, ParamsError, Training, Vcemo
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = Training(progress=False)
+TINY = Vcemo(dim=8, heads=2, batch_size=8, max_epochs=1, queue_size=16, n_mels=16,
+             hop_ms=30, n_augment=1, word_dim=8)
+
+
+def _batch(lengths=(30, 20), words=(5, 3), dim=12, n_mels=16):
+    torch.manual_seed(0)
+    t, w = max(lengths), max(words)
+    return {"mel": torch.randn(len(lengths), t, n_mels),
+            "mel_mask": torch.arange(t)[None] < torch.tensor(lengths)[:, None],
+            "words": torch.randn(len(lengths), w, dim),
+            "words_mask": torch.arange(w)[None] < torch.tensor(words)[:, None],
+            "sent": torch.randn(len(lengths), dim), "label": torch.tensor([0, 1][:len(lengths)])}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As in the notebook: these small ops only lose from threads on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def test_supcon_matches_hand_computation():
+    z = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=-1)
+    y = torch.tensor([0, 0, 1])
+    t = 0.5
+    s = z @ z.T / t
+    # anchor 0: positive 1, contrast {1, 2}; anchor 1: positive 0, contrast {0, 2};
+    # anchor 2: no positive (skipped)
+    l0 = -(s[0, 1] - torch.logsumexp(s[0, [1, 2]], 0))
+    l1 = -(s[1, 0] - torch.logsumexp(s[1, [0, 2]], 0))
+    expected = (l0 + l1) / 2
+    torch.testing.assert_close(V.supcon_loss(z, y, z, y, t, exclude_self=True), expected)
+    # MoCo form: a separate contrast set (keys + queue), the anchor's own key a positive
+    keys = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    ky = torch.tensor([0, 1])
+    s = z[:1] @ keys.T / 1.0
+    manual = -(s[0, 0] - torch.logsumexp(s[0], 0))
+    torch.testing.assert_close(V.supcon_loss(z[:1], y[:1], keys, ky, 1.0), manual)
+
+
+def test_total_loss_is_the_papers_weighted_mean():
+    torch.manual_seed(0)
+    batch = _batch()
+    net = V.VcemoNet(V.MODALITIES, 16, 12, 12, dim=8, heads=2, dropout=0.0)
+    # momentum 1: the key encoder stays the initial copy, so keys equal the queries
+    model = V.VcemoModel(net, 2, alpha=3.0, temperature=0.7, queue_size=8, momentum=1.0,
+                         dropout=0.0)
+    model.train()
+    out = model(batch)
+    assert (model.queue_labels[:2] == batch["label"]).all()  # the step enqueued its keys
+    # the same pass by hand, with the queue emptied again: keys = queries here
+    model.queue_labels.fill_(-1)
+    fused = model.net(batch)
+    z = F.normalize(model.projector(fused), dim=-1)
+    ce = F.cross_entropy(model.predictor(fused), batch["label"])
+    sc = V.supcon_loss(z, batch["label"], z, batch["label"], 0.7)
+    assert sc > 0
+    torch.testing.assert_close(out["loss"], (ce + 3.0 * sc) / 4.0, rtol=1e-5, atol=1e-5)
+
+
+def test_momentum_encoder_gets_no_gradient_and_follows_the_ema():
+    torch.manual_seed(0)
+    model = V.VcemoModel(V.VcemoNet(V.MODALITIES, 16, 12, 12, dim=8, heads=2), 2,
+                         alpha=1.0, queue_size=8, momentum=0.9)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert not any(p is k for k in model._key_params() for p in trainable)
+    opt = torch.optim.Adam(trainable, 1e-2)
+    q0 = [p.detach().clone() for p in model._query_params()]
+    k0 = [p.detach().clone() for p in model._key_params()]
+    model.train()
+    model(_batch())["loss"].backward()
+    assert all(p.grad is None for p in model._key_params())
+    opt.step()
+    for k, k_old, q_old in zip(model._key_params(), k0, q0):
+        torch.testing.assert_close(k, 0.9 * k_old + 0.1 * q_old)
+    assert not all(torch.equal(a, b) for a, b in zip(model._query_params(), q0))
+
+
+# ---------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("make", [
+    lambda: V.VcemoNet(V.MODALITIES, 16, 12, 12, dim=8, heads=2),
+    lambda: V.VcemoNet(("acoustic",), 16, 12, 12, dim=8, heads=2),
+    lambda: V.VcemoNet(("words", "bert"), 16, 12, 12, dim=8, heads=2),
+    lambda: V.Yoon2018(16, 12, 2, 8),
+    lambda: V.Xu2019(16, 12, 2, 8),
+])
+def test_padding_does_not_change_a_sequence_output(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    batch = _batch(lengths=(31, 17), words=(6, 2))
+    alone = {k: v[1:2] for k, v in batch.items()}
+    alone["mel"], alone["mel_mask"] = alone["mel"][:, :17], alone["mel_mask"][:, :17]
+    alone["words"], alone["words_mask"] = alone["words"][:, :2], alone["words_mask"][:, :2]
+    out = model(batch)
+    single = model(alone)
+    get = (lambda o: o["logits"]) if isinstance(out, dict) else (lambda o: o)
+    assert get(out).shape[0] == 2
+    torch.testing.assert_close(get(out)[1:], get(single), atol=1e-5, rtol=1e-4)
+
+
+def test_align_stretches_words_onto_frames():
+    x = torch.arange(3.0)[None, :, None].expand(1, 3, 2)
+    out = V.align(x, torch.tensor([[True, True, True]]),
+                  torch.tensor([[True] * 6 + [False, False]]))
+    assert out[0, :, 0].tolist() == [0, 0, 1, 1, 2, 2, 0, 0]
+
+
+def test_modalities_are_checked():
+    with pytest.raises(ValueError, match="subset"):
+        V.VcemoNet(("video",), 16, 12, 12)
+
+
+# ------------------------------------------------------------------- inputs and text
+
+
+def test_augmentations_are_seeded_and_change_the_input():
+    cfg = V.MelConfig(16, 20)
+    wave = np.sin(np.arange(16000) * 0.05).astype(np.float32)
+    clean = V.log_mel(V._stft(wave, cfg), cfg)
+    assert clean.shape == (51, 16)
+    for kind in V.AUGMENTATIONS:
+        a = V.augment(wave, kind, np.random.default_rng(1), cfg)
+        b = V.augment(wave, kind, np.random.default_rng(1), cfg)
+        assert torch.equal(a, b) and a.shape[1] == 16
+        assert not torch.allclose(a[:min(len(a), 51)], clean[:min(len(a), 51)], atol=1e-2)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        V.augment(wave, "reverb", np.random.default_rng(0), cfg)
+
+
+def test_chinese_segmentation_and_vocabulary():
+    assert V.segment("我今天很高兴！") == ["我", "今", "天", "很", "高", "兴"]
+    assert V.segment("I'm SO happy, today") == ["i'm", "so", "happy", "today"]
+    vocab = V.build_vocab(["我很高兴", "我很难过"])
+    assert vocab["<pad>"] == 0 and vocab["<unk>"] == 1 and len(vocab) == 2 + 6
+    with pytest.raises(ValueError, match="segmentation"):
+        V.segment("x", "jieba")
+
+
+# ------------------------------------------------------------------------ fixtures
+
+
+def make_fixture(root: Path, n_labelled: int = 32) -> Path:
+    """A tiny synthesised corpus (4 voices, 2 sessions) and a feature store with fake
+    text states in the features stage's layout (the stage reads only text features)."""
+    df = synth.synthesise(root / "corpus", seed=0, n_speakers=4, n_sessions=2,
+                          n_labelled=n_labelled, n_read=0, workers=1, progress=False)
+    df["asr_text"] = df["text"].str.lower()
+    manifest.write(df, root / "manifest.csv")
+    manifest.write_corpus_info(root / "corpus", root / "corpus", name="synthetic",
+                               protocol={"name": "loso"})
+    texts = sorted(set(df["text"]) | set(df["asr_text"]))
+    gen = torch.Generator().manual_seed(0)
+    cache = FS.FeatureCache(root / "features", "text-main")
+    cache.fill([FS.text_digest(t) for t in texts], texts, [1] * len(texts),
+               lambda b: [{"hidden": torch.randn(3, len(t.split()) + 2, 12, generator=gen)
+                           .half(), "input_ids": torch.arange(len(t.split()) + 2)}
+                          for t in b], batch_size=16)
+    ids = df["utt_id"].tolist()
+    FS.write_index(root / "features", ids, ids, text={"main": "text-main"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    return make_fixture(tmp_path_factory.mktemp("vcemo"))
+
+
+def _experiment(root, cfg=TINY, cache=None):
+    corpus = D.load_corpus(root / "corpus", root / "manifest.csv")
+    store = FS.FeatureStore(root / "features")
+    return R.Experiment(corpus, lambda t: store.text(t, layer=None), cfg,
+                        cache or root / "mels", seed=0)
+
+
+def test_training_items_alone_carry_augmented_views_and_never_the_test_fold(fixture,
+                                                                             tmp_path):
+    exp = _experiment(fixture)
+    seen = []
+    items = exp.items
+
+    def spy(rows):
+        out = items(rows)
+        seen.append((frozenset(rows["utt_id"]), len(out)))
+        return out
+    exp.items = spy
+    preds = exp.run(R.system("ce"), tmp_path, TRAIN, [0])
+    for fold in exp.corpus.folds(seed=0):
+        train, val = frozenset(fold.train()["utt_id"]), frozenset(fold.val()["utt_id"])
+        fold.select(checkpoint="recorded by cross_validate")
+        test = frozenset(fold.test()["utt_id"])
+        assert (train, 2 * len(train)) in seen  # clean + one augmented view each
+        assert (val, len(val)) in seen and (test, len(test)) in seen
+        assert not train & test and not val & test
+    assert set(preds["utt_id"]) == set(exp.corpus.labelled["utt_id"])
+
+
+def test_same_seed_same_metrics(fixture, tmp_path):
+    exp = _experiment(fixture)
+    a = exp.run(R.system("supcon"), tmp_path / "a", TRAIN, [0])
+    b = exp.run(R.system("supcon"), tmp_path / "b", TRAIN, [0])
+    pd.testing.assert_frame_equal(a, b)
+    assert {"prob_angry", "pred", "system"} <= set(a.columns)
+
+
+def test_bad_inputs_give_clear_errors(fixture, tmp_path):
+    with pytest.raises(ParamsError, match="did you mean 'alpha'"):
+        Params.from_dict({"vcemo": {"alpah": 1.0}})
+    with pytest.raises(ParamsError, match="word_vectors"):
+        Params.from_dict({"vcemo": {"word_vectors": "glove"}})
+    with pytest.raises(ValueError, match="unknown vcemo system"):
+        R.system("umons")
+    corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
+    store = FS.FeatureStore(fixture / "features")
+    with pytest.raises(KeyError, match="no entry"):
+        store.text(["a text nobody encoded"], layer=None)
+    lone = corpus.df.copy()
+    lone.loc[lone.index[0], "label"] = "fear"  # a class with a single utterance
+    bad = D.Corpus(lone, corpus.audio_root, corpus.protocol, corpus.name)
+    with pytest.raises(ValueError, match="class 'fear' has 1"):
+        R.Experiment(bad, lambda t: store.text(t, layer=None), TINY, tmp_path, 0)
+
+
+def test_mandarin_corpus_learned_character_vectors(tmp_path):
+    cmn = R.synthesise_mandarin(tmp_path / "cmn", seed=0, n_labelled=24, n_speakers=2,
+                                n_sessions=2)
+    texts = cmn.labelled["text"].tolist()
+    assert all(V.CJK.search(t) and " " not in t for t in texts)
+    assert cmn.name == "synthetic_cmn" and len(cmn.labelled) == 24
+    gen = torch.Generator().manual_seed(0)
+
+    def fake_states(batch):  # stands in for the text encoder: (layers + 1, tokens, dim)
+        return [torch.randn(2, len(t) + 2, 12, generator=gen) for t in batch]
+    cfg = replace(TINY, word_vectors="learned", segmenter="chars")
+    exp = R.Experiment(cmn, fake_states, cfg, tmp_path / "mels", 0)
+    preds = exp.run(R.system("supcon"), tmp_path / "models", TRAIN, [0])
+    assert len(preds) == 24 and exp.vocab is not None
+    assert all(len(w) == 1 for w in exp.vocab if not w.startswith("<"))
+
+
+# -------------------------------------------------------------------- paper profile
+
+
+def test_paper_profile_validates_and_trains_one_step_on_a_tiny_local_bert(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from mmser.encoders import TextEncoder, bundled_text_dir
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "profiles/paper/vcemo.yaml").read_text())
+    for section, values in profile.items():
+        params[section] = {**params.get(section, {}), **values}
+    p = Params.from_dict(params).vcemo
+    assert (p.proj_dim, p.temperature, p.alpha, p.queue_size, p.batch_size, p.lr) == \
+        (128, 1.0, 100.0, 16384, 256, 1e-4)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(tmp_path)
+    lookup = V.cached_text_states(tmp_path / "cache", str(tmp_path), ["so happy", "so sad"])
+    encoder = TextEncoder(str(tmp_path))
+    frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
+    states = lookup(["so happy", "so sad"])
+    batch = D.collate([{"mel": torch.randn(40 + 9 * i, 16),
+                        "words": V.word_vectors(s[0], p.max_tokens),
+                        "sent": V.sentence_vector(s[-1], p.sentence_pool), "label": i}
+                       for i, s in enumerate(states)])
+    net = V.VcemoNet(V.MODALITIES, 16, 32, 32, dim=16, heads=p.heads // 4, layers=2,
+                     dropout=p.dropout)
+    model = V.VcemoModel(net, 2, p.alpha, p.temperature, p.proj_dim, 64, p.momentum)
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], p.lr,
+                           weight_decay=p.weight_decay)
+    before = [q.detach().clone() for q in model.net.parameters()]
+    model.train()
+    loss = model(batch)["loss"]
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net.parameters()))
+    encoder_now = TextEncoder(str(tmp_path)).state_dict()
+    assert all(torch.equal(frozen[k], encoder_now[k]) for k in frozen)  # frozen: cached
+
+
+# ------------------------------------------------------------------------- notebook
+
+
+@pytest.mark.notebook
+def test_notebook_runs_under_papermill(fixture, tmp_path):
+    import papermill as pm
+
+    out = tmp_path / "vcemo.ipynb"
+    pm.execute_notebook(
+        str(ROOT / "notebooks/vcemo.ipynb"), str(out), kernel_name="python3", cwd=str(ROOT),
+        parameters={"vcemo": {"dim": 8, "n_mels": 16, "batch_size": 8, "queue_size": 16,
+                              "mandarin": True, "mandarin_n": 24, "mandarin_speakers": 2},
+                    "corpus_dir": str(fixture / "corpus"),
+                    "manifest_path": str(fixture / "manifest.csv"),
+                    "features_dir": str(fixture / "features"),
+                    "cache_dir": str(tmp_path / "cache"),
+                    "results_dir": str(tmp_path / "results"),
+                    "models_dir": str(tmp_path / "models")}, progress_bar=False)
+    metrics = json.loads((tmp_path / "results/metrics.json").read_text())
+    systems = metrics["systems"]
+    assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2018", "Xu et al. 2019",
+            "Embeddings", "BERT + Acoustic"} <= set(systems)
+    assert len(systems) == 4 + 6 and 0 <= systems["VCEMO"]["UA"]["mean"] <= 1
+    assert set(metrics["mandarin"]) == {"VCEMO (SupCon)", "VCEMO"}
+    tables = tmp_path / "results/tables"
+    assert "67.40" in (tables / "comparison.md").read_text()
+    assert "57.40" in (tables / "ablation.md").read_text()
+    assert (tables / "mandarin.md").is_file()
+    figures = {f.name for f in (tmp_path / "results/figures").iterdir()}
+    assert {"confusion.png", "tsne_supcon.png", "tsne_ce.png", "ablation_ua.png",
+            "curves.png"} <= figures
