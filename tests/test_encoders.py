@@ -113,3 +113,8 @@ def test_top_layers_reproduce_the_last_layer_from_cached_states(tmp_path):
             states, lengths = ssl(waves)
         mask = torch.arange(states.shape[2])[None] < lengths[:, None]
         _top_matches_full(ssl, states, mask, 2)
+
+
+def test_cutting_the_bundled_whisper_leaves_the_shared_model_whole():
+    assert SpeechEncoder(layers=2).n_layers == 2
+    assert SpeechEncoder().n_layers == 4

@@ -75,7 +75,11 @@ class SpeechEncoder(nn.Module):
         if name == BUNDLED_SPEECH:
             from mmser.whisper import load_bundled_whisper
 
-            self.model = load_bundled_whisper()[0].model.encoder
+            import copy
+
+            # the bundled model is loaded once per process: cut a copy, never the shared one
+            encoder = load_bundled_whisper()[0].model.encoder
+            self.model = copy.deepcopy(encoder) if layers is not None else encoder
             self.kind = "whisper"
         else:
             from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
