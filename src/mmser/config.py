@@ -210,6 +210,79 @@ CHOICES.update({"vcemo.text_source": {"text", "asr_text"},
                 "vcemo.sentence_pool": {"mean", "cls"}})
 
 
+@dataclass
+class Distil:
+    """Audio-textual distilled models (distil stage). Tiny defaults, for tests; params.yaml
+    holds the default profile, profiles/paper/distil.yaml the paper's. A source is
+    `features:<cut>` (the features stage's cache) or an encoder name / HF id, `@<layers>`
+    keeping its first layers (see mmser.distil)."""
+    profile: str = "default"  # printed beside every table
+    # encoder size -> speech source; the paper's large/base/distilled (Table 1)
+    sizes: dict = field(default_factory=lambda: {"base": "features:main",
+                                                 "distilled": "features:2"})
+    text: str = "features:3"  # the small text model (paper: TinyBERT, 4 layers)
+    # fine-tuning on cached states: top k layers trained; 0 = a residual adapter on the last
+    # state (a layer's backward pass is too slow for the CPU budget); null = every layer
+    # (the paper: only the convolutional front end frozen)
+    speech_ft_layers: int | None = 0
+    text_ft_layers: int | None = 0
+    adapter_dim: int = 16  # adapter bottleneck width (0-layer fine-tuning only)
+    head_hidden: int = 32  # width of the head's first linear layer (not given in the paper)
+    dropout: float = 0.1  # paper: 0.1 throughout
+    pool_norm: bool = False  # LayerNorm on each pooled modality (not in the paper; see params.yaml)
+    lr: float = 1e-3  # Adam (paper: 1e-5 for whole encoders over far more steps)
+    batch_size: int = 16  # paper: 16, length-bucketed
+    max_epochs: int = 2
+    patience: int | None = 3  # early stopping on development CCC
+    seen_fraction: float = 0.1  # share of each speaker held back as the seen-scenario test
+    frz: bool = True  # also run FT=>FRZ (Figure 3)
+    asr_size: str | None = "distilled"  # Table 2 on this size; null skips it
+    layer_size: str | None = "base"  # Figure 2 on this size; null skips it
+    layer_epochs: int = 2  # epochs of the layer-weight models (frozen encoder, cheap)
+    layer_lr: float = 0.05  # Adam rate of the layer weights' logits (not given in the paper)
+
+    def __post_init__(self):
+        if not self.sizes or not all(isinstance(k, str) and isinstance(v, str)
+                                     for k, v in self.sizes.items()):
+            raise ParamsError(f"distil.sizes: a mapping of size name -> source, got {self.sizes!r}")
+        for key in ("asr_size", "layer_size"):
+            value = getattr(self, key)
+            if value is not None and value not in self.sizes:
+                raise ParamsError(f"distil.{key}: {value!r} is not in distil.sizes "
+                                  f"{sorted(self.sizes)}")
+
+
+CHOICES.update({"distil.profile": {"default", "paper", "tiny"}})
+
+
+@dataclass
+class Tokenwise:
+    """Tokenwise contrastive pre-training (mmser.tokenwise); tiny defaults, for tests."""
+    text_source: str = "text"  # transcripts B_s and the text baseline read: text | asr_text
+    tau: float = 0.1  # temperature of s_ij (Sec. 3.4); the paper gives no value
+    scale_attention: bool = False  # the paper's softmax(QK^T) has no 1/sqrt(d)
+    pretrain_val_fraction: float = 0.25  # read utterances held out for 1-NN model selection
+    pretrain_epochs: int = 2
+    pretrain_batch_sizes: list = field(default_factory=lambda: [4])  # Figure 3 configurations
+    pretrain_lrs: list = field(default_factory=lambda: [1e-4])  # Sec. 4.3: Adam 1e-4
+    speech_layers: list | None = None  # hidden states tried (null: all); chosen on val UAR
+    text_layers: list | None = field(default_factory=lambda: [-1])  # Sec. 4.2: the last
+    extra_speech: list = field(default_factory=list)  # more speech baselines (WavLM)
+    hidden: int = 16  # classifier width; the paper does not say
+    epochs: int = 3  # Sec. 4.3: 30
+    plateau_patience: int = 10  # Sec. 4.3: 10 epochs without a better val UAR
+    baseline_batch_sizes: list = field(default_factory=lambda: [8])  # Table 2: 2^[2,10]
+    baseline_lrs: list = field(default_factory=lambda: [1e-3])  # Table 2: 1e-3, 5e-3
+    ours_batch_sizes: list = field(default_factory=lambda: [8])  # Table 2: 2^[2,5]
+    ours_lrs: list = field(default_factory=lambda: [1e-3])  # Table 2: 1e-3, 1e-2
+    protocols: list = field(default_factory=lambda: ["corpus", "random_70_20_10"])
+    val_fraction: float = 0.25  # training speakers held out for validation (random splits: fixed)
+    bootstrap_n: int = 100  # paired bootstrap resamples of the UA differences
+
+
+CHOICES.update({"tokenwise.text_source": {"text", "asr_text"}})
+
+
 # ---- paper sections: each paper stage puts its dataclass (and any CHOICES.update) above
 # ---- this line, and one field in Params below
 @dataclass
@@ -225,6 +298,8 @@ class Params:
     lemer: Lemer = field(default_factory=Lemer)
     clap: Clap = field(default_factory=Clap)
     vcemo: Vcemo = field(default_factory=Vcemo)
+    distil: Distil = field(default_factory=Distil)
+    tokenwise: Tokenwise = field(default_factory=Tokenwise)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "params") -> "Params":

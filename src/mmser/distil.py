@@ -1,0 +1,724 @@
+"""Audio-textual distilled models for arousal, valence and dominance (the `distil` stage).
+
+The model (de Oliveira et al., Interspeech 2023): a speech encoder, and for audio+text a
+text encoder; average- and max-pooling over each sequence, concatenated; the pooled
+vectors of the two modalities concatenated; a head of two linear layers with tanh between;
+three outputs (A, V, D on [0, 1]); loss 1 - CCC averaged over the dimensions (eq. 3).
+
+Encoder states come from a cache. A source is `features:<cut>` (the features stage's
+cache: `features:main`, `features:2`, `features:3`) or an encoder name / Hugging Face id /
+folder, optionally `@<layers>` to keep its first layers (the pruned wav2vec 2.0 large),
+which this stage encodes once into its own cache. Fine-tuning trains on cached states:
+`ft_layers` = k > 0 trains the top k transformer layers (`TopLayers`; None = all of them,
+the paper's recipe with the convolutional front end frozen), 0 trains a residual adapter
+on the last state (the CPU stand-in: a full layer's backward pass is too slow here).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mmser import data as D
+from mmser import training as T
+from mmser.features import FeatureStore
+
+FEATURES = "features:"
+SCENARIOS = ("seen", "unseen")
+
+# Paper, Table 1 (MSP-Podcast v1.10, official partitions: test1 = seen, test2 = unseen):
+# (modality, size) -> encoder, #params (M), seen A/V/D, unseen A/V/D.
+PAPER_TABLE1 = {
+    ("A", "large"): ("w2v2-L-robust(p)", 165, (0.627, 0.470, 0.521), (0.462, 0.263, 0.390)),
+    ("A", "base"): ("HuBERT base", 95, (0.608, 0.440, 0.486), (0.388, 0.225, 0.344)),
+    ("A", "distilled"): ("DistilHuBERT", 24, (0.622, 0.328, 0.513), (0.470, 0.169, 0.395)),
+    ("A+T", "large"): ("w2v2-L-robust(p)", 180, (0.619, 0.560, 0.484), (0.469, 0.347, 0.353)),
+    ("A+T", "base"): ("HuBERT base", 109, (0.613, 0.532, 0.493), (0.461, 0.315, 0.396)),
+    ("A+T", "distilled"): ("DistilHuBERT", 39, (0.614, 0.519, 0.509), (0.475, 0.333, 0.392)),
+}
+# Paper, Table 2 (fine-tuned DistilHuBERT + TinyBERT, seen scenarios): transcripts ->
+# ASR params (M), WER, A/V/D. The human row's WER cell is not meaningful in the source.
+PAPER_TABLE2 = {
+    "human": (None, None, (0.614, 0.519, 0.509)),
+    "Whisper base": (74, 0.222, (0.620, 0.521, 0.511)),
+    "Whisper tiny": (39, 0.241, (0.618, 0.524, 0.510)),
+}
+PAPER_CORPUS = "MSP-Podcast v1.10, official partitions (test1 = seen, test2 = unseen podcasts)"
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+def ccc_per_dim(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Lin's concordance correlation coefficient of each column (eq. 3), population moments
+    (as `mmser.metrics.ccc`): 2 cov / (var_y + var_p + (mu_y - mu_p)^2)."""
+    mu_p, mu_y = pred.mean(0), target.mean(0)
+    cov = ((pred - mu_p) * (target - mu_y)).mean(0)
+    var_p, var_y = pred.var(0, unbiased=False), target.var(0, unbiased=False)
+    return 2 * cov / (var_p + var_y + (mu_p - mu_y) ** 2 + eps)
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - CCC averaged over the dimensions (the paper's training objective)."""
+    return 1 - ccc_per_dim(pred, target).mean()
+
+
+# ------------------------------------------------------------------------------ modules
+
+
+def mean_max_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, length, dim) -> (batch, 2 dim): masked average and max over the sequence."""
+    m = mask[..., None].to(x.dtype)
+    mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
+    peak = x.masked_fill(~mask[..., None], torch.finfo(x.dtype).min).amax(1)
+    return torch.cat([mean, peak], -1)
+
+
+class Adapter(nn.Module):
+    """Residual bottleneck adapter (Houlsby et al. style) on an encoder's cached last state,
+    which is already layer-normed: the CPU stand-in for fine-tuning the encoder. The output
+    projection starts at zero, so training starts from the pretrained features."""
+
+    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, bottleneck), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(bottleneck, dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class Frozen(nn.Module):
+    """A part that never trains: no gradients, and eval mode even when the model trains
+    (no dropout), so its outputs stay those of the trained or pretrained encoder."""
+
+    def __init__(self, module: nn.Module | None = None):
+        super().__init__()
+        self.module = module
+        if module is not None:
+            module.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Frozen":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x if self.module is None else self.module(x, mask)
+
+
+class LayerWeights(nn.Module):
+    """Softmax-normalised learnable weights over all hidden states (Figure 2):
+    (batch, length, states, dim) -> (batch, length, dim)."""
+
+    def __init__(self, n_states: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_states))  # uniform at the start
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits, 0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("btld,l->btd", x, self.weights)
+
+
+def head(in_dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+    """Two linear layers with tanh between (dropout before each, as the paper's 0.1
+    dropout throughout)."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.Tanh(),
+                         nn.Dropout(dropout), nn.Linear(hidden, out))
+
+
+class DistilModel(nn.Module):
+    """Branches per modality (batch keys `speech`, `text`), each (x, mask) -> states, then
+    mean+max pooling, concatenation and the head. forward(batch) -> {pred, loss}."""
+
+    def __init__(self, branches: dict[str, nn.Module], dims: dict[str, int], hidden: int,
+                 n_out: int = 3, dropout: float = 0.1, pool_norm: bool = False):
+        super().__init__()
+        self.branches = nn.ModuleDict(branches)
+        # optional LayerNorm of each modality's pooled vector: frozen states of different
+        # scales (the 2-layer cut's reach 20) otherwise saturate the tanh on one modality
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(2 * dims[name]) if pool_norm
+                                    else nn.Identity() for name in branches})
+        self.head = head(2 * sum(dims[name] for name in branches), hidden, n_out, dropout)
+
+    def forward(self, batch: dict) -> dict:
+        pooled = [self.norms[name](mean_max_pool(branch(batch[name].float(),
+                                                        batch[f"{name}_mask"]),
+                                                 batch[f"{name}_mask"]))
+                  for name, branch in self.branches.items()]
+        out = {"pred": self.head(torch.cat(pooled, -1))}
+        if "target" in batch:
+            out["loss"] = ccc_loss(out["pred"], batch["target"].float())
+        return out
+
+
+def n_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def parse_source(spec: str) -> tuple[str | None, str | None, int | None]:
+    """`features:<cut>` -> (cut, None, None); `<name>[@<layers>]` -> (None, name, layers)."""
+    if spec.startswith(FEATURES):
+        cut = spec[len(FEATURES):]
+        if not cut:
+            raise ValueError(f"source {spec!r}: name a cut, e.g. features:main")
+        return cut, None, None
+    name, _, layers = spec.partition("@")
+    if layers and not layers.isdigit():
+        raise ValueError(f"source {spec!r}: the part after @ must be a layer count")
+    return None, name, int(layers) if layers else None
+
+
+def encoder_of(spec: str, role: str, encoders) -> tuple[str, int | None]:
+    """(model name, layer cut) behind a source; `encoders` is the params' Encoders."""
+    cut, name, layers = parse_source(spec)
+    if cut is None:
+        return name, layers
+    name = encoders.speech if role == "speech" else encoders.text
+    main = encoders.speech_layers if role == "speech" else encoders.text_layers
+    return name, main if cut == "main" else int(cut)
+
+
+def load_encoder(spec: str, role: str, encoders):
+    """The encoder behind a source (for its top layers and its parameter count). Cuts a
+    copy: `SpeechEncoder(name, layers)` would cut the memoised bundled Whisper for every
+    later user in the process."""
+    from mmser.encoders import SpeechEncoder, TextEncoder
+
+    name, layers = encoder_of(spec, role, encoders)
+    if role == "text":
+        return TextEncoder(name, layers)
+    encoder = copy.deepcopy(SpeechEncoder(name))
+    if layers is not None:
+        if not 1 <= layers <= encoder.n_layers:
+            raise ValueError(f"{name}: cannot keep {layers} of {encoder.n_layers} layers")
+        del encoder._layers()[layers:]
+    return encoder
+
+
+def encode_own(corpus: D.Corpus, speech_specs: Sequence[str], text_specs: Sequence[str],
+               root: str | Path, batch_size: int = 8) -> None:
+    """Cache the states of sources that are not `features:` cuts (the paper profile's
+    several encoders) for the labelled utterances and both transcripts, once."""
+    from mmser import features as F
+    from mmser import manifest
+    from mmser.audio import load_audio
+    from mmser.encoders import TextEncoder
+
+    speech = [s for s in speech_specs if not s.startswith(FEATURES)]
+    text = [s for s in text_specs if not s.startswith(FEATURES)]
+    if not speech and not text:
+        return
+    rows = corpus.labelled
+    keys: dict[str, dict[str, str]] = {"speech": {}, "text": {}}
+    digests = None
+    if speech:
+        paths = manifest.resolve_paths(rows, corpus.audio_root)
+        waves = [load_audio(p).wave for p in paths]
+        for spec in speech:
+            _, name, layers = parse_source(spec)
+            encoder = load_encoder(spec, "speech", None)
+            cache = F.FeatureCache(root, f"{encoder.key}-{layers}")
+            digests = F.speech_features(cache, encoder, waves, batch_size)
+            keys["speech"][spec] = cache.dir.name
+    texts = sorted({t for col in ("text", "asr_text") for t in rows[col].dropna()})
+    for spec in text:
+        _, name, layers = parse_source(spec)
+        encoder = TextEncoder(name, layers)
+        cache = F.FeatureCache(root, encoder.key)
+        F.text_features(cache, encoder, texts, batch_size=32)
+        keys["text"][spec] = encoder.key
+    F.write_index(root, rows["utt_id"] if digests else None, digests,
+                  **{k: v for k, v in keys.items() if v})
+
+
+class States:
+    """Cached hidden states by source spec, memoised in memory (each fold reads them again).
+
+    speech(spec, utt_ids, layer) / text(spec, texts, layer): lists of (length, dim)
+    tensors, or (length, states, dim) float16 with layer=None (all states, time first so
+    that `collate` pads the time axis)."""
+
+    def __init__(self, features: str | Path, own: str | Path | None = None):
+        self.stores = {"features": FeatureStore(features)}
+        if own is not None and (Path(own) / "keys.json").is_file():
+            self.stores["own"] = FeatureStore(own)
+        self._memo: dict[tuple, dict] = {}
+
+    def _where(self, spec: str) -> tuple[FeatureStore, str]:
+        cut, _, _ = parse_source(spec)
+        if cut is not None:
+            return self.stores["features"], cut
+        if "own" not in self.stores:
+            raise KeyError(f"source {spec!r} has not been encoded; run encode_own first")
+        return self.stores["own"], spec
+
+    def _get(self, role: str, spec: str, keys: Sequence[str], layer: int | None) -> list:
+        memo = self._memo.setdefault((role, spec, layer), {})
+        todo = [k for k in dict.fromkeys(keys) if k not in memo]
+        if todo:
+            store, cut = self._where(spec)
+            read = store.speech if role == "speech" else store.text
+            for key, value in zip(todo, read(todo, layer=layer, cut=cut)):
+                memo[key] = value if layer is not None else value.transpose(0, 1).half()
+        return [memo[k] for k in keys]
+
+    def speech(self, spec: str, utt_ids: Sequence[str], layer: int | None = -1) -> list:
+        return self._get("speech", spec, list(utt_ids), layer)
+
+    def text(self, spec: str, texts: Sequence[str], layer: int | None = -1) -> list:
+        return self._get("text", spec, list(texts), layer)
+
+    def n_states(self, role: str, spec: str, key: str) -> int:
+        store, cut = self._where(spec)
+        read = store.speech if role == "speech" else store.text
+        return int(read([key], layer=None, cut=cut)[0].shape[0])
+
+
+# ------------------------------------------------------------------------------ systems
+
+
+@dataclass(frozen=True)
+class System:
+    """One row of the tables: an encoder size, audio or audio+text, a recipe
+    ("FT": encoders tuned with the head; "FT=>FRZ": the audio-only FT encoder frozen, the
+    pretrained text encoder frozen, a fresh head), and the transcripts used."""
+    size: str
+    modality: str = "A"  # A | A+T
+    recipe: str = "FT"  # FT | FT=>FRZ
+    transcripts: str = "text"  # text (reference) | asr_text
+
+    @property
+    def name(self) -> str:
+        extra = "" if self.transcripts == "text" else " [ASR]"
+        return f"{self.size} · {self.modality} · {self.recipe}{extra}"
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.name.replace("=>", "to"))
+
+
+class Builder:
+    """Builds each system's items and fresh task from the stage's parameters."""
+
+    def __init__(self, states: States, corpus: D.Corpus, cfg, encoders, run_dir: str | Path,
+                 first_key: str):
+        self.states, self.corpus, self.cfg, self.encoders = states, corpus, cfg, encoders
+        self.run_dir = Path(run_dir)
+        self._encoders: dict[tuple, nn.Module] = {}
+        self._n_states: dict[tuple, int] = {}
+        self._first = first_key  # an utterance id whose entry gives the number of states
+        self._first_text = str(corpus.labelled["text"].iloc[0])
+
+    # -- sources and layers
+    def speech_spec(self, size: str) -> str:
+        if size not in self.cfg.sizes:
+            raise KeyError(f"encoder size {size!r} is not in distil.sizes {list(self.cfg.sizes)}")
+        return self.cfg.sizes[size]
+
+    def encoder(self, spec: str, role: str):
+        if (spec, role) not in self._encoders:
+            self._encoders[(spec, role)] = load_encoder(spec, role, self.encoders)
+        return self._encoders[(spec, role)]
+
+    def n_layers(self, spec: str, role: str) -> int:
+        if (spec, role) not in self._n_states:
+            key = self._first if role == "speech" else self._first_text
+            self._n_states[(spec, role)] = self.states.n_states(role, spec, key)
+        return self._n_states[(spec, role)] - 1
+
+    def _ft(self, role: str) -> int | None:
+        return self.cfg.speech_ft_layers if role == "speech" else self.cfg.text_ft_layers
+
+    def input_layer(self, spec: str, role: str, tuned: bool = True) -> int:
+        """Which cached state a branch reads: the last for frozen and adapter branches,
+        state n - k for the top k trainable layers."""
+        k = self._ft(role)
+        if not tuned or k == 0:
+            return -1
+        n = self.n_layers(spec, role)
+        return 0 if k is None else n - k
+
+    def tuned_branch(self, spec: str, role: str) -> nn.Module:
+        from mmser.encoders import TopLayers
+
+        k = self._ft(role)
+        if k == 0:
+            return Adapter(self.dim(spec, role), self.cfg.adapter_dim, self.cfg.dropout)
+        encoder = self.encoder(spec, role)
+        return TopLayers(encoder, encoder.n_layers if k is None else k)
+
+    def dim(self, spec: str, role: str) -> int:
+        key = self._first if role == "speech" else self._first_text
+        read = self.states.speech if role == "speech" else self.states.text
+        return int(read(spec, [key])[0].shape[-1])
+
+    # -- items
+    def items(self, system: System) -> Callable[[pd.DataFrame], list[dict]]:
+        speech = self.speech_spec(system.size)
+        tuned = system.recipe == "FT"
+        s_layer = self.input_layer(speech, "speech")
+        t_layer = self.input_layer(self.cfg.text, "text", tuned)
+        if system.modality == "A+T" and system.transcripts not in ("text", "asr_text"):
+            raise ValueError(f"transcripts must be text or asr_text, not {system.transcripts!r}")
+
+        def make(rows: pd.DataFrame) -> list[dict]:
+            targets = D.dimensions(rows, self.corpus.name)
+            waves = self.states.speech(speech, rows["utt_id"], s_layer)
+            out = [{"speech": w, "target": t} for w, t in zip(waves, targets)]
+            if system.modality == "A+T":
+                texts = rows[system.transcripts]
+                if texts.isna().any():
+                    raise ValueError(f"{int(texts.isna().sum())} utterances have no "
+                                     f"{system.transcripts}; run the transcribe stage on them")
+                for item, t in zip(out, self.states.text(self.cfg.text, texts, t_layer)):
+                    item["text"] = t
+            return out
+        return make
+
+    # -- models
+    def model(self, system: System, seed: int, fold: int) -> DistilModel:
+        speech = self.speech_spec(system.size)
+        dims = {"speech": self.dim(speech, "speech"), "text": self.dim(self.cfg.text, "text")}
+        if system.recipe == "FT":
+            branches = {"speech": self.tuned_branch(speech, "speech")}
+            if system.modality == "A+T":
+                branches["text"] = self.tuned_branch(self.cfg.text, "text")
+        elif system.recipe == "FT=>FRZ":
+            if system.modality != "A+T":
+                raise ValueError("FT=>FRZ is the audio+text recipe (audio-only is FT)")
+            audio = System(system.size, "A", "FT")
+            tuned = self.task(self.model(audio, seed, fold))
+            weights = self.run_dir / audio.slug / f"seed{seed}" / f"fold{fold}" / T.BEST
+            if not weights.is_file():
+                raise FileNotFoundError(f"{weights}: run the audio-only FT system first")
+            tuned.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            branches = {"speech": Frozen(tuned.model.branches["speech"]), "text": Frozen()}
+        else:
+            raise ValueError(f"unknown recipe {system.recipe!r}")
+        return DistilModel(branches, dims, self.cfg.head_hidden, 3, self.cfg.dropout,
+                           self.cfg.pool_norm)
+
+    def task(self, model: nn.Module, param_groups: list[dict] | None = None) -> T.Task:
+        return T.Task(model, kind="regression", lr=self.cfg.lr, optimizer="adam",
+                      param_groups=param_groups)
+
+    def fingerprint(self, system: System) -> dict:
+        return {"system": asdict(system), "distil": asdict(self.cfg),
+                "encoders": asdict(self.encoders), "corpus": self.corpus.name,
+                "utterances": len(self.corpus.labelled), "version": 1}
+
+
+class FoldOrder:
+    """`cross_validate` hands `make_task` only the training rows; this replays its (seed,
+    fold) order and checks the rows match, so that a task can use its fold's checkpoint
+    (FT=>FRZ loads the audio-only FT encoder of the same fold)."""
+
+    def __init__(self, corpus: D.Corpus, seeds: Sequence[int]):
+        self._queue = [(s, f.index, frozenset(f.train()["utt_id"]))
+                       for s in seeds for f in corpus.folds(seed=s)]
+
+    def make_task(self, build: Callable[[int, int], T.Task]) -> Callable:
+        def make(train_rows: pd.DataFrame) -> T.Task:
+            seed, fold, ids = self._queue.pop(0)
+            if ids != frozenset(train_rows["utt_id"]):
+                raise RuntimeError("cross_validate's fold order changed; FoldOrder is stale")
+            return build(seed, fold)
+        return make
+
+
+def seen_split(labelled: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
+    """About `fraction` of each speaker's utterances, held back from every fold's training
+    and validation: the seen-scenario test set (speakers heard in training, utterances
+    never trained on), like MSP-Podcast's test1."""
+    rng = np.random.default_rng([seed, 6])
+    picked = []
+    for _, index in sorted(labelled.groupby("speaker").groups.items()):
+        index = rng.permutation(np.asarray(index))
+        picked.extend(index[: int(round(fraction * len(index)))].tolist())
+    return pd.Index(picked)
+
+
+def split_seen(corpus: D.Corpus, fraction: float, seed: int) -> tuple[D.Corpus, pd.DataFrame]:
+    """(the corpus the folds are made from, the held-back seen-scenario rows)."""
+    if fraction and corpus.protocol == "official":
+        raise ValueError("official partitions bring their own seen (test1) and unseen (test2) "
+                         "sets: set distil.seen_fraction to 0")
+    if not 0 <= fraction < 1:
+        raise ValueError(f"distil.seen_fraction must be in [0, 1), not {fraction}")
+    seen = seen_split(corpus.labelled, fraction, seed)
+    return replace(corpus, df=corpus.df.drop(seen)), corpus.df.loc[seen].reset_index(drop=True)
+
+
+def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.DataFrame,
+               training, *, batch_size: int, max_epochs: int, patience: int | None) -> pd.DataFrame:
+    """Cross-validate one system; one prediction row per test utterance with `system` and
+    `scenario`. With `official` partitions test1 is seen and test2 unseen; otherwise the
+    held-out fold is unseen and `seen` rows of the fold's training speakers are seen."""
+    seeds = list(training.seeds)
+    order = FoldOrder(corpus, seeds)
+    make_items = builder.items(system)
+    out_dir = builder.run_dir / system.slug
+    preds = T.cross_validate(
+        corpus, make_items, order.make_task(lambda s, f: builder.task(builder.model(system, s, f))),
+        out_dir, training, seeds=seeds, fingerprint=builder.fingerprint(system),
+        max_epochs=max_epochs, batch_size=batch_size, patience=patience, bucket_by="speech")
+    if corpus.protocol == "official":
+        tests = sorted(corpus.labelled.loc[corpus.labelled["fold"] >= 0, "split"].unique())
+        preds["scenario"] = [("seen" if tests[int(f)] == "test1" else "unseen")
+                             for f in preds["fold"]]
+    else:
+        preds["scenario"] = "unseen"
+        preds = pd.concat([preds, _seen_predictions(builder, system, corpus, seen, seeds,
+                                                    make_items, out_dir)], ignore_index=True)
+    return preds.assign(system=system.name)
+
+
+def _seen_predictions(builder: Builder, system: System, corpus: D.Corpus, seen: pd.DataFrame,
+                      seeds: Sequence[int], make_items: Callable, out_dir: Path) -> pd.DataFrame:
+    """Each fold's chosen checkpoint on the held-back utterances of its training speakers.
+    The fold's test part is not opened here; its checkpoint was chosen on validation."""
+    rows = []
+    for seed in seeds:
+        for fold in corpus.folds(seed=seed):
+            part = seen[seen["speaker"].isin(fold.train()["speaker"])].reset_index(drop=True)
+            if part.empty:
+                continue
+            task = builder.task(builder.model(system, seed, fold.index))
+            best = out_dir / f"seed{seed}" / f"fold{fold.index}" / T.BEST
+            task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+            rows.append(T._predictions(task, part, make_items(part), corpus, seed, fold.index))
+    return pd.concat(rows, ignore_index=True).assign(scenario="seen") if rows else pd.DataFrame()
+
+
+# ----------------------------------------------------------------------- layer importance
+
+
+def layer_importance(builder: Builder, corpus: D.Corpus, size: str, training, *,
+                     batch_size: int, max_epochs: int, patience: int | None) -> pd.DataFrame:
+    """Figure 2: the frozen encoder's hidden states (front end and every layer) mixed by
+    softmax-normalised learnable weights, one model per dimension, trained on each fold's
+    training part and chosen on its validation part (the test part is never opened).
+    Returns one row per (seed, fold, dimension, state) with the learnt weight."""
+    spec = builder.speech_spec(size)
+    n_states = builder.n_layers(spec, "speech") + 1
+    dim = builder.dim(spec, "speech")
+    records = []
+    for seed in training.seeds:
+        for fold in corpus.folds(seed=seed):
+            for d, name in enumerate(D.DIMENSIONS):
+                def make(rows: pd.DataFrame) -> list[dict]:
+                    targets = D.dimensions(rows, corpus.name)[:, [d]]
+                    states = builder.states.speech(spec, rows["utt_id"], layer=None)
+                    return [{"speech": s, "target": t} for s, t in zip(states, targets)]
+
+                T.seed_everything(seed)
+                weights = LayerWeights(n_states)
+                model = DistilModel({"speech": weights}, {"speech": dim},
+                                    builder.cfg.head_hidden, 1, builder.cfg.dropout,
+                                    builder.cfg.pool_norm)
+                out = builder.run_dir / "layers" / size / name / f"seed{seed}" / f"fold{fold.index}"
+                # the mixing weights get their own rate: at the head's rate they barely
+                # leave uniform within the few epochs of the CPU budget
+                groups = [{"params": [weights.logits], "lr": builder.cfg.layer_lr},
+                          {"params": list(model.head.parameters())
+                           + list(model.norms.parameters())}]
+                T.fit(builder.task(model, groups), make(fold.train()), make(fold.val()), out, training,
+                      max_epochs=max_epochs, batch_size=batch_size, seed=seed,
+                      patience=patience, bucket_by="speech",
+                      fingerprint={**builder.fingerprint(System(size)), "dimension": name})
+                for i, w in enumerate(weights.weights.detach().tolist()):
+                    records.append({"seed": seed, "fold": fold.index, "dimension": name,
+                                    "state": i, "weight": w})
+    return pd.DataFrame(records)
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def scenario_metrics(preds: pd.DataFrame) -> pd.DataFrame:
+    """Per (system, scenario, seed, fold): CCC of each dimension."""
+    from mmser.results import fold_metrics
+
+    parts = [fold_metrics(part).assign(scenario=sc)
+             for sc, part in preds.groupby("scenario", sort=False)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def summary_table(per_fold: pd.DataFrame) -> pd.DataFrame:
+    """(system, scenario) -> mean and std over folds and seeds of CCC per dimension."""
+    from mmser.results import summary
+
+    out = []
+    for scenario, part in per_fold.groupby("scenario", sort=False):
+        out.append(summary(part.drop(columns="scenario")).assign(scenario=scenario))
+    return pd.concat(out, ignore_index=True)
+
+
+CCC_COLUMNS = [f"CCC_{d}" for d in D.DIMENSIONS]
+
+
+def table1(summ: pd.DataFrame, systems: Sequence[System], params: dict[str, dict],
+           encoders: dict[str, str], text_encoder: str, context: str) -> pd.DataFrame:
+    """Our rows (mean ± std) and the paper's, one row per (source, modality, size)."""
+    rows = []
+    for system in systems:
+        row = {"source": "ours", "setting": context, "modality": system.modality,
+               "size": system.size,
+               "encoder": encoders[system.size]
+               + (f" + {text_encoder}" if system.modality == "A+T" else ""),
+               "params (M)": params[system.name]["total"] / 1e6,
+               "trainable (M)": params[system.name]["trainable"] / 1e6}
+        for sc in SCENARIOS:
+            hit = summ[(summ["system"] == system.name) & (summ["scenario"] == sc)]
+            for col, short in zip(CCC_COLUMNS, "AVD"):
+                row[f"{sc} {short}"] = (f"{hit[col].iloc[0]:.3f} ± {hit[col + '_std'].iloc[0]:.3f}"
+                                        if len(hit) else "—")
+        rows.append(row)
+    for (modality, size), (enc, mparams, seen, unseen) in PAPER_TABLE1.items():
+        row = {"source": "paper", "setting": PAPER_CORPUS, "modality": modality, "size": size,
+               "encoder": enc + (" + TinyBERT" if modality == "A+T" else ""),
+               "params (M)": float(mparams), "trainable (M)": float(mparams)}
+        for sc, values in zip(SCENARIOS, (seen, unseen)):
+            row.update({f"{sc} {s}": f"{v:.3f}" for s, v in zip("AVD", values)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def valence_gain(summ: pd.DataFrame, sizes: Sequence[str], recipes: Sequence[str]) -> pd.DataFrame:
+    """Figure 3: relative valence CCC gain of audio+text over the audio-only FT model,
+    (V_AT - V_A) / |V_A| on the means over folds and seeds, per size, recipe and scenario;
+    with the paper's FT gain computed from its Table 1."""
+    rows = []
+    for size in sizes:
+        for sc in SCENARIOS:
+            base = summ[(summ["system"] == System(size).name) & (summ["scenario"] == sc)]
+            for recipe in recipes:
+                hit = summ[(summ["system"] == System(size, "A+T", recipe).name)
+                           & (summ["scenario"] == sc)]
+                if len(base) and len(hit):
+                    va, vat = base["CCC_valence"].iloc[0], hit["CCC_valence"].iloc[0]
+                    rows.append({"source": "ours", "size": size, "recipe": recipe,
+                                 "scenario": sc, "gain %": 100 * (vat - va) / abs(va)})
+    for size in ("large", "base", "distilled"):
+        for i, sc in enumerate(SCENARIOS):
+            va = PAPER_TABLE1[("A", size)][2 + i][1]
+            vat = PAPER_TABLE1[("A+T", size)][2 + i][1]
+            rows.append({"source": "paper", "size": size, "recipe": "FT", "scenario": sc,
+                         "gain %": 100 * (vat - va) / va})
+    return pd.DataFrame(rows)
+
+
+def table2(summ: pd.DataFrame, reference: System, asr: System, wer: float,
+           asr_params: int, asr_name: str) -> pd.DataFrame:
+    """Reference versus ASR transcripts for the fine-tuned distilled audio+text system."""
+    rows = []
+    for label, system, w, p in (("reference (human)", reference, 0.0, None),
+                                (asr_name, asr, wer, asr_params / 1e6)):
+        for sc in SCENARIOS:
+            hit = summ[(summ["system"] == system.name) & (summ["scenario"] == sc)]
+            if not len(hit):
+                continue
+            row = {"source": "ours", "transcripts": label, "scenario": sc,
+                   "ASR params (M)": p, "WER": w}
+            row.update({s: f"{hit[c].iloc[0]:.3f} ± {hit[c + '_std'].iloc[0]:.3f}"
+                        for s, c in zip("AVD", CCC_COLUMNS)})
+            rows.append(row)
+    for label, (p, w, values) in PAPER_TABLE2.items():
+        rows.append({"source": "paper", "transcripts": label, "scenario": "seen",
+                     "ASR params (M)": p, "WER": w,
+                     **{s: f"{v:.3f}" for s, v in zip("AVD", values)}})
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ccc(preds: pd.DataFrame, system_a: str, system_b: str, dimension: str,
+                  scenario: str, n: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap CI of CCC(a) - CCC(b) on one dimension over the pooled test
+    predictions of all folds and seeds (`mmser.metrics.paired_bootstrap` covers WA/UA
+    only). Pooled CCC, so it differs slightly from the mean over folds."""
+    from mmser.metrics import ccc
+
+    part = preds[preds["scenario"] == scenario]
+    a, b = (part[part["system"] == s].set_index(["seed", "fold", "utt_id"]).sort_index()
+            for s in (system_a, system_b))
+    if not a.index.equals(b.index):
+        raise ValueError(f"{system_a!r} and {system_b!r} were not tested on the same utterances")
+    y, pa, pb = (x.to_numpy() for x in (a[f"true_{dimension}"], a[f"pred_{dimension}"],
+                                        b[f"pred_{dimension}"]))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        diffs.append(ccc(y[i], pa[i]) - ccc(y[i], pb[i]))
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return {"a": system_a, "b": system_b, "dimension": dimension, "scenario": scenario,
+            "diff": ccc(y, pa) - ccc(y, pb), "low": float(low), "high": float(high)}
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def plot_layer_weights(weights: pd.DataFrame, path: str | Path, title: str = ""):
+    """Figure 2: normalised weight of each hidden state per dimension (mean ± std over
+    folds and seeds); index 0 is the front end's output."""
+    from mmser.plots import _save, plt, sns
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    sns.lineplot(data=weights, x="state", y="weight", hue="dimension", marker="o",
+                 errorbar="sd", ax=ax)
+    ax.axhline(1 / weights["state"].nunique(), color="grey", lw=0.8, ls="--")
+    ax.set(title=title, xlabel="hidden state (0 = front end, then layers)",
+           ylabel="normalised weight", xticks=sorted(weights["state"].unique()))
+    return _save(fig, path)
+
+
+def plot_valence_gain(gain: pd.DataFrame, path: str | Path, title: str = ""):
+    """Figure 3: relative valence gain of audio+text over audio-only, ours and the paper's."""
+    from mmser.plots import _save, plt, sns
+
+    scenarios = [sc for sc in SCENARIOS if sc in set(gain["scenario"])]
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.4),
+                             squeeze=False, sharey=True)
+    shown = gain.assign(who=gain["source"] + " " + gain["recipe"])
+    for ax, sc in zip(axes[0], scenarios):
+        sns.barplot(data=shown[shown["scenario"] == sc], x="size", y="gain %", hue="who",
+                    errorbar=None, ax=ax)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set(title=f"{sc} scenarios", xlabel="")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=2, default=str))
+
+
+def param_counts(builder: Builder, system: System, seed: int, fold: int) -> dict[str, int]:
+    """Trainable parameters of a system as run, and its total: the encoders it uses (whole,
+    as the paper counts them) plus the adapters and the head."""
+    from mmser.encoders import TopLayers
+
+    model = builder.model(system, seed, fold)
+    copies = sum(n_params(m) for m in model.modules() if isinstance(m, TopLayers))
+    total = n_params(builder.encoder(builder.speech_spec(system.size), "speech"))
+    if system.modality == "A+T":
+        total += n_params(builder.encoder(builder.cfg.text, "text"))
+    return {"trainable": n_trainable(model), "total": total + n_params(model) - copies}

@@ -1,0 +1,485 @@
+"""Tokenwise contrastive speech-text pre-training (Sarkar & Tarigopula, Idiap-RR-07-2025).
+
+Pre-training, on transcribed read speech with both encoders frozen:
+  S (N x Ds): the speech encoder's last layer; T (M x Dt): the text encoder's embedding-layer
+  output (non-contextual, hidden state 0); B (M x Dt): its last layer (contextual teacher).
+  Cross-attention (Sec. 3.3): Q = T W_q, K = S W_k, V = S W_v, B_s = softmax(Q K^T) V.
+  W_k and W_v map Ds -> Dt, which is the projection to a common width when the widths differ.
+  Token-level contrastive loss (Sec. 3.4) between B and B_s over every token of the batch;
+  model selection by 1-nearest-neighbour token matching on held-out read speech (Sec. 4.3).
+Downstream (Sec. 4.2-4.3): mean and standard deviation over frames or tokens, then an MLP
+of three [Linear, LayerNorm, ReLU] blocks and a final Linear; Adam, cross-entropy, learning
+rate reduced on plateau of validation UAR; batch size, learning rate and the encoder layer
+chosen on validation UAR only (the fold's test part opens after every choice is recorded).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmser import data as D
+from mmser import protocols
+from mmser.features import FeatureStore
+
+# Table 3 of the paper: scores [%] on a random 70:20:10 split (speaker-dependent)
+PAPER_TABLE3 = pd.DataFrame([
+    ("EmoDB", "BERT (Mono)", 29.63, 14.29), ("EmoDB", "BERT (Multi)", 31.48, 17.47),
+    ("EmoDB", "Whisper", 90.74, 86.53), ("EmoDB", "WavLM", 98.15, 98.57),
+    ("EmoDB", "Ours (Multi)", 70.37, 72.37),
+    ("IEMOCAP", "BERT (Mono)", 68.95, 69.13), ("IEMOCAP", "BERT (Multi)", 66.25, 66.51),
+    ("IEMOCAP", "Whisper", 74.55, 75.9), ("IEMOCAP", "WavLM", 90.74, 86.53),
+    ("IEMOCAP", "Ours (Mono)", 73.65, 74.32), ("IEMOCAP", "Ours (Multi)", 74.73, 75.28),
+], columns=["dataset", "features", "F1", "UAR"])
+PAPER_PROTOCOL = "random 70:20:10 split (speaker-dependent), one split"
+CORPUS_PROTOCOL = "corpus"  # in `tokenwise.protocols`: the protocol the corpus was prepared for
+PROTOCOL_NAMES = {CORPUS_PROTOCOL} | (set(protocols.PROTOCOLS) - {"cross_corpus"})
+
+
+# ------------------------------------------------------------------------ pre-training
+
+
+class CrossAttention(nn.Module):
+    """B_s = softmax(Q K^T [/ sqrt(d)]) V with Q from text tokens, K and V from speech frames.
+
+    The paper's equation has no 1/sqrt(d) scale; `scale=True` adds it. Padded frames get no
+    attention weight.
+    """
+
+    def __init__(self, speech_dim: int, text_dim: int, scale: bool = False):
+        super().__init__()
+        self.q = nn.Linear(text_dim, text_dim, bias=False)
+        self.k = nn.Linear(speech_dim, text_dim, bias=False)
+        self.v = nn.Linear(speech_dim, text_dim, bias=False)
+        self.scale = 1 / math.sqrt(text_dim) if scale else 1.0
+
+    def forward(self, tokens: torch.Tensor, speech: torch.Tensor,
+                speech_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, M, Dt), speech (B, N, Ds), speech_mask (B, N) True = real frame ->
+        B_s (B, M, Dt) and the attention weights (B, M, N).
+
+        The products are ordered so that no N x Dt projection of every frame is formed:
+        Q K^T = (Q W_k) S^T and softmax(.) (S W_v) = (softmax(.) S) W_v, the same values for
+        M tokens << N frames at about M/N of the cost.
+        """
+        query = self.q(tokens) @ self.k.weight  # Q W_k: (B, M, Ds); Linear keeps W^T
+        scores = query @ speech.transpose(1, 2) * self.scale
+        scores = scores.masked_fill(~speech_mask[:, None, :], float("-inf"))
+        attention = scores.softmax(-1)
+        return self.v(attention @ speech), attention
+
+
+def tokenwise_contrastive_loss(teacher: torch.Tensor, student: torch.Tensor,
+                               tau: float) -> torch.Tensor:
+    """L = -tau / (2b) * sum_i [log softmax_j(s_ij)|_i + log softmax_j(s_ji)|_i] over the b
+    tokens of a batch, s_ij = cos(B_i, B_s,j) / tau (Sec. 3.4, the tau factor included).
+
+    teacher B and student B_s: (b, D), the real tokens of every utterance, row i of one
+    matching row i of the other.
+    """
+    sim = F.normalize(teacher, dim=-1) @ F.normalize(student, dim=-1).T / tau
+    diagonal = torch.arange(len(sim), device=sim.device)
+    theta = sim.log_softmax(1)[diagonal, diagonal] + sim.log_softmax(0)[diagonal, diagonal]
+    return -tau / (2 * len(sim)) * theta.sum()
+
+
+def knn_accuracy(teacher: torch.Tensor, student: torch.Tensor) -> float:
+    """1-NN validation (Sec. 4.3): the share of B_s tokens whose most cosine-similar B token,
+    among all tokens given, is their own. Ties (identical teacher rows, e.g. a sentence read
+    twice) count as matches."""
+    sim = F.normalize(student.float(), dim=-1) @ F.normalize(teacher.float(), dim=-1).T
+    own = sim.diagonal()
+    return float((own >= sim.max(1).values).float().mean())
+
+
+class Aligner(nn.Module):
+    """The trainable part of pre-training: cross-attention contextualisation + the loss.
+
+    Batches hold `speech_seq` (S), `tokens_seq` (T), `teacher_seq` (B) and their masks
+    (`mmser.data.collate`). forward returns the loss and the real tokens' B and B_s (for the
+    1-NN validation score).
+    """
+
+    def __init__(self, speech_dim: int, text_dim: int, tau: float = 0.1,
+                 scale: bool = False):
+        super().__init__()
+        self.attention = CrossAttention(speech_dim, text_dim, scale)
+        self.tau = tau
+
+    def contextualise(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attention(batch["tokens_seq"], batch["speech_seq"],
+                              batch["speech_seq_mask"])
+
+    def forward(self, batch: dict) -> dict:
+        student, _ = self.contextualise(batch)
+        mask = batch["tokens_seq_mask"]
+        teacher, student = batch["teacher_seq"][mask], student[mask]
+        return {"loss": tokenwise_contrastive_loss(teacher, student, self.tau),
+                "teacher": teacher.detach(), "student": student.detach()}
+
+
+def knn_val_metric(outputs: list[dict]) -> float:
+    """`Task(val_metric=...)`: 1-NN accuracy over every validation token of an epoch."""
+    return knn_accuracy(torch.cat([o["teacher"] for o in outputs]),
+                        torch.cat([o["student"] for o in outputs]))
+
+
+def pretrain_items(store: FeatureStore, utt_ids: Sequence[str], texts: Sequence[str],
+                   text_cut: str = "main") -> list[dict]:
+    """S (last speech layer), T (text hidden state 0) and B (last text layer) per utterance."""
+    if len(utt_ids) != len(texts):
+        raise ValueError(f"{len(utt_ids)} utterances but {len(texts)} transcripts")
+    missing = [u for u, t in zip(utt_ids, texts) if not isinstance(t, str) or not t.strip()]
+    if missing:
+        raise ValueError(f"{len(missing)} utterances have no transcript, e.g. {missing[:3]}")
+    speech = store.speech(utt_ids, layer=-1)
+    text = store.text(texts, layer=None, cut=text_cut)
+    return [{"speech_seq": s, "tokens_seq": t[0], "teacher_seq": t[-1]}
+            for s, t in zip(speech, text)]
+
+
+@torch.no_grad()
+def contextualised(model: Aligner, items: Sequence[dict],
+                   batch_size: int = 64) -> list[torch.Tensor]:
+    """B_s of each item, on its own token count: a list of (M, Dt)."""
+    model.eval()
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        student, _ = model.contextualise(D.collate(chunk))
+        out.extend(s[: len(item["tokens_seq"])] for s, item in zip(student, chunk))
+    return out
+
+
+@torch.no_grad()
+def attention_map(model: Aligner, item: dict) -> np.ndarray:
+    """The cross-attention weights of one utterance: (tokens, frames)."""
+    model.eval()
+    _, attention = model.contextualise(D.collate([item]))
+    return attention[0].numpy()
+
+
+# ---------------------------------------------------------------------------- downstream
+
+
+def functionals(seqs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """f_mu_sigma (Sec. 4.2): mean and standard deviation over the first axis of each (L, D)
+    sequence, concatenated: (n, 2D). Population std, so a one-token sequence gives 0."""
+    rows = []
+    for seq in seqs:
+        if len(seq) == 0:
+            raise ValueError("an empty sequence has no functionals")
+        std, mean = torch.std_mean(seq.float(), dim=0, correction=0)
+        rows.append(torch.cat([mean, std]))
+    return torch.stack(rows)
+
+
+def layer_functionals(states: Iterable[torch.Tensor],
+                      layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+    """Functionals of the requested hidden states of each utterance: {layer: (n, 2D)}.
+
+    `states` yields (layers + 1, L, D) per utterance (a generator keeps memory flat);
+    `layers` None = every hidden state (0 = embeddings); negative indices count back.
+    """
+    rows: dict[int, list[torch.Tensor]] = {}
+    for state in states:
+        n_states = state.shape[0]
+        bad = [l for l in layers or [] if not -n_states <= int(l) < n_states]
+        if bad:
+            raise ValueError(f"layers {bad} do not exist; the encoder has {n_states} hidden "
+                             "states (0 = embeddings)")
+        chosen = range(n_states) if layers is None else {int(l) % n_states for l in layers}
+        for layer in sorted(chosen):
+            rows.setdefault(layer, []).append(functionals([state[layer]])[0])
+    return {layer: torch.stack(r) for layer, r in rows.items()}
+
+
+class Classifier(nn.Module):
+    """Standardisation (training-set statistics), three [Linear, LayerNorm, ReLU] blocks
+    and a final Linear (Sec. 4.3)."""
+
+    def __init__(self, x_train: torch.Tensor, n_classes: int, hidden: int = 256):
+        super().__init__()
+        std, mean = torch.std_mean(x_train, dim=0)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std.clamp_min(1e-6))
+        blocks, width = [], x_train.shape[1]
+        for _ in range(3):
+            blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU()]
+            width = hidden
+        self.net = nn.Sequential(*blocks, nn.Linear(width, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+@dataclass
+class Trial:
+    """One trained classifier and its validation record."""
+    params: dict  # view, batch_size, lr
+    score: float  # best validation UAR
+    epoch: int  # the epoch that reached it
+    model: Classifier = field(repr=False)
+    history: list = field(default_factory=list, repr=False)  # per epoch: loss, val UAR
+
+
+def uar(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    return float(balanced_accuracy_score(y.numpy(), pred.numpy()))
+
+
+def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+                     y_val: torch.Tensor, n_classes: int, *, batch_size: int, lr: float,
+                     epochs: int, patience: int, hidden: int = 256, seed: int = 0,
+                     params: dict | None = None) -> Trial:
+    """Adam + cross-entropy for `epochs`; the learning rate drops (x0.1) when validation
+    UAR has not improved for `patience` epochs; the epoch with the best validation UAR is
+    kept. A plain loop on in-memory tensors: the grid search trains hundreds of these tiny
+    models, where Lightning's per-epoch overhead would dominate."""
+    with _one_thread():
+        return _train(x_train, y_train, x_val, y_val, n_classes, batch_size, lr, epochs,
+                      patience, hidden, seed, params)
+
+
+@contextmanager
+def _one_thread():
+    """Tiny matrix products gain nothing from threads, and on a shared, busy CPU the
+    threads' synchronisation makes each step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(x_train, y_train, x_val, y_val, n_classes, batch_size, lr, epochs, patience,
+           hidden, seed, params) -> Trial:
+    torch.manual_seed(seed)
+    model = Classifier(x_train, n_classes, hidden)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max",
+                                                         patience=patience)
+    generator = torch.Generator().manual_seed(seed)
+    best = Trial(dict(params or {}), -1.0, -1, model)
+    for epoch in range(epochs):
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(len(x_train), generator=generator).split(batch_size):
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        score = uar(model, x_val, y_val)
+        plateau.step(score)
+        best.history.append({"epoch": epoch, "train_loss": total / len(x_train),
+                             "val_UAR": score})
+        if score > best.score:
+            best.score, best.epoch = score, epoch
+            best.model = copy.deepcopy(model)
+    best.model.eval()
+    return best
+
+
+@dataclass
+class System:
+    """A row of Table 3: candidate feature views (e.g. every speech layer) and its grid."""
+    name: str
+    views: list[str]  # keys of the feature dict; more than one = chosen on validation UAR
+    batch_sizes: list[int]
+    lrs: list[float]
+
+    @property
+    def grid(self) -> list[tuple[int, float]]:
+        return [(b, lr) for b in self.batch_sizes for lr in self.lrs]
+
+
+def choose(system: System, views: dict[str, torch.Tensor], train: np.ndarray,
+           val: np.ndarray, y: torch.Tensor, n_classes: int, *, epochs: int, patience: int,
+           hidden: int, seed: int) -> tuple[Trial, list[Trial]]:
+    """Validation-only choice: the view at the grid's first point, then the grid on the
+    chosen view (the paper's Table 2 search; layers searched first to keep it affordable).
+    `train` and `val` index rows of every view; the test rows are not passed in."""
+    def run(view: str, batch_size: int, lr: float) -> Trial:
+        x = views[view]
+        return train_classifier(x[train], y[train], x[val], y[val], n_classes,
+                                batch_size=batch_size, lr=lr, epochs=epochs,
+                                patience=patience, hidden=hidden, seed=seed,
+                                params={"view": view, "batch_size": batch_size, "lr": lr})
+
+    first = system.grid[0]
+    trials = [run(view, *first) for view in system.views]
+    best_view = max(trials, key=lambda t: t.score).params["view"]  # first of ties
+    trials += [run(best_view, *point) for point in system.grid[1:]]
+    return max(trials, key=lambda t: t.score), trials
+
+
+def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence[System],
+             *, seeds: Sequence[int], epochs: int, patience: int, hidden: int,
+             val_fraction: float = 0.1,
+             out_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every fold and seed of `corpus.protocol`: each system chooses on the fold's validation
+    part, the choices are recorded with `Fold.select`, then the test part is predicted once.
+
+    `views` rows follow `corpus.labelled` order. Returns (predictions: one row per system,
+    seed and test utterance; trials: the validation UAR of every configuration tried).
+    The chosen classifiers are saved under `out_dir/seed<s>/fold<k>/<system>.pt`.
+    `val_fraction`: the share of training speakers (or utterances) held out for validation.
+    """
+    labelled = corpus.labelled.reset_index(drop=True)
+    position = pd.Series(np.arange(len(labelled)), index=labelled["utt_id"])
+    y = D.label_ids(labelled["label"].tolist(), corpus.classes)
+    preds, tried = [], []
+    n_folds = None
+    for seed in seeds:
+        folds = list(corpus.folds(seed=seed, val_fraction=val_fraction))
+        n_folds = len(folds)
+        bar = tqdm(total=len(folds) * len(systems), desc=f"{corpus.protocol} seed {seed}")
+        for fold in folds:
+            train = position[fold.train()["utt_id"]].to_numpy(copy=True)
+            val = position[fold.val()["utt_id"]].to_numpy(copy=True)
+            if len(val) == 0:
+                raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}) has no "
+                                 f"validation utterances; raise tokenwise.val_fraction "
+                                 f"(now {val_fraction})")
+            empty = [corpus.classes[c] for c in range(len(corpus.classes))
+                     if not (y[train] == c).any()]
+            if empty:
+                raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}): no "
+                                 f"training utterance of class(es) {empty}")
+            chosen = {}
+            for system in systems:
+                best, trials = choose(system, views, train, val, y, len(corpus.classes),
+                                      epochs=epochs, patience=patience, hidden=hidden,
+                                      seed=seed)
+                chosen[system.name] = best
+                tried += [{"protocol": corpus.protocol_label, "system": system.name,
+                           "seed": seed, "fold": fold.index,
+                           "search": "view" if i < len(system.views) else "grid",
+                           **t.params, "val_UAR": t.score, "epoch": t.epoch}
+                          for i, t in enumerate(trials)]
+                bar.update()
+            fold.select(**{name: {**t.params, "val_UAR": t.score, "epoch": t.epoch}
+                           for name, t in chosen.items()})
+            test = fold.test()
+            rows = position[test["utt_id"]].to_numpy(copy=True)
+            for name, trial in chosen.items():
+                if out_dir is not None:
+                    path = Path(out_dir) / f"seed{seed}" / f"fold{fold.index}" / f"{name}.pt"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(trial.model.state_dict(), path)
+                with torch.no_grad():
+                    pred = trial.model(views[trial.params["view"]][rows]).argmax(-1)
+                preds.append(pd.DataFrame({
+                    "system": name, "utt_id": test["utt_id"].to_numpy(), "seed": seed,
+                    "fold": fold.index, "label": test["label"].to_numpy(),
+                    "pred": [corpus.classes[i] for i in pred.tolist()],
+                    "view": trial.params["view"]}))
+        bar.close()
+    if n_folds is None:
+        raise ValueError("no seeds given")
+    return pd.concat(preds, ignore_index=True), pd.DataFrame(tried)
+
+
+def check_protocols(protocols: Sequence[str]) -> None:
+    unknown = sorted(set(protocols) - PROTOCOL_NAMES)
+    if unknown or not protocols:
+        raise ValueError(f"tokenwise.protocols: {unknown or 'empty'}; choose from "
+                         f"{sorted(PROTOCOL_NAMES)}")
+
+
+def with_protocol(corpus: D.Corpus, protocol: str) -> D.Corpus:
+    """The same manifest under another protocol (`corpus` keeps its own)."""
+    if protocol in (CORPUS_PROTOCOL, corpus.protocol):
+        return corpus
+    return D.Corpus(corpus.df, corpus.audio_root, protocol, corpus.name, corpus.test_corpus)
+
+
+# ----------------------------------------------------------------- encoding new material
+
+
+def encode_speech(root: str | Path, df: pd.DataFrame, audio_root: str | Path, name: str,
+                  batch_size: int = 8) -> FeatureStore:
+    """Every hidden state of another speech encoder (e.g. WavLM, a speech-only baseline of
+    Table 3) for `df`'s utterances, in a FeatureStore of its own under `root`, cached like the
+    features stage's cache: a second call encodes nothing."""
+    from mmser import features as Fe
+    from mmser import manifest
+    from mmser.audio import load_audio
+    from mmser.encoders import SpeechEncoder
+
+    encoder = SpeechEncoder(name)
+    waves = [load_audio(p).wave for p in manifest.resolve_paths(df, audio_root)]
+    digests = Fe.speech_features(Fe.FeatureCache(root, encoder.key), encoder, waves, batch_size)
+    Fe.write_index(root, df["utt_id"], digests, speech={"main": encoder.key})
+    return FeatureStore(root)
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def token_strings(ids: Sequence[int], text_encoder: str) -> list[str]:
+    """Word pieces of token ids, for the axis of the attention map."""
+    from transformers import AutoTokenizer
+
+    from mmser.encoders import BUNDLED_TEXT, _from_pretrained, bundled_text_dir
+
+    source = str(bundled_text_dir()) if text_encoder == BUNDLED_TEXT else text_encoder
+    return _from_pretrained(AutoTokenizer, source).convert_ids_to_tokens([int(i) for i in ids])
+
+
+def paper_rows(text_encoder: str) -> dict[str, str]:
+    """Our system role -> the paper's Table 3 row it corresponds to."""
+    kind = "Multi" if "multilingual" in text_encoder.lower() else "Mono"
+    return {"speech": "Whisper", "wavlm": "WavLM", "text": f"BERT ({kind})",
+            "ours": f"Ours ({kind})"}
+
+
+def table3(summaries: dict[str, pd.DataFrame], roles: dict[str, str],
+           text_encoder: str) -> pd.DataFrame:
+    """Our F1 and UAR [%] (mean ± std over folds and seeds) per protocol, beside the paper's
+    row for the same kind of features ("—" where the paper has none).
+
+    `summaries`: protocol label -> `mmser.results.summary` table; `roles`: system -> role
+    (speech, wavlm, text, ours). F1 is macro-F1 (the paper does not say which F1).
+    """
+    rows = paper_rows(text_encoder)
+    paper = PAPER_TABLE3.set_index(["dataset", "features"])
+    out = []
+    for protocol, summary in summaries.items():
+        summary = summary.set_index("system")
+        for system, role in roles.items():
+            s = summary.loc[system]
+            row = {"protocol": protocol, "features": system,
+                   "F1": f"{100 * s['macro_F1']:.2f} ± {100 * s['macro_F1_std']:.2f}",
+                   "UAR": f"{100 * s['UA']:.2f} ± {100 * s['UA_std']:.2f}",
+                   "paper row": rows[role]}
+            for dataset in ("IEMOCAP", "EmoDB"):
+                for metric in ("F1", "UAR"):
+                    key = (dataset, rows[role])
+                    row[f"paper {dataset} {metric}"] = \
+                        f"{paper.loc[key, metric]:.2f}" if key in paper.index else "—"
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def chosen_views(preds: pd.DataFrame) -> pd.DataFrame:
+    """How often each system chose each view (layer) over folds and seeds."""
+    firsts = preds.drop_duplicates(["system", "seed", "fold"])
+    return (firsts.groupby(["system", "view"]).size().rename("folds x seeds")
+            .reset_index())
