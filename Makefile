@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup espeak repro test bench lab clean
+.PHONY: setup espeak repro test bench repro-timed sweep lab clean
 
 setup: $(STAMP) espeak
 
@@ -37,11 +37,22 @@ repro: setup  ## set-up, then the whole pipeline on the embedded default
 test: setup  ## set-up, then the whole test suite
 	pytest
 
-bench: setup  ## speed figures of this machine
+bench: setup  ## speed figures of this machine (and of the last pipeline run)
 	python -m mmser.bench
 
-lab: setup  ## JupyterLab with the project's kernel
-	jupyter lab notebooks
+repro-timed: setup  ## dvc repro stage by stage under /usr/bin/time, then the figures
+	python -m mmser.bench --run $(if $(FORCE),--force)
+
+SEEDS ?= 1 2 3
+sweep: setup  ## one queued dvc experiment per training seed, one at a time, then the table
+	for seed in $(SEEDS); do dvc exp run --queue -S "training.seeds=[$$seed]"; done
+	dvc queue start -j 1
+	while dvc queue status | grep -qE 'Queued|Running'; do sleep 30; done
+	dvc queue status
+	dvc exp show
+
+lab: setup  ## JupyterLab on notebooks/ with the project's kernel (python3, from .venv)
+	jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf interim reports results models

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import torch
 
 from mmser import features as F
@@ -78,12 +79,22 @@ def test_feature_store_reads_back_by_utterance_and_text(tmp_path):
     F.write_index(tmp_path, ["u1", "u2"], digests, speech={"main": "speech-key"})
     F.write_index(tmp_path, text=F.cut_keys({None: text_enc.key}, None))
     store = F.FeatureStore(tmp_path)
+    used = dict(F.ENCODER_USE)
     second = store.speech(["u2"], layer=-1)[0]
     assert second.dtype == torch.float32 and second.shape == (11, 4)
     assert torch.allclose(second, torch.full((11, 4), 0.2), atol=1e-3)
     assert store.speech(["u1"], layer=None)[0].shape == (3, 10, 4)
     assert store.text(["bye now"], layer=0)[0].shape[-1] == text_enc.dim
     assert store.token_ids(["hello"])[0].tolist() == text_enc.tokenizer("hello")["input_ids"]
+    # four reads served from the cache (states and token ids), no encoder run: what
+    # metrics.json reports
+    assert F.ENCODER_USE["cache_reads"] - used.get("cache_reads", 0) == 4
+    assert F.ENCODER_USE["encoder_forwards"] == used.get("encoder_forwards", 0)
+    from mmser.results import write_metrics
+
+    written = write_metrics(tmp_path / "m.json", pd.DataFrame(
+        {"system": ["s"], "seed": [0], "fold": [0], "n": [1], "UA": [0.5]}))
+    assert written["encoder_use"]["cache_reads"] == F.ENCODER_USE["cache_reads"]
     import pytest
 
     with pytest.raises(KeyError, match="'u3'.*features.splits"):

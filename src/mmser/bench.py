@@ -1,7 +1,18 @@
 """Speed figures of this machine: `python -m mmser.bench` (or `make bench`).
 
-Prints speech-encoding throughput for 3-s clips (30-s padding versus each clip's own
-length), the corpus generation time, and the wall time that each pipeline stage recorded.
+Prints, for whatever the last pipeline run left behind:
+- speech-encoding throughput for 3-s clips (30-s padding versus each clip's own length);
+- the corpus generation time and each stage notebook's wall time (papermill's record);
+- training steps per second of each paper stage, summed over its runs' `done.json`
+  (`models/<stage>/**/done.json`: optimiser steps and training seconds, written by `fit`);
+- wall time and peak memory of each stage and of the whole `dvc repro`, from
+  `results/bench/stages.json`, which `python -m mmser.bench --run [--force]` (or
+  `make repro-timed`) writes: it runs `dvc repro --single-item <stage>` for each stage in
+  dvc.yaml's order under `/usr/bin/time` (peak memory: the largest process of the stage);
+- how the frozen encoders were used: live forward passes against cache reads, from the
+  features stage's cache counts (`results/features/metrics.json`) and, where a stage
+  records it, the "encoder_use" of `results/<stage>/metrics.json` ({"encoder_forwards":
+  n, "cache_reads": n}, written by `mmser.results.write_metrics`). Target: each frozen encoder runs once per distinct input.
 A benchmark, not a test: it prints figures and asserts nothing.
 """
 
@@ -9,13 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 STAGES = ("prepare", "transcribe", "features")
+TIME_FORMAT = "wall_s=%e max_rss_kb=%M"  # GNU time's -f
+STAGES_JSON = Path("results/bench/stages.json")
 
 
 def _clips(n: int, seconds: float = 3.0, seed: int = 0) -> list[np.ndarray]:
@@ -55,10 +72,127 @@ def stage_times(results: Path = Path("results")) -> dict[str, float]:
     return times
 
 
+def training_rates(models: str | Path = "models") -> dict[str, dict[str, float]]:
+    """Per paper stage (first folder under `models`): runs, optimiser steps, training
+    seconds and steps per second, summed over every `done.json` that records them."""
+    rates: dict[str, dict[str, float]] = {}
+    for done in sorted(Path(models).glob("*/**/done.json")):
+        record = json.loads(done.read_text())
+        stage = rates.setdefault(done.relative_to(models).parts[0],
+                                 {"runs": 0, "timed": 0, "steps": 0, "train_seconds": 0.0})
+        stage["runs"] += 1
+        if "steps" in record and "train_seconds" in record:
+            stage["timed"] += 1
+            stage["steps"] += int(record["steps"])
+            stage["train_seconds"] += float(record["train_seconds"])
+    for stage in rates.values():
+        seconds = stage["train_seconds"]
+        stage["steps_per_s"] = stage["steps"] / seconds if seconds > 0 else float("nan")
+    return rates
+
+
+def parse_time(text: str) -> dict[str, float]:
+    """Wall seconds and peak memory (MB) from GNU time's output with `TIME_FORMAT`; other
+    lines (such as "Command exited with non-zero status 1") are skipped."""
+    values = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key in ("wall_s", "max_rss_kb"):
+            values[key] = float(value)
+    if set(values) != {"wall_s", "max_rss_kb"}:
+        raise ValueError(f"no {TIME_FORMAT!r} figures in {text!r}")
+    return {"wall_s": values["wall_s"], "max_rss_mb": values["max_rss_kb"] / 1024}
+
+
+def dvc_stages(path: str | Path = "dvc.yaml") -> list[str]:
+    """The pipeline's stages in dvc.yaml's order (each comes after the stages it needs)."""
+    return list(yaml.safe_load(Path(path).read_text())["stages"])
+
+
+def run_stages(stages: list[str], force: bool = False,
+               out: str | Path = STAGES_JSON) -> dict:
+    """`dvc repro --single-item <stage>` for each stage, timed: wall seconds and the peak
+    memory of the stage's largest process; written to `out` as it goes."""
+    timer = shutil.which("time", path="/usr/bin:/bin") or "/usr/bin/time"
+    record: dict = {"force": force, "stages": {}}
+    start = time.perf_counter()
+    for stage in stages:
+        with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+            command = [timer, "-o", report.name, "-f", TIME_FORMAT,
+                       "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
+            print("$", " ".join(command[5:]), flush=True)
+            code = subprocess.call(command)
+            record["stages"][stage] = {**parse_time(report.read()), "exit_status": code}
+        record["total_wall_s"] = time.perf_counter() - start
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(record, indent=2))
+        if code != 0:
+            print(f"stage {stage} failed (exit status {code}); stopping")
+            break
+    return record
+
+
+def encoder_use(results: str | Path = "results") -> dict[str, float]:
+    """Live encoder forward passes against reads served from the feature cache: the
+    features stage's cache counts (a miss is one forward of one input) plus every stage's
+    `encoder_use` in metrics.json. `per_input`: forwards per distinct input of the features stage."""
+    results = Path(results)
+    forwards = reads = inputs = 0
+    features = results / "features" / "metrics.json"
+    if features.is_file():
+        for counts in json.loads(features.read_text()).get("cache", {}).values():
+            forwards += counts["misses"]
+            reads += counts["hits"]
+            inputs += counts["hits"] + counts["misses"]  # each input asked once per run
+    for path in sorted(results.glob("*/metrics.json")):
+        counts = json.loads(path.read_text()).get("encoder_use", {})
+        forwards += int(counts.get("encoder_forwards", 0))
+        reads += int(counts.get("cache_reads", 0))
+    total = forwards + reads
+    return {"encoder_forwards": forwards, "cache_reads": reads,
+            "cached_share": reads / total if total else float("nan"),
+            "per_input": forwards / inputs if inputs else float("nan")}
+
+
+def _print_pipeline() -> None:
+    rates = training_rates()
+    if rates:
+        print("training (paper stages, summed over runs' done.json):")
+        for stage, r in rates.items():
+            if r["timed"]:
+                print(f"  {stage:<12} {r['steps_per_s']:8.1f} steps/s  ({r['steps']} steps in "
+                      f"{r['train_seconds']:.0f} s, {r['timed']}/{r['runs']} runs timed)")
+            else:
+                print(f"  {stage:<12}      n/a  ({r['runs']} runs, none timed: trained "
+                      "before fit recorded steps)")
+    if STAGES_JSON.is_file():
+        record = json.loads(STAGES_JSON.read_text())
+        kind = "forced" if record.get("force") else "changed stages only"
+        print(f"dvc repro, stage by stage ({kind}; {STAGES_JSON}):")
+        for stage, r in record["stages"].items():
+            flag = "" if r["exit_status"] == 0 else f"  FAILED ({r['exit_status']})"
+            print(f"  {stage:<12} {r['wall_s']:8.1f} s  peak {r['max_rss_mb']:7.0f} MB{flag}")
+        print(f"  {'all':<12} {record['total_wall_s']:8.1f} s")
+    else:
+        print("no results/bench/stages.json: `make repro-timed` times every stage")
+    use = encoder_use()
+    if use["encoder_forwards"] or use["cache_reads"]:
+        print(f"frozen encoders: {use['encoder_forwards']} live forwards, "
+              f"{use['cache_reads']} cache reads ({100 * use['cached_share']:.1f} % from "
+              f"the cache); {use['per_input']:.2f} forwards per input (target: 1 on a "
+              "fresh cache, 0 after)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=16, help="3-s clips to encode")
+    parser.add_argument("--run", action="store_true",
+                        help="first run dvc repro stage by stage, timed (results/bench/)")
+    parser.add_argument("--force", action="store_true",
+                        help="with --run: rerun every stage, not only the changed ones")
     args = parser.parse_args(argv)
+    if args.run:
+        run_stages(dvc_stages(), force=args.force)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch threads: {torch.get_num_threads()}")
     rates = encoder_throughput(args.clips)
@@ -79,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"all stages           {sum(times.values()):8.1f} s (target: < 300 s)")
     else:
         print("no executed stage notebooks under reports/: run `make repro` first")
+    _print_pipeline()
     return 0
 
 

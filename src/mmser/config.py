@@ -93,8 +93,9 @@ class Training:
     accelerator: str = "cpu"
     devices: int = 1
     precision: str = "32-true"  # paper profile on a GPU: bf16-mixed
-    strategy: str = "auto"  # more than one device: ddp (launched as processes)
+    strategy: str = "auto"  # more than one device: ddp (`python -m mmser.launch` processes)
     num_workers: int = 0  # DataLoader workers
+    threads: int = 0  # torch intra-op threads per process; 0 = torch's default
     seeds: list = field(default_factory=lambda: [0])  # every seed is run; tables give mean ± std
     progress: bool = True  # progress bars
 
@@ -115,6 +116,9 @@ class Lemer:
     mu: list = field(default_factory=lambda: [1.0, 0.5, 0.2, 0.2])  # eq. 12 weights
     text_top_layers: int = 0  # trainable top text layers (0 = frozen cached states)
     speech_top_layers: int = 0  # trainable top speech layers (0 = frozen cached states)
+    # with frozen states, a residual adapter of this width on each branch (0 = none): the
+    # label losses can only change predictions through states that train
+    adapter_dim: int = 0
     lr: float = 1e-3  # the heads and label embeddings
     text_lr: float = 5e-6  # trainable text layers (paper: 5e-6)
     speech_lr: float = 1e-6  # trainable speech layers (paper: 1e-6)
@@ -283,6 +287,14 @@ class Tokenwise:
 CHOICES.update({"tokenwise.text_source": {"text", "asr_text"}})
 
 
+@dataclass
+class Report:
+    """The report stage (mmser.report): the papers side by side, each claim put to the test."""
+    stages: list = field(default_factory=lambda: [  # missing ones get a "not run" row
+        "clap", "lemer", "distil", "vcemo", "tokenwise"])
+    bootstrap_n: int = 200  # paired bootstrap resamples per claim (params.yaml: 1000)
+
+
 # ---- paper sections: each paper stage puts its dataclass (and any CHOICES.update) above
 # ---- this line, and one field in Params below
 @dataclass
@@ -300,6 +312,7 @@ class Params:
     vcemo: Vcemo = field(default_factory=Vcemo)
     distil: Distil = field(default_factory=Distil)
     tokenwise: Tokenwise = field(default_factory=Tokenwise)
+    report: Report = field(default_factory=Report)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "params") -> "Params":

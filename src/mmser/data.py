@@ -119,15 +119,29 @@ def collate(items: Sequence[dict]) -> dict:
 
 
 class BucketSampler(Sampler[list[int]]):
-    """Batches of similar length (less padding), in a seeded random order of batches."""
+    """Batches of similar length (less padding), in a seeded random order of batches.
+
+    The order depends only on (seed, epoch), drawn when the first batch is asked for: `fit`
+    pins the epoch with `set_epoch` at each epoch's start, so a resumed run replays the
+    batches an uninterrupted one would see. With `world` > 1 (DDP), process `rank` takes
+    every world-th batch, the list cycled so that every process takes as many (the
+    processes step together).
+    """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, rank: int = 0, world: int = 1):
         self.lengths, self.batch_size, self.shuffle, self.seed = list(lengths), batch_size, \
             shuffle, seed
+        self.rank, self.world = rank, world
         self.epoch = 0
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __iter__(self):
+        yield from self._batches()  # a generator: nothing is drawn before the first batch
+
+    def _batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         # jitter the sort so batches differ between epochs, then shuffle the batch order
@@ -137,22 +151,33 @@ class BucketSampler(Sampler[list[int]]):
                    for i in range(0, len(order), self.batch_size)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        return iter(batches)
+        if self.world > 1:
+            batches = [batches[i % len(batches)] for i in range(len(self) * self.world)]
+            batches = batches[self.rank::self.world]
+        return batches
 
     def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        batches = (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return (batches + self.world - 1) // self.world
 
 
 def loader(items: Sequence[dict], batch_size: int, shuffle: bool = False, seed: int = 0,
-           bucket_by: str | None = None, num_workers: int = 0) -> DataLoader:
+           bucket_by: str | None = None, num_workers: int = 0, rank: int = 0,
+           world: int = 1) -> DataLoader:
     """A DataLoader over per-utterance dicts; `bucket_by` names a sequence key whose length
-    groups the batches (the distilled-models paper's length-bucketed batches)."""
+    groups the batches (the distilled-models paper's length-bucketed batches). With
+    `world` > 1 (DDP training) process `rank` gets its share of every epoch."""
     items = list(items)
+    # every loader has its own generator: loaders never draw from the global random state
+    common = dict(collate_fn=collate, num_workers=num_workers,
+                  generator=torch.Generator().manual_seed(seed))
     if bucket_by is not None:
         sampler = BucketSampler([len(item[bucket_by]) for item in items], batch_size,
-                                shuffle, seed)
-        return DataLoader(items, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=num_workers)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                      generator=generator, num_workers=num_workers)
+                                shuffle, seed, rank, world)
+        return DataLoader(items, batch_sampler=sampler, **common)
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        shard = DistributedSampler(items, world, rank, shuffle=shuffle, seed=seed)
+        return DataLoader(items, batch_size=batch_size, sampler=shard, **common)
+    return DataLoader(items, batch_size=batch_size, shuffle=shuffle, **common)

@@ -29,6 +29,7 @@ from torch import nn
 
 from mmser import data as D
 from mmser import training as T
+from mmser.encoders import Adapter  # noqa: F401  (re-exported: M.Adapter)
 from mmser.features import FeatureStore
 
 FEATURES = "features:"
@@ -80,22 +81,6 @@ def mean_max_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
     peak = x.masked_fill(~mask[..., None], torch.finfo(x.dtype).min).amax(1)
     return torch.cat([mean, peak], -1)
-
-
-class Adapter(nn.Module):
-    """Residual bottleneck adapter (Houlsby et al. style) on an encoder's cached last state,
-    which is already layer-normed: the CPU stand-in for fine-tuning the encoder. The output
-    projection starts at zero, so training starts from the pretrained features."""
-
-    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.1):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, bottleneck), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(bottleneck, dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
 
 
 class Frozen(nn.Module):
@@ -722,3 +707,103 @@ def param_counts(builder: Builder, system: System, seed: int, fold: int) -> dict
     if system.modality == "A+T":
         total += n_params(builder.encoder(builder.cfg.text, "text"))
     return {"trainable": n_trainable(model), "total": total + n_params(model) - copies}
+
+
+# ------------------------------------------------------------------ exported predictor
+
+
+def _branch_spec(branch: nn.Module) -> dict:
+    from mmser.encoders import TopLayers
+
+    frozen = isinstance(branch, Frozen)
+    inner = branch.module if frozen else branch
+    if inner is None:
+        return {"kind": "identity", "frozen": frozen}
+    if isinstance(inner, Adapter):
+        return {"kind": "adapter", "frozen": frozen, "bottleneck": inner.net[0].out_features,
+                "dropout": float(inner.net[2].p)}
+    if isinstance(inner, TopLayers):
+        return {"kind": "top", "frozen": frozen, "k": inner.k}
+    raise ValueError(f"cannot export a branch of type {type(inner).__name__}")
+
+
+def predictor_model(spec: dict) -> DistilModel:
+    """An untrained `DistilModel` shaped as an exported spec says (weights load next).
+    A `top` branch copies its encoder's top layers, so that encoder is loaded here."""
+    from mmser.encoders import SpeechEncoder, TextEncoder, TopLayers
+
+    a = spec["architecture"]
+    branches = {}
+    for name, b in a["branches"].items():
+        if b["kind"] == "identity":
+            inner = None
+        elif b["kind"] == "adapter":
+            inner = Adapter(int(a["dims"][name]), int(b["bottleneck"]), float(b["dropout"]))
+        elif b["kind"] == "top":
+            source = spec["inputs"][name]
+            kind = SpeechEncoder if source["role"] == "speech" else TextEncoder
+            inner = TopLayers(kind(source["encoder"], source["layers"]), int(b["k"]))
+        else:
+            raise ValueError(f"unknown branch kind {b['kind']!r}")
+        branches[name] = Frozen(inner) if b["frozen"] else inner
+    return DistilModel(branches, {k: int(v) for k, v in a["dims"].items()},
+                       int(a["head_hidden"]), int(a["n_out"]), float(a["dropout"]),
+                       bool(a["pool_norm"]))
+
+
+def export_predictor(out_dir: str | Path, builder: Builder, system: System,
+                     corpus: D.Corpus, seeds: Sequence[int]) -> dict:
+    """Export one system for `python -m mmser.predict`: `spec.json` + `weights.safetensors`.
+
+    `corpus` is the corpus the folds were made from (`split_seen`'s first result), `seeds`
+    the training seeds, `system` e.g. `System("base", "A+T")`. Which model: the fold
+    checkpoint (over seeds and folds) with the best validation mean CCC (`done.json`;
+    first of ties in seed, fold order); no test score is read. Returns the spec.
+    """
+    from mmser.predict import write_predictor
+
+    runs = []
+    for seed in seeds:
+        for fold in corpus.folds(seed=seed):
+            folder = builder.run_dir / system.slug / f"seed{seed}" / f"fold{fold.index}"
+            if not (folder / T.DONE).is_file():
+                raise FileNotFoundError(f"{folder}: no finished run; run_system {system.name!r} "
+                                        "first")
+            runs.append((json.loads((folder / T.DONE).read_text()), seed, fold.index, folder))
+    done, seed, fold, folder = max(runs, key=lambda r: r[0]["best_score"])  # first of ties
+    model = builder.model(system, seed, fold)
+    task = builder.task(model)
+    task.load_state_dict(torch.load(folder / T.BEST, map_location="cpu", weights_only=True))
+    speech = builder.speech_spec(system.size)
+    sources = {"speech": (speech, builder.input_layer(speech, "speech"))}
+    if system.modality == "A+T":
+        sources["text"] = (builder.cfg.text,
+                           builder.input_layer(builder.cfg.text, "text", system.recipe == "FT"))
+    inputs = {}
+    for role, (source, state) in sources.items():
+        name, layers = encoder_of(source, role, builder.encoders)
+        cut, _, _ = parse_source(source)
+        inputs[role] = {"role": role, "encoder": name, "layers": layers,
+                        "cut": cut if cut is not None else source, "state": int(state)}
+    dims = {role: builder.dim(source, role) for role, (source, _) in sources.items()}
+    head_in = model.head[1]
+    arch = {"branches": {n: _branch_spec(b) for n, b in model.branches.items()},
+            "dims": dims, "head_hidden": int(head_in.out_features),
+            "n_out": int(model.head[-1].out_features), "dropout": float(builder.cfg.dropout),
+            "pool_norm": bool(builder.cfg.pool_norm)}
+    low, high = D.DIMENSION_SCALE.get(builder.corpus.name, (1.0, 5.0))
+    spec = {
+        "stage": "distil", "system": system.name, "kind": "regression", "classes": [],
+        "dimensions": list(D.DIMENSIONS[: arch["n_out"]]),
+        "dimension_scale": {"output": [0.0, 1.0], "corpus_rating": [low, high]},
+        "inputs": inputs, "architecture": arch,
+        "selection": {
+            "rule": "the cross-validation fold model with the best validation mean CCC "
+                    "(chosen on validation only, never on test); not retrained",
+            "protocol": corpus.protocol_label, "seed": seed, "fold": fold,
+            "val_CCC": float(done["best_score"]), "epoch": int(done["best_epoch"])},
+        "trained_on": {"corpus": builder.corpus.name, "transcripts": system.transcripts,
+                       "source": str(folder / T.BEST)},
+    }
+    write_predictor(out_dir, spec, model.state_dict())
+    return spec

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmser.features import ENCODER_USE
+
 BUNDLED_SPEECH = "whisper-tiny.en"
 BUNDLED_TEXT = "all-MiniLM-L6-v2"
 
@@ -105,6 +107,7 @@ class SpeechEncoder(nn.Module):
         return self.model.config.hidden_size if self.kind == "ssl" else self.model.config.d_model
 
     def forward(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        ENCODER_USE["encoder_forwards"] += len(waves)
         if self.kind == "whisper":
             from mmser.whisper import encode
 
@@ -153,10 +156,27 @@ class TextEncoder(nn.Module):
                               max_length=self.max_length, return_tensors="pt")
 
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ENCODER_USE["encoder_forwards"] += len(texts)
         batch = self.tokenize(texts)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          output_hidden_states=True)
         return torch.stack(out.hidden_states), batch["attention_mask"], batch["input_ids"]
+
+
+class Adapter(nn.Module):
+    """Residual bottleneck adapter (Houlsby et al. style) on an encoder's cached states: the CPU
+    stand-in for fine-tuning the encoder (distil, lemer). The output
+    projection starts at zero, so training starts from the pretrained features."""
+
+    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, bottleneck), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(bottleneck, dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
 
 
 class TopLayers(nn.Module):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,11 @@ def write_index(root: str | Path, utt_ids: Sequence[str] | None = None,
     (root / KEYS).write_text(json.dumps(known, indent=2))
 
 
+# This process's live encoder forwards (inputs encoded) and cache reads; paper stages report
+# them in metrics.json ("encoder_use"), `python -m mmser.bench` sums them over stages.
+ENCODER_USE: Counter = Counter()
+
+
 class FeatureStore:
     """The cached hidden states by utterance id (speech) or by string (text).
 
@@ -181,6 +187,7 @@ class FeatureStore:
         if not cache.path(digest).is_file():
             raise KeyError(f"{what} has no entry in {cache.dir}; run the features stage on "
                            "its split")
+        ENCODER_USE["cache_reads"] += 1
         return cache.load(digest)[name]
 
     def speech_digest(self, utt_id: str) -> str:

@@ -28,6 +28,7 @@ from torch import nn
 
 from mmser.config import Lemer
 from mmser.data import label_ids
+from mmser.encoders import Adapter
 from mmser.training import Task
 
 # ------------------------------------------------------------------------------ systems
@@ -517,13 +518,23 @@ def build_model(system: System, rows: pd.DataFrame, sources: LabelSources, enc: 
     if speech_init is not None and speech_init.shape[1] != enc.d_speech:
         proj = make(enc.speech_proj) or nn.Linear(enc.d_speech, speech_init.shape[1])
     mu = cfg.mu
+
+    def top(factory, dim: int, encoder_lr: float) -> tuple[nn.Module | None, float]:
+        # encoder layers train at the paper's small rate; an adapter (or nothing) at cfg.lr
+        if factory is not None:
+            return factory(), encoder_lr
+        return (Adapter(dim, cfg.adapter_dim) if cfg.adapter_dim else None), cfg.lr
+
     if system.kind == "text":
-        return Unimodal(text_key(system), Branch(text_init, make(enc.text_top),
-                                                 top_lr=cfg.text_lr), enc.d_text, n, mu[2])
-    speech = Branch(speech_init, make(enc.speech_top), proj, cfg.speech_lr)
+        text_top, text_lr = top(enc.text_top, enc.d_text, cfg.text_lr)
+        return Unimodal(text_key(system), Branch(text_init, text_top, top_lr=text_lr),
+                        enc.d_text, n, mu[2])
+    speech_top, speech_lr = top(enc.speech_top, enc.d_speech, cfg.speech_lr)
+    speech = Branch(speech_init, speech_top, proj, speech_lr)
     if system.kind == "speech":
         return Unimodal("speech", speech, enc.d_speech, n, mu[3])
-    text = Branch(text_init, make(enc.text_top), top_lr=cfg.text_lr)
+    text_top, text_lr = top(enc.text_top, enc.d_text, cfg.text_lr)
+    text = Branch(text_init, text_top, top_lr=text_lr)
     return LEMER(text_key(system), text, speech, enc.d_text, enc.d_speech, n, system.fusion,
                  mu)
 

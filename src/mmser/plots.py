@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # stages run headless; notebooks still display the returned figure
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")  # headless scripts; a notebook kernel keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mmser.data import DIMENSIONS
+from mmser.features import ENCODER_USE
 from mmser.metrics import ccc, classification_report, mean_std, paired_bootstrap
 
 CLASSIFICATION = ("WA", "UA", "macro_F1", "weighted_F1")
@@ -86,7 +87,8 @@ def write_table(table: pd.DataFrame, stem: str | Path, floatfmt: str = ".3f") ->
 
 
 def write_metrics(path: str | Path, per_fold: pd.DataFrame, **extra) -> dict:
-    """metrics.json: per system, mean and std of every metric and its per-fold values."""
+    """metrics.json: per system, mean and std of every metric and its per-fold values, then
+    `extra`, then this process's live encoder forwards and feature-cache reads."""
     metrics = {}
     for system, part in per_fold.groupby("system", sort=False):
         names = [c for c in part.columns if c not in ("system", "seed", "fold", "n")]
@@ -94,7 +96,7 @@ def write_metrics(path: str | Path, per_fold: pd.DataFrame, **extra) -> dict:
                                "folds": {f"seed{s}_fold{f}": float(v) for s, f, v in
                                          zip(part["seed"], part["fold"], part[m])}}
                            for m in names}
-    out = {"systems": metrics, **extra}
+    out = {"systems": metrics, **extra, "encoder_use": dict(ENCODER_USE)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=_jsonable))

@@ -483,3 +483,96 @@ def chosen_views(preds: pd.DataFrame) -> pd.DataFrame:
     firsts = preds.drop_duplicates(["system", "seed", "fold"])
     return (firsts.groupby(["system", "view"]).size().rename("folds x seeds")
             .reset_index())
+
+
+# ---------------------------------------------------------------- exported predictor
+
+PREDICTOR_SYSTEM = "ours B_s"
+
+
+class PredictorModel(nn.Module):
+    """The exported "ours B_s" system on live encoder states (`mmser.predict`):
+    B_s = cross-attention from the text embedding-layer tokens T (`tokens_seq`) to the
+    speech frames S (`speech_seq`), mean and std over B_s's real tokens, the classifier.
+    forward(batch as `mmser.data.collate` pads it) -> {"logits"}."""
+
+    def __init__(self, speech_dim: int, text_dim: int, n_classes: int, hidden: int,
+                 scale: bool = False):
+        super().__init__()
+        self.attention = CrossAttention(speech_dim, text_dim, scale)
+        self.classifier = Classifier(torch.zeros(2, 2 * text_dim), n_classes, hidden)
+
+    def forward(self, batch: dict) -> dict:
+        student, _ = self.attention(batch["tokens_seq"], batch["speech_seq"],
+                                    batch["speech_seq_mask"])
+        lengths = batch["tokens_seq_mask"].sum(1).tolist()
+        return {"logits": self.classifier(functionals([s[:n] for s, n in
+                                                       zip(student, lengths)]))}
+
+
+def predictor_model(spec: dict) -> PredictorModel:
+    """An untrained `PredictorModel` shaped as an exported spec says (weights load next)."""
+    a = spec["architecture"]
+    return PredictorModel(int(a["speech_dim"]), int(a["text_dim"]), int(a["n_classes"]),
+                          int(a["hidden"]), bool(a["scale_attention"]))
+
+
+def export_predictor(out_dir: str | Path, aligner: Aligner, trials: pd.DataFrame,
+                     corpus: D.Corpus, models_dir: str | Path, encoders, cfg,
+                     system: str = PREDICTOR_SYSTEM) -> dict:
+    """Export "ours B_s" for `python -m mmser.predict`: `spec.json` + `weights.safetensors`.
+
+    `corpus` is the run's corpus under the protocol whose classifiers to export (e.g.
+    `with_protocol(corpus, tw.protocols[0])`); `trials` and the classifiers under
+    `models_dir/downstream/<protocol>/` come from `evaluate`; `aligner` is the chosen
+    pre-trained cross-attention; `encoders` and `cfg` are the params' Encoders and Tokenwise.
+    Which model: each (seed, fold)'s chosen classifier has a validation UAR; the one with
+    the best (first of ties in seed, fold order) is exported. Validation only: no test
+    score is read. Returns the spec.
+    """
+    from mmser.predict import write_predictor
+
+    if system != PREDICTOR_SYSTEM:
+        raise ValueError(f"only {PREDICTOR_SYSTEM!r} can be exported (speech + text), "
+                         f"not {system!r}")
+    part = trials[(trials["system"] == system) & (trials["protocol"] == corpus.protocol_label)]
+    if part.empty:
+        raise ValueError(f"no trials of {system!r} under protocol {corpus.protocol_label!r}")
+    part = part.sort_values(["seed", "fold"], kind="stable")
+    chosen = part.loc[part.groupby(["seed", "fold"], sort=True)["val_UAR"].idxmax()]
+    best = chosen.loc[chosen["val_UAR"].idxmax()]
+    seed, fold = int(best["seed"]), int(best["fold"])
+    path = (Path(models_dir) / "downstream" / corpus.protocol / f"seed{seed}" / f"fold{fold}"
+            / f"{system}.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the chosen classifier is missing; run evaluate "
+                                "with out_dir first")
+    attention = aligner.attention
+    arch = {"speech_dim": int(attention.k.weight.shape[1]),
+            "text_dim": int(attention.q.weight.shape[0]), "n_classes": len(corpus.classes),
+            "hidden": int(cfg.hidden), "scale_attention": bool(cfg.scale_attention)}
+    model = predictor_model({"architecture": arch})
+    model.attention.load_state_dict(attention.state_dict())
+    model.classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    spec = {
+        "stage": "tokenwise", "system": system, "kind": "classification",
+        "classes": list(corpus.classes), "dimensions": [],
+        # batch key -> the encoder states it reads: role, encoder and layer cut as in params
+        # `encoders`, the features cut name (mmser.features.cut_keys), and the hidden state
+        "inputs": {
+            "speech_seq": {"role": "speech", "encoder": encoders.speech,
+                           "layers": encoders.speech_layers, "cut": "main", "state": -1},
+            "tokens_seq": {"role": "text", "encoder": encoders.text,
+                           "layers": encoders.text_layers, "cut": "main", "state": 0}},
+        "architecture": arch,
+        "selection": {
+            "rule": "the cross-validation fold model with the best validation UAR "
+                    "(chosen on validation only, never on test); not retrained",
+            "protocol": corpus.protocol_label, "seed": seed, "fold": fold,
+            "val_UAR": float(best["val_UAR"]), "epoch": int(best["epoch"]),
+            "batch_size": int(best["batch_size"]), "lr": float(best["lr"])},
+        "trained_on": {"corpus": corpus.name, "transcripts": cfg.text_source,
+                       "source": str(path)},
+    }
+    write_predictor(out_dir, spec, model.state_dict())
+    return spec

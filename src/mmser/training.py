@@ -4,15 +4,20 @@ A paper's model is a plain `nn.Module` whose `forward(batch)` returns a dict wit
 `loss` and its predictions: `logits` (classification) or `pred` (regression, one column
 per dimension). `Task` wraps it: optimiser and schedule, validation score, logging.
 `fit` trains with checkpoint selection on the validation score only, resumes an
-interrupted run from its last checkpoint, and skips a run that already finished with the
-same fingerprint. `cross_validate` runs every fold and seed and records each choice with
-`Fold.select` before the fold's test part is opened.
+interrupted run from its last checkpoint (exactly: the random states travel with it), and
+skips a run that already finished with the same fingerprint. More than one device
+(`training.devices`) trains with DDP in processes of `python -m mmser.launch`, never
+inside the calling (notebook) process. `cross_validate` runs every fold and seed and
+records each choice with `Fold.select` before the fold's test part is opened.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +32,8 @@ from torch import nn
 from mmser import data as D
 from mmser.config import Training
 from mmser.metrics import ccc
+
+LAUNCHED = "MMSER_LAUNCHED"  # set by `python -m mmser.launch`: DDP may run in this process
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -179,6 +186,77 @@ class FitResult:
 DONE, FINGERPRINT, BEST = "done.json", "fingerprint.json", "best.pt"
 
 
+class RunState(L.Callback):
+    """What a resumed run needs to continue exactly like an uninterrupted one, saved with
+    every checkpoint: the random states (torch, NumPy, Python, CUDA; dropout and the like)
+    and the shuffling generator of the training loader; it also pins the bucketed batch
+    order to the loop's epoch (`BucketSampler.set_epoch`). Also counts optimiser steps and
+    training seconds (they go to done.json, for `mmser.bench`). Checkpoints are written at
+    epoch ends, so a run killed mid-epoch redoes that epoch from its start, with the same
+    batches and states. In DDP the states of process 0 are saved and every process
+    restores them. (Lightning creates a resumed run's first iterator before
+    `on_train_start`, hence the loader's generator is restored on load; samplers draw
+    lazily, at the first batch.)
+    """
+
+    def __init__(self, loader):
+        self.loader, self.steps, self.seconds = loader, 0, 0.0
+        self._pending: dict | None = None
+        self._start: float | None = None
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state(legacy=False)
+        generator = getattr(self.loader, "generator", None)
+        return {
+            "torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"],
+                      "gauss": np_state["gauss"]},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "loader": generator.get_state() if generator is not None else None,
+            "steps": self.steps, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.seconds = int(state["steps"]), float(state["seconds"])
+        if state["loader"] is not None:
+            self.loader.generator.set_state(state["loader"])
+        self._pending = state  # the global states: when training starts (after the restore)
+
+    def on_train_start(self, trainer, module) -> None:
+        state, self._pending = self._pending, None
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            random.setstate(state["python"])
+            n = state["numpy"]
+            np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"],
+                                 n["has_gauss"], n["gauss"]))
+            if state["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if isinstance(self.loader.batch_sampler, D.BucketSampler):
+            self.loader.batch_sampler.set_epoch(trainer.current_epoch)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.steps += 1
+
+    def on_validation_epoch_start(self, trainer, module) -> None:
+        self._stop()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+
+def _multi_device(cfg: Training) -> bool:
+    return cfg.devices != 1 or cfg.strategy not in ("auto", "single_device")
+
+
 def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path,
         cfg: Training | None = None, *, max_epochs: int, batch_size: int, seed: int = 0,
         patience: int | None = None, bucket_by: str | None = None,
@@ -186,11 +264,16 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     """Train `task`, keep the epoch with the best validation score, and load its weights.
 
     `out_dir` holds the run: `last.ckpt` while training (an interrupted run resumes from
-    it), then `best.pt` (weights only), `history.csv` and `done.json`. A run whose
-    `done.json` and fingerprint match is not trained again; a different fingerprint (other
-    parameters, data or code version) starts the run afresh.
+    it, see `RunState`), then `best.pt` (weights only), `history.csv` and `done.json`
+    (best epoch and score, optimiser steps, training seconds). A run whose `done.json` and
+    fingerprint match is not trained again; a different fingerprint (other parameters,
+    data or code version) starts the run afresh. With more than one device the run goes
+    to `python -m mmser.launch` processes (DDP; `batch_size` is per device) and this
+    process reads the result back.
     """
     cfg = cfg or Training()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
     if not train or not val:
         raise ValueError(f"{out_dir}: {len(train)} training and {len(val)} validation items; "
@@ -203,6 +286,13 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     (out_dir / FINGERPRINT).write_text(stamp)
     if (out_dir / DONE).is_file():
         return _finished(task, out_dir)
+    if _multi_device(cfg) and not os.environ.get(LAUNCHED):
+        from mmser import launch
+
+        launch.launch(task, train, val, out_dir, cfg, fingerprint=json.loads(stamp),
+                      max_epochs=max_epochs, batch_size=batch_size, seed=seed,
+                      patience=patience, bucket_by=bucket_by)
+        return _finished(task, out_dir)
 
     seed_everything(seed)
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -210,7 +300,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     checkpoint = ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val_score",
                                  mode="max", save_last=True, save_top_k=1,
                                  save_weights_only=False, enable_version_counter=False)
-    callbacks = [checkpoint]
+    callbacks: list = [checkpoint]
     if patience:
         callbacks.append(EarlyStopping(monitor="val_score", mode="max", patience=patience))
     trainer = L.Trainer(
@@ -218,10 +308,15 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
         devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
         deterministic="warn", callbacks=callbacks, enable_progress_bar=cfg.progress,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
-        logger=False)
+        logger=False, use_distributed_sampler=False)
+    # DDP: each process trains on its share of the batches and validates on all of the
+    # validation set, so every process computes the same score and choice
     train_loader = D.loader(train, batch_size, shuffle=True, seed=seed, bucket_by=bucket_by,
-                            num_workers=cfg.num_workers)
+                            num_workers=cfg.num_workers, rank=trainer.global_rank,
+                            world=trainer.world_size)
     val_loader = D.loader(val, batch_size, bucket_by=bucket_by, num_workers=cfg.num_workers)
+    state = RunState(train_loader)
+    trainer.callbacks.append(state)
     resume = out_dir / "last.ckpt"
     trainer.fit(task, train_loader, val_loader,
                 ckpt_path=str(resume) if resume.is_file() else None)
@@ -234,8 +329,9 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     history.to_csv(out_dir / "history.csv", index=False)
     best_epoch = int(best["epoch"])
     best_score = float(history.loc[history["epoch"] == best_epoch, "val_score"].iloc[0])
-    (out_dir / DONE).write_text(json.dumps({"best_epoch": best_epoch,
-                                            "best_score": best_score}))
+    (out_dir / DONE).write_text(json.dumps({
+        "best_epoch": best_epoch, "best_score": best_score, "steps": state.steps,
+        "train_seconds": round(state.seconds, 3), "devices": trainer.world_size}))
     for stale in ("last.ckpt", "best.ckpt"):
         (out_dir / stale).unlink(missing_ok=True)  # resumable state is no longer needed
     return _finished(task, out_dir)

@@ -1,0 +1,337 @@
+"""The report stage: verdict logic, the cross-paper comparison and the claims on synthetic
+predictions, missing stages, the README block, the dvc stage, and the notebook."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mmser import report as R
+from mmser.metrics import ccc
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["angry", "happy", "neutral", "sad"]
+PROTOCOL = "leave-one-session-out (speaker-independent)"
+N, FOLDS = 60, 5
+
+
+# ------------------------------------------------------------------ synthetic results
+
+
+def _base(seeds=(0,), n=N, folds=FOLDS, shift=0) -> pd.DataFrame:
+    rng = np.random.default_rng(123)
+    utt = [f"u{i:03d}" for i in range(n)]
+    labels = rng.choice(CLASSES, n)
+    rows = [{"seed": s, "fold": (i + shift) % folds, "utt_id": u, "label": lab}
+            for s in seeds for i, (u, lab) in enumerate(zip(utt, labels))]
+    return pd.DataFrame(rows)
+
+
+def _classifier(base: pd.DataFrame, system: str, accuracy: float, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    right = rng.random(len(base)) < accuracy
+    wrong = [CLASSES[(CLASSES.index(lab) + 1) % 4] for lab in base["label"]]
+    out = base.assign(system=system, pred=np.where(right, base["label"], wrong))
+    for k in CLASSES:
+        out[f"prob_{k}"] = (out["pred"] == k).astype(float)
+    return out
+
+
+def _write(root: Path, stage: str, preds: pd.DataFrame | None, metrics: dict | None,
+           where: str = "tables"):
+    folder = root / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    if preds is not None:
+        path = folder / where / "predictions.csv" if where else folder / "predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        preds.to_csv(path, index=False)
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps({"systems": {}, **metrics}))
+
+
+def _distil(base: pd.DataFrame) -> pd.DataFrame:
+    """A+T adds valence (text) and nothing to arousal, in each scenario."""
+    rng = np.random.default_rng(7)
+    parts = []
+    for scenario in ("seen", "unseen"):
+        b = base.assign(scenario=scenario)
+        t = {d: rng.normal(size=len(b)) for d in ("arousal", "valence", "dominance")}
+        noise = {d: rng.normal(size=len(b)) for d in t}
+        for system, v_noise in (("distilled · A · FT", 2.0), ("distilled · A+T · FT", 0.3)):
+            p = b.assign(system=system)
+            for d in t:
+                p[f"true_{d}"] = t[d]
+                scale = v_noise if d == "valence" else 0.5
+                p[f"pred_{d}"] = t[d] + scale * noise[d]
+            parts.append(p)
+    return pd.concat(parts, ignore_index=True)
+
+
+def make_results(root: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Synthetic results/ of all five stages, shaped as the paper stages write them."""
+    base = _base()
+    ctx = {"corpus": "synthetic", "protocol": PROTOCOL, "profile": "default"}
+    if "clap" not in skip:
+        preds = pd.concat([_classifier(base, "none", 0.4, 1), _classifier(base, "small", 0.8, 2),
+                           _classifier(base, "full", 0.95, 3)])
+        _write(root, "clap", preds, {"setting": f"synthetic, {PROTOCOL}, default profile"})
+    if "lemer" not in skip:
+        c1 = _classifier(base, "C1", 0.7, 4)
+        preds = pd.concat([c1, c1.assign(system="C4"), _classifier(base, "A1", 0.5, 5),
+                           _classifier(base, "A5", 0.6, 6)])
+        _write(root, "lemer", preds, ctx, where="")  # the stage folder, as lemer once did
+    if "distil" not in skip:
+        _write(root, "distil", _distil(base),
+               {"context": f"synthetic, {PROTOCOL}, profile default"})
+    if "vcemo" not in skip:
+        preds = pd.concat([_classifier(base, "VCEMO (SupCon)", 0.3, 8),
+                           _classifier(base, "VCEMO", 0.9, 9)])
+        _write(root, "vcemo", preds, ctx)
+    if "tokenwise" not in skip:
+        other = _base(folds=1)  # the paper's random split: one fold
+        parts = []
+        for label, b in ((PROTOCOL, base), ("random 70/20/10 (speaker-dependent)", other)):
+            parts += [_classifier(b, "ours B_s", 0.5, 10).assign(protocol=label),
+                      _classifier(b, "speech whisper-tiny.en", 0.9, 11).assign(protocol=label),
+                      _classifier(b, "text all-MiniLM-L6-v2", 0.2, 12).assign(protocol=label)]
+        _write(root, "tokenwise", pd.concat(parts),
+               {"corpus": "synthetic", "protocols": [PROTOCOL, "random 70/20/10 "
+                                                     "(speaker-dependent)"],
+                "profile": "default (bundled encoders, CPU)"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return make_results(tmp_path_factory.mktemp("results"))
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("low, high, direction, expected", [
+    (0.01, 0.2, 1, R.AGREES), (-0.2, -0.01, 1, R.DISAGREES), (-0.1, 0.1, 1, R.INCONCLUSIVE),
+    (-0.2, -0.01, -1, R.AGREES), (0.01, 0.2, -1, R.DISAGREES), (-0.1, 0.1, -1, R.INCONCLUSIVE),
+    (0.0, 0.0, 1, R.INCONCLUSIVE), (0.0, 0.3, 1, R.INCONCLUSIVE), (float("nan"), 1.0, 1,
+                                                                    R.INCONCLUSIVE),
+])
+def test_verdict(low, high, direction, expected):
+    assert R.verdict(low, high, direction) == expected
+
+
+def test_verdict_rejects_a_bad_direction():
+    with pytest.raises(ValueError, match="direction"):
+        R.verdict(0.1, 0.2, 0)
+
+
+def test_comparison_on_synthetic_predictions(synthetic):
+    from mmser.results import fold_metrics, summary
+
+    stages = R.load_all(synthetic)
+    comp = R.comparison(stages).set_index("paper")
+    assert list(comp.index) == list(R.STAGES)
+    assert comp.loc["clap", "system"] == "full" and comp.loc["lemer", "system"] == "C1"
+    assert comp.loc["vcemo", "system"] == "VCEMO (SupCon)"
+    assert comp.loc["tokenwise", "system"] == "ours B_s"
+    assert comp.loc["distil", "system"] == "distilled · A+T · FT"
+    preds = stages["clap"].main
+    expected = summary(fold_metrics(preds[preds.system == "full"])).iloc[0]
+    assert comp.loc["clap", "UA"] == f"{expected['UA']:.3f} ± {expected['UA_std']:.3f}"
+    assert comp.loc["clap", "CCC_valence"] == "—" and "±" in comp.loc["distil", "CCC_valence"]
+    assert comp.loc["distil", "UA"] == "—"
+    # tokenwise's main slice is its speaker-independent protocol, so every stage agrees
+    assert (comp["same design"] == "yes").all(), comp["same design"]
+    assert comp.loc["clap", "folds"] == FOLDS and comp.loc["clap", "protocol"] == PROTOCOL
+
+
+def test_comparison_flags_a_stage_with_other_folds_or_seeds(tmp_path):
+    root = make_results(tmp_path, skip=("vcemo",))
+    moved = _base(shift=1, seeds=(0, 1))  # other folds and a second seed
+    _write(root, "vcemo", pd.concat([_classifier(moved, "VCEMO (SupCon)", 0.6, 1),
+                                     _classifier(moved, "VCEMO", 0.6, 2)]),
+           {"corpus": "synthetic", "protocol": "random 8/1/1 (speaker-dependent)",
+            "profile": "default"})
+    comp = R.comparison(R.load_all(root)).set_index("paper")
+    flag = comp.loc["vcemo", "same design"]
+    assert flag.startswith("NO") and "folds" in flag and "seeds" in flag
+    assert "protocol" in flag and "speaker-dependent" in flag
+    assert comp.loc["clap", "same design"] == "yes"
+
+
+def test_claims_on_synthetic_predictions(synthetic):
+    table = R.claims(R.load_all(synthetic), n=200, seed=0)
+    got = {(r["paper"], r["comparison (a − b)"]): r for r in table.to_dict("records")}
+    assert got[("clap", "full − none")]["verdict"] == R.AGREES
+    assert got[("clap", "full − none")]["paper's difference"].startswith("WA +7.18 points")
+    assert "+1.64" in got[("vcemo", "VCEMO (SupCon) − VCEMO")]["paper's difference"]
+    lemer = got[("lemer", "C1 − C4")]  # identical predictions: a zero-width interval at 0
+    assert lemer["verdict"] == R.INCONCLUSIVE and lemer["diff"] == 0
+    assert got[("vcemo", "VCEMO (SupCon) − VCEMO")]["verdict"] == R.DISAGREES
+    assert got[("distil", "distilled · A+T · FT − distilled · A · FT")]["verdict"] == R.AGREES
+    # the paper's claim is "ours trails speech": direction -1, and ours is worse here
+    assert got[("tokenwise", "ours B_s − speech whisper-tiny.en")]["verdict"] == R.AGREES
+    assert got[("tokenwise", "ours B_s − text all-MiniLM-L6-v2")]["verdict"] == R.AGREES
+    for r in table.to_dict("records"):
+        assert r["low"] <= r["diff"] <= r["high"]
+
+
+def test_claims_use_the_projects_bootstrap(synthetic):
+    from mmser.results import bootstrap
+
+    stages = R.load_all(synthetic)
+    row = R.claims(stages, n=150, seed=3).set_index("paper").loc["clap"]
+    ref = bootstrap(stages["clap"].main, "full", "none", "UA", n=150, seed=3)
+    assert (row["diff"], row["low"], row["high"]) == (ref["diff"], ref["low"], ref["high"])
+
+
+def test_ccc_gain_is_the_mean_over_folds_of_the_per_fold_gain(synthetic):
+    main = R.load_all(synthetic)["distil"].main
+    a, b = "distilled · A+T · FT", "distilled · A · FT"
+    out = R.bootstrap_ccc_gain(main, a, b, n=50, seed=0)
+    by_hand = []
+    for _, part in main.groupby(["seed", "fold"]):
+        pa, pb = (part[part.system == s].sort_values("utt_id") for s in (a, b))
+        gain = {d: ccc(pa[f"true_{d}"], pa[f"pred_{d}"]) - ccc(pb[f"true_{d}"], pb[f"pred_{d}"])
+                for d in ("valence", "arousal")}
+        by_hand.append(gain["valence"] - gain["arousal"])
+    assert out["diff"] == pytest.approx(np.mean(by_hand), abs=1e-9)
+    assert out["low"] <= out["diff"] <= out["high"] and out["diff"] > 0
+
+
+def test_missing_stages_give_not_run_rows(tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    stages = R.load_all(empty)
+    comp, claim_table = R.comparison(stages), R.claims(stages, n=10)
+    assert (comp["system"] == R.NOT_RUN).all()
+    assert (claim_table["verdict"] == R.NOT_RUN).all() and len(claim_table) == len(R.CLAIMS)
+    assert (R.paper_vs_ours(stages)["our system"] == R.NOT_RUN).all()
+    assert R.metrics_json(comp, claim_table)["comparison"]["clap"] == {"status": R.NOT_RUN}
+
+    # metrics but no predictions; and a stage that lacks the systems a claim needs
+    root = make_results(tmp_path / "some", skip=("clap", "vcemo"))
+    _write(root, "clap", None, {"setting": "x, y, z"})
+    _write(root, "vcemo", _classifier(_base(), "Xu et al. 2019", 0.5, 1), {})
+    stages = R.load_all(root)
+    assert "predictions.csv" in stages["clap"].missing
+    comp = R.comparison(stages).set_index("paper")
+    assert comp.loc["clap", "system"] == R.NOT_RUN and comp.loc["vcemo", "system"] == R.NOT_RUN
+    assert "VCEMO (SupCon)" in comp.loc["vcemo", "same design"]
+    claims = R.claims(stages, n=20).set_index("paper")
+    assert claims.loc["vcemo", "verdict"] == R.NOT_RUN
+    assert claims.loc["distil", "verdict"] == R.AGREES
+    beside = R.paper_vs_ours(stages)
+    vc = beside[beside.paper == "vcemo"].set_index("paper system")
+    assert "±" in vc.loc["Xu et al. 2019", "ours"].iloc[0]
+    assert (vc.loc["VCEMO (SupCon)", "ours"] == "—").all()
+
+
+def test_paper_numbers_come_from_the_paper_modules(synthetic):
+    from mmser import clap, lemer, vcemo_run
+
+    beside = R.paper_vs_ours(R.load_all(synthetic))
+    cl = beside[(beside.paper == "clap") & (beside["our system"] == "full")].iloc[0]
+    assert cl["paper value"] == f"{clap.PAPER_TABLE1['full']:.2f}" and cl["metric"] == "WA"
+    assert "IEMOCAP" in cl["paper setting"] and cl["our protocol"] == PROTOCOL
+    le = beside[(beside.paper == "lemer") & (beside["paper system"] == "C1")]
+    assert set(le["paper value"]) == {f"{v:.2f}" for v in lemer.PAPER["C1"]}
+    vc = beside[(beside.paper == "vcemo") & (beside["paper system"] == "VCEMO (SupCon)")]
+    assert f"{vcemo_run.PAPER_IEMOCAP['VCEMO (SupCon)'][1]:.2f}" in set(vc["paper value"])
+    tw = beside[beside.paper == "tokenwise"]
+    assert {"random 70/20/10 (speaker-dependent)", PROTOCOL} <= set(tw["our protocol"])
+    assert "Ours (Multi)" not in set(tw["paper system"])  # our text encoder is monolingual
+    di = beside[(beside.paper == "distil") & (beside["our system"] == "distilled · A+T · FT")]
+    assert {p.split("; ")[-1] for p in di["our protocol"]} == {"scenario seen",
+                                                               "scenario unseen"}
+
+
+def _report_tables(results_root: Path, out: Path) -> Path:
+    stages = R.load_all(results_root)
+    from mmser.results import write_table
+
+    write_table(R.comparison(stages), out / "tables" / "comparison")
+    write_table(R.claims(stages, n=50), out / "tables" / "claims")
+    return out
+
+
+def test_readme_block_is_rewritten_and_checked(synthetic, tmp_path, capsys):
+    out = _report_tables(synthetic, tmp_path / "report")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nintro\n\n{R.README_START}\nold\n{R.README_END}\n\n## after\n")
+    args = ["--readme-path", str(readme), "--report-dir", str(out)]
+    assert R.main(["--check", *args]) == 1
+    assert "stale" in capsys.readouterr().err
+    assert R.main(["--readme", *args]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n\n") and text.endswith("\n\n## after\n")
+    assert "| clap " in text and R.AGREES in text and "\nold\n" not in text
+    assert R.main(["--check", *args]) == 0
+    assert R.write_readme(readme, out) is False  # idempotent
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="results:start"):
+        R.write_readme(readme, out)
+
+
+def test_the_readme_block_matches_the_committed_results():
+    report_dir = ROOT / "results" / "report"
+    if not (report_dir / "tables" / "comparison.csv").is_file():
+        pytest.skip("results/report is absent (fresh clone before `dvc repro`): nothing to "
+                    "compare README.md's results block with")
+    assert R.readme_current(ROOT / "README.md") == R.readme_block(report_dir), (
+        "README.md's results block is stale: run `python -m mmser.report --readme`")
+
+
+def test_dvc_report_stage_and_plots():
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stage = spec["stages"]["report"]
+    assert list(spec["stages"])[-1] == "report"
+    assert "notebooks/report.ipynb reports/report.ipynb" in stage["cmd"]
+    assert "mmser.report --html" in stage["cmd"]
+    for name in R.STAGES:
+        assert f"results/{name}/metrics.json" in stage["deps"]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for s in spec["stages"].values()
+            for key in ("outs", "metrics", "plots") for o in s.get(key, [])]
+    assert len(outs) == len(set(outs))
+    parts = [Path(o).parts for o in outs]
+    for i, a in enumerate(parts):  # dvc forbids one output inside another
+        for b in parts[i + 1:]:
+            n = min(len(a), len(b))
+            assert a[:n] != b[:n], f"overlapping outputs {a} and {b}"
+    assert {"reports/html", "results/report/tables", "results/report/figures"} <= set(outs)
+    plotted = [next(iter(p)) if isinstance(p, dict) else p for p in spec.get("plots", [])]
+    for name in R.STAGES:
+        assert f"results/{name}/figures" in plotted
+
+
+def test_notebook_runs_under_papermill_and_renders_to_html(synthetic, tmp_path):
+    import papermill as pm
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    out = tmp_path / "report"
+    start = time.perf_counter()
+    pm.execute_notebook(str(ROOT / "notebooks" / "report.ipynb"), str(reports / "report.ipynb"),
+                        kernel_name="python3", cwd=str(ROOT), progress_bar=False,
+                        parameters={"report": {"bootstrap_n": 50}, "results_dir": str(synthetic),
+                                    "out_dir": str(out)})
+    assert time.perf_counter() - start < 60
+    for name in ("comparison", "claims", "paper_vs_ours", "status"):
+        assert (out / "tables" / f"{name}.csv").is_file()
+        assert (out / "tables" / f"{name}.md").is_file()
+    for name in ("comparison", "claims"):
+        assert (out / "figures" / f"{name}.png").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["claims"]["clap"]["verdict"] == R.AGREES
+    assert set(metrics["comparison"]) == set(R.STAGES)
+    # the README block reads the notebook's tables
+    assert "| clap " in R.readme_block(out)
+    html = R.to_html(reports)
+    assert [p.name for p in html] == ["report.html"]
+    text = html[0].read_text()
+    assert "data:image/png;base64" in text and "central claim" in text
