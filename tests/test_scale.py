@@ -118,6 +118,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bucket_by):
 def test_bench_helpers(tmp_path):
     assert bench.parse_time("Command exited with non-zero status 1\nwall_s=12.50 "
                             "max_rss_kb=2048\n") == {"wall_s": 12.5, "max_rss_mb": 2.0}
+    assert bench.parse_time("wall_s=3.00 cpu_user_s=4.50 cpu_sys_s=0.50 max_rss_kb=1024") == \
+        {"wall_s": 3.0, "max_rss_mb": 1.0, "cpu_s": 5.0}
     with pytest.raises(ValueError):
         bench.parse_time("garbage")
     for path, record in {"distil/a/seed0/fold0": {"steps": 10, "train_seconds": 2.0},

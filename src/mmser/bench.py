@@ -31,7 +31,7 @@ import torch
 import yaml
 
 STAGES = ("prepare", "transcribe", "features")
-TIME_FORMAT = "wall_s=%e max_rss_kb=%M"  # GNU time's -f
+TIME_FORMAT = "wall_s=%e cpu_user_s=%U cpu_sys_s=%S max_rss_kb=%M"  # GNU time's -f
 STAGES_JSON = Path("results/bench/stages.json")
 
 
@@ -97,11 +97,14 @@ def parse_time(text: str) -> dict[str, float]:
     values = {}
     for token in text.split():
         key, sep, value = token.partition("=")
-        if sep and key in ("wall_s", "max_rss_kb"):
+        if sep and key in ("wall_s", "cpu_user_s", "cpu_sys_s", "max_rss_kb"):
             values[key] = float(value)
-    if set(values) != {"wall_s", "max_rss_kb"}:
+    if not {"wall_s", "max_rss_kb"} <= set(values):
         raise ValueError(f"no {TIME_FORMAT!r} figures in {text!r}")
-    return {"wall_s": values["wall_s"], "max_rss_mb": values["max_rss_kb"] / 1024}
+    out = {"wall_s": values["wall_s"], "max_rss_mb": values["max_rss_kb"] / 1024}
+    if "cpu_user_s" in values:  # CPU seconds: comparable even when other work shared the cores
+        out["cpu_s"] = values["cpu_user_s"] + values.get("cpu_sys_s", 0.0)
+    return out
 
 
 def dvc_stages(path: str | Path = "dvc.yaml") -> list[str]:
@@ -171,7 +174,8 @@ def _print_pipeline() -> None:
         print(f"dvc repro, stage by stage ({kind}; {STAGES_JSON}):")
         for stage, r in record["stages"].items():
             flag = "" if r["exit_status"] == 0 else f"  FAILED ({r['exit_status']})"
-            print(f"  {stage:<12} {r['wall_s']:8.1f} s  peak {r['max_rss_mb']:7.0f} MB{flag}")
+            cpu = f"  cpu {r['cpu_s']:7.1f} s" if "cpu_s" in r else ""
+            print(f"  {stage:<12} {r['wall_s']:8.1f} s{cpu}  peak {r['max_rss_mb']:7.0f} MB{flag}")
         print(f"  {'all':<12} {record['total_wall_s']:8.1f} s")
     else:
         print("no results/bench/stages.json: `make repro-timed` times every stage")
