@@ -385,3 +385,17 @@ def test_notebook_runs_under_papermill(tiny, tmp_path):
         assert (out / "results/figures" / f"{name}.png").is_file()
     table = pd.read_csv(out / "results/tables/table1_ccc.csv")
     assert {"ours", "paper"} <= set(table["source"])
+
+
+def test_sigmoid_output_bounds_predictions_and_unknown_output_is_refused():
+    torch.manual_seed(0)
+    batch = {"speech": 50 * torch.randn(3, 6, 4), "speech_mask": torch.ones(3, 6, dtype=torch.bool)}
+    linear = M.DistilModel({"speech": M.Frozen()}, {"speech": 4}, 8, 3, 0.0, output="linear")
+    bounded = M.DistilModel({"speech": M.Frozen()}, {"speech": 4}, 8, 3, 0.0, output="sigmoid")
+    bounded.load_state_dict(linear.state_dict())
+    raw = linear.eval()(batch)["pred"]
+    squashed = bounded.eval()(batch)["pred"]
+    torch.testing.assert_close(squashed, torch.sigmoid(raw))
+    assert ((squashed > 0) & (squashed < 1)).all()
+    with pytest.raises(ValueError, match="output 'tanh'"):
+        M.DistilModel({"speech": M.Frozen()}, {"speech": 4}, 8, output="tanh")

@@ -1,7 +1,7 @@
-"""The dvc pipeline's shared stages (prepare, transcribe, features) on tiny parameters: each
-notebook runs under papermill, a second `dvc repro` does nothing, and a changed parameter
-re-runs only its readers. The paper stages' notebooks run under papermill in their own
-test files (tests/test_<paper>.py)."""
+"""The whole dvc pipeline on tiny parameters: the shared stages, the five paper stages and
+the report each run their notebook under papermill; a second `dvc repro` does nothing; a
+changed parameter re-runs only its readers; the exported default model predicts a clip.
+Each paper's own notebook test (tests/test_<paper>.py) checks its tables in detail."""
 
 import json
 import os
@@ -16,12 +16,24 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = {
-    "synthetic": {"n_speakers": 4, "n_sessions": 2, "n_labelled": 24, "n_read": 8},
+    "synthetic": {"n_speakers": 4, "n_sessions": 2, "n_labelled": 80, "n_read": 24},
     "transcribe": {"compare_n": 3},
+    "clap": {"pretrain_epochs": 1, "finetune_epochs": 1, "batch_size": 8},
+    "lemer": {"systems": ["A1", "A5", "B5", "C1", "C4"], "k_grid": [4], "n_units": 16,
+              "speech_k": 8, "max_epochs": 1, "kmeans_frames": 2000},
+    "distil": {"max_epochs": 1, "layer_epochs": 1, "batch_size": 8, "head_hidden": 16,
+               "adapter_dim": 8, "patience": None},
+    "vcemo": {"dim": 8, "n_mels": 16, "batch_size": 8, "queue_size": 16, "max_epochs": 1,
+              "ablation": False, "mandarin": False},
+    "tokenwise": {"pretrain_epochs": 1, "pretrain_batch_sizes": [8], "pretrain_lrs": [1e-3],
+                  "epochs": 2, "hidden": 8, "baseline_batch_sizes": [8], "baseline_lrs": [1e-3],
+                  "ours_batch_sizes": [8], "ours_lrs": [1e-3], "val_fraction": 0.25,
+                  "pretrain_val_fraction": 0.25, "bootstrap_n": 20},
+    "report": {"bootstrap_n": 50},
 }
 pytestmark = pytest.mark.notebook
-TARGET = "features"  # the shared stages: prepare -> transcribe -> features
-SHARED = {"prepare", "transcribe", "features"}
+PAPERS = ("distil", "lemer", "clap", "vcemo", "tokenwise")
+STAGES = ("prepare", "transcribe", "features", *PAPERS, "report")
 
 
 def _run(args, cwd):
@@ -34,7 +46,7 @@ def _run(args, cwd):
 def _status(project):
     # the pipeline's stages; data.dvc has nothing in the DVC cache on a fresh clone
     status = json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], project).stdout or "{}")
-    return {stage: state for stage, state in status.items() if stage in SHARED}
+    return {stage: state for stage, state in status.items() if stage in STAGES}
 
 
 def _copy_project(dst: Path) -> None:
@@ -59,17 +71,24 @@ def project(tmp_path_factory):
     _copy_project(project)
     _set_params(project, **TINY)
     _run(["dvc", "config", "core.no_scm", "true"], project)
-    _run(["dvc", "repro", TARGET], project)
+    _run(["dvc", "repro"], project)
     return project
 
 
 def test_every_stage_wrote_its_results(project):
-    for stage in ("prepare", "transcribe", "features"):
+    for stage in STAGES:
         assert json.loads((project / f"results/{stage}/metrics.json").read_text())
         report = json.loads((project / f"reports/{stage}.ipynb").read_text())
         assert report["metadata"]["papermill"]["exception"] in (None, False)
     prepare = json.loads((project / "results/prepare/metrics.json").read_text())
-    assert prepare["utterances"] == {"labelled": 24, "read": 8}
+    assert prepare["utterances"] == {"labelled": 80, "read": 24}
+    for paper in PAPERS:  # what the report reads from every paper stage
+        assert (project / f"results/{paper}/tables/predictions.csv").is_file(), paper
+    status = (project / "results/report/tables/status.csv").read_text()
+    assert "not run" not in status
+    assert (project / "reports/html/report.html").is_file()
+    readme = (project / "README.md").read_text()
+    assert "Not generated yet" not in readme  # the report stage wrote the results block
     features = json.loads((project / "results/features/metrics.json").read_text())
     assert {"audio", "text", "audio + text"} <= set(features["probe"])
     assert all(v["misses"] > 0 for v in features["cache"].values())
@@ -78,16 +97,24 @@ def test_every_stage_wrote_its_results(project):
     assert "results/features/metrics.json" in shown
 
 
+def test_the_exported_default_model_predicts_a_clip(project):
+    clip = next((project / "interim/corpus").rglob("*.wav"))
+    done = _run([sys.executable, "-m", "mmser.predict", str(clip), "--text", "I am so happy",
+                 "--model", "models/tokenwise/predictor"], project)
+    assert "real-time factor" in done.stderr
+    assert all(name in done.stdout for name in ("angry", "happy", "neutral", "sad"))
+
+
 def test_second_repro_does_nothing(project):
-    out = _run(["dvc", "repro", TARGET], project).stdout
+    out = _run(["dvc", "repro"], project).stdout
     assert "Running stage" not in out
     assert _status(project) == {}
 
 
 def test_changed_parameter_reruns_only_its_readers(project):
     _set_params(project, features={"batch_size": 4})
-    assert set(_status(project)) == {"features"}
-    out = _run(["dvc", "repro", TARGET], project).stdout
+    assert set(_status(project)) == {"features", *PAPERS, "report"}
+    out = _run(["dvc", "repro", "features"], project).stdout
     assert "Running stage 'features'" in out and "Running stage 'prepare'" not in out
     features = json.loads((project / "results/features/metrics.json").read_text())
     # the persisted cache served every clip and text: nothing was encoded again

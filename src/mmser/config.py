@@ -234,6 +234,7 @@ class Distil:
     head_hidden: int = 32  # width of the head's first linear layer (not given in the paper)
     dropout: float = 0.1  # paper: 0.1 throughout
     pool_norm: bool = False  # LayerNorm on each pooled modality (not in the paper; see params.yaml)
+    output: str = "sigmoid"  # linear (the paper's head) | sigmoid (bounded to [0, 1]; ours)
     lr: float = 1e-3  # Adam (paper: 1e-5 for whole encoders over far more steps)
     batch_size: int = 16  # paper: 16, length-bucketed
     max_epochs: int = 2
@@ -256,7 +257,8 @@ class Distil:
                                   f"{sorted(self.sizes)}")
 
 
-CHOICES.update({"distil.profile": {"default", "paper", "tiny"}})
+CHOICES.update({"distil.profile": {"default", "paper", "tiny"},
+                "distil.output": {"linear", "sigmoid"}})
 
 
 @dataclass

@@ -123,13 +123,24 @@ def head(in_dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
                          nn.Dropout(dropout), nn.Linear(hidden, out))
 
 
+OUTPUTS = ("linear", "sigmoid")
+
+
 class DistilModel(nn.Module):
     """Branches per modality (batch keys `speech`, `text`), each (x, mask) -> states, then
-    mean+max pooling, concatenation and the head. forward(batch) -> {pred, loss}."""
+    mean+max pooling, concatenation and the head. forward(batch) -> {pred, loss}.
+
+    output: "linear" (the paper's head as it is) or "sigmoid" (bounded to the targets'
+    [0, 1]: 1 - CCC alone does not hold the mean in place, and a linear output drifted far
+    outside [0, 1] and stalled on some folds)."""
 
     def __init__(self, branches: dict[str, nn.Module], dims: dict[str, int], hidden: int,
-                 n_out: int = 3, dropout: float = 0.1, pool_norm: bool = False):
+                 n_out: int = 3, dropout: float = 0.1, pool_norm: bool = False,
+                 output: str = "linear"):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output {output!r} is not one of {OUTPUTS}")
+        self.output = output
         self.branches = nn.ModuleDict(branches)
         # optional LayerNorm of each modality's pooled vector: frozen states of different
         # scales (the 2-layer cut's reach 20) otherwise saturate the tanh on one modality
@@ -142,7 +153,8 @@ class DistilModel(nn.Module):
                                                         batch[f"{name}_mask"]),
                                                  batch[f"{name}_mask"]))
                   for name, branch in self.branches.items()]
-        out = {"pred": self.head(torch.cat(pooled, -1))}
+        pred = self.head(torch.cat(pooled, -1))
+        out = {"pred": torch.sigmoid(pred) if self.output == "sigmoid" else pred}
         if "target" in batch:
             out["loss"] = ccc_loss(out["pred"], batch["target"].float())
         return out
@@ -400,7 +412,7 @@ class Builder:
         else:
             raise ValueError(f"unknown recipe {system.recipe!r}")
         return DistilModel(branches, dims, self.cfg.head_hidden, 3, self.cfg.dropout,
-                           self.cfg.pool_norm)
+                           self.cfg.pool_norm, self.cfg.output)
 
     def task(self, model: nn.Module, param_groups: list[dict] | None = None) -> T.Task:
         return T.Task(model, kind="regression", lr=self.cfg.lr, optimizer="adam",
@@ -519,7 +531,7 @@ def layer_importance(builder: Builder, corpus: D.Corpus, size: str, training, *,
                 weights = LayerWeights(n_states)
                 model = DistilModel({"speech": weights}, {"speech": dim},
                                     builder.cfg.head_hidden, 1, builder.cfg.dropout,
-                                    builder.cfg.pool_norm)
+                                    builder.cfg.pool_norm, builder.cfg.output)
                 out = builder.run_dir / "layers" / size / name / f"seed{seed}" / f"fold{fold.index}"
                 # the mixing weights get their own rate: at the head's rate they barely
                 # leave uniform within the few epochs of the CPU budget
@@ -748,7 +760,7 @@ def predictor_model(spec: dict) -> DistilModel:
         branches[name] = Frozen(inner) if b["frozen"] else inner
     return DistilModel(branches, {k: int(v) for k, v in a["dims"].items()},
                        int(a["head_hidden"]), int(a["n_out"]), float(a["dropout"]),
-                       bool(a["pool_norm"]))
+                       bool(a["pool_norm"]), a.get("output", "linear"))
 
 
 def export_predictor(out_dir: str | Path, builder: Builder, system: System,
@@ -790,7 +802,7 @@ def export_predictor(out_dir: str | Path, builder: Builder, system: System,
     arch = {"branches": {n: _branch_spec(b) for n, b in model.branches.items()},
             "dims": dims, "head_hidden": int(head_in.out_features),
             "n_out": int(model.head[-1].out_features), "dropout": float(builder.cfg.dropout),
-            "pool_norm": bool(builder.cfg.pool_norm)}
+            "pool_norm": bool(builder.cfg.pool_norm), "output": builder.cfg.output}
     low, high = D.DIMENSION_SCALE.get(builder.corpus.name, (1.0, 5.0))
     spec = {
         "stage": "distil", "system": system.name, "kind": "regression", "classes": [],
