@@ -42,3 +42,17 @@ def test_paired_bootstrap_interval_brackets_a_real_difference():
     assert out["low"] <= out["diff"] <= out["high"] and out["low"] > 0
     same = paired_bootstrap(y, good, good, n=50)
     assert same == {"diff": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_paired_bootstrap_scores_every_resample_as_scikit_learn_does():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    from mmser.metrics import _resampled
+
+    rng = np.random.default_rng(3)
+    y = rng.choice(["ang", "hap", "neu", "sad", "rare"], 60, p=[.3, .3, .2, .18, .02])
+    pred = np.where(rng.random(60) < 0.6, y, rng.choice(["ang", "hap", "neu", "sad"], 60))
+    idx = rng.integers(0, 60, (40, 60))
+    for metric, score in (("UA", balanced_accuracy_score), ("WA", accuracy_score)):
+        expected = [score(y[i], pred[i]) for i in idx]
+        np.testing.assert_allclose(_resampled(y, pred == y, idx, metric), expected)

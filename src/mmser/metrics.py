@@ -50,14 +50,28 @@ def paired_bootstrap(y_true: Sequence, pred_a: Sequence, pred_b: Sequence,
     """Difference metric(a) - metric(b) on the same utterances, with a bootstrap CI.
 
     Utterances are resampled with replacement, the same indices for both systems, so the
-    interval reflects the paired design.
+    interval reflects the paired design. All resamples are scored at once (per-class
+    counts with `bincount`): the same values as scikit-learn's scores, far faster.
     """
     score = {"UA": balanced_accuracy_score, "WA": accuracy_score}[metric]
     t, a, b = (np.asarray(x) for x in (y_true, pred_a, pred_b))
     rng = np.random.default_rng(seed)
-    diffs = np.empty(n)
-    for i in range(n):
-        idx = rng.integers(0, len(t), len(t))
-        diffs[i] = score(t[idx], a[idx]) - score(t[idx], b[idx])
+    idx = rng.integers(0, len(t), (n, len(t)))
+    diffs = _resampled(t, a == t, idx, metric) - _resampled(t, b == t, idx, metric)
     low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return {"diff": float(score(t, a) - score(t, b)), "low": float(low), "high": float(high)}
+
+
+def _resampled(y_true: np.ndarray, correct: np.ndarray, idx: np.ndarray,
+               metric: str) -> np.ndarray:
+    """WA or UA of each resample (row of `idx`): UA is the mean recall over the classes
+    present in that resample, as `balanced_accuracy_score` computes it."""
+    if metric == "WA":
+        return correct[idx].mean(1)
+    codes = np.unique(y_true, return_inverse=True)[1].reshape(-1)
+    k, rows = codes.max() + 1, np.arange(len(idx))[:, None]
+    flat = (codes[idx] + k * rows).ravel()
+    counts = np.bincount(flat, minlength=k * len(idx)).reshape(len(idx), k)
+    hits = np.bincount(flat, weights=correct[idx].ravel(), minlength=k * len(idx))
+    recall = hits.reshape(len(idx), k) / np.maximum(counts, 1)
+    return np.where(counts > 0, recall, 0).sum(1) / (counts > 0).sum(1)
