@@ -17,6 +17,7 @@ from mmser import manifest
 from mmser.audio import load_audio, write_audio
 from mmser.config import Params, ParamsError
 from mmser.data import load_corpus
+from tiny_models import tiny_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"base": "features:main", "distilled": "features:1"}
@@ -25,26 +26,6 @@ TINY = {"profile": "tiny", "sizes": SIZES, "text": "features:2", "adapter_dim": 
         "seen_fraction": 0.15, "layer_size": "base", "asr_size": "distilled",
         "layer_epochs": 1}
 TRAINING = {"seeds": [0], "progress": False}
-
-
-def _tiny_models(root: Path) -> tuple[str, str]:
-    """A 2-layer Whisper encoder and a 3-layer BERT (32 wide), built locally."""
-    from transformers import AutoTokenizer, BertConfig, BertModel, WhisperConfig, WhisperModel
-
-    from mmser.encoders import bundled_text_dir
-
-    torch.manual_seed(0)
-    speech, text = root / "whisper", root / "bert"
-    WhisperModel(WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
-                               encoder_attention_heads=2, decoder_attention_heads=2,
-                               encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                               vocab_size=100, max_source_positions=1500, pad_token_id=0,
-                               bos_token_id=1, eos_token_id=1, decoder_start_token_id=2)
-                 ).save_pretrained(speech)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(text)
-    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(text)
-    return str(speech), str(text)
 
 
 WORDS = {1: "this is awful and sad", 2: "it is a plain day", 3: "what a lovely great day"}
@@ -100,7 +81,7 @@ def _tiny_features(root: Path, df: pd.DataFrame, speech: str, text: str) -> None
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("distil")
-    speech, text = _tiny_models(root)
+    speech, text = tiny_models(root)
     df = _tiny_corpus(root)
     _tiny_features(root, df, speech, text)
     encoders = {"speech": speech, "speech_layers": None, "text": text, "text_layers": None}

@@ -20,31 +20,12 @@ from mmser import tokenwise as TW
 from mmser.audio import load_audio, write_audio
 from mmser.config import Params
 from mmser.training import Task, fit
+from tiny_models import tiny_models
 
 LABELS = ["sad", "neutral", "happy"]
 WORDS = {"sad": "this is awful and sad", "neutral": "it is a plain day",
          "happy": "what a lovely great day"}
 TRAINING = {"seeds": [0], "progress": False}
-
-
-def _tiny_models(root: Path) -> tuple[str, str]:
-    """A 2-layer Whisper encoder and a 3-layer BERT (32 wide), built locally."""
-    from transformers import AutoTokenizer, BertConfig, BertModel, WhisperConfig, WhisperModel
-
-    from mmser.encoders import bundled_text_dir
-
-    torch.manual_seed(0)
-    speech, text = root / "whisper", root / "bert"
-    WhisperModel(WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
-                               encoder_attention_heads=2, decoder_attention_heads=2,
-                               encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
-                               vocab_size=100, max_source_positions=1500, pad_token_id=0,
-                               bos_token_id=1, eos_token_id=1, decoder_start_token_id=2)
-                 ).save_pretrained(speech)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(text)
-    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(text)
-    return str(speech), str(text)
 
 
 def _tiny_corpus(root: Path) -> pd.DataFrame:
@@ -138,7 +119,7 @@ def _distil(root: Path, encoders: dict) -> dict:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    speech, text = _tiny_models(root)
+    speech, text = tiny_models(root)
     df = _tiny_corpus(root)
     _tiny_features(root, df, speech, text)
     encoders = {"speech": speech, "speech_layers": None, "text": text, "text_layers": None}
