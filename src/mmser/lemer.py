@@ -366,6 +366,14 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
 
 
+def attention_mse(a: torch.Tensor, b: torch.Tensor, tmask: torch.Tensor,
+                  smask: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: mean squared difference of two (B, tokens, frames) maps over real pairs only
+    (a masked sum: indexing the pairs would copy both maps)."""
+    pairs = (tmask[:, :, None] & smask[:, None, :]).to(a.dtype)
+    return ((a - b).square() * pairs).sum() / pairs.sum().clamp(min=1)
+
+
 def cosine_map(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Eq. 1 / 4: cosine of every position with every label, (B, l, d), (c, d) -> (B, l, c)."""
     return F.normalize(h, dim=-1) @ F.normalize(labels, dim=-1).T
@@ -442,8 +450,10 @@ class LEMER(nn.Module):
         self.head = nn.Linear(d_text + d_speech, n_classes)
 
     def attention(self, ht, tmask, hs, smask, gt, gs) -> dict[str, torch.Tensor]:
-        # eq. 7; the 1/sqrt(d) scale only re-parametrises W (keeps early softmaxes soft)
-        ar = masked_softmax(ht @ self.W(hs).transpose(1, 2) * self.scale, smask)
+        # eq. 7, H_t W H_s^T, multiplied from the text side: contexts are shorter than the
+        # frame sequences, so (H_t W) H_s^T is the cheaper order. The 1/sqrt(d) scale only
+        # re-parametrises W (keeps early softmaxes soft).
+        ar = masked_softmax((ht @ self.W.weight) @ hs.transpose(1, 2) * self.scale, smask)
         al = gt @ gs.transpose(1, 2)  # eq. 9
         weights = {"constraint": ar, "vanilla": ar, "label": masked_softmax(al, smask),
                    "sum": ar + masked_softmax(al, smask)}[self.fusion]
@@ -459,9 +469,8 @@ class LEMER(nn.Module):
         hm = torch.cat([ht, att["A"] @ hs], -1)  # eq. 8
         logits = self.head(masked_max(hm, tmask))  # eq. 11
         y = batch["label"]
-        pairs = tmask[:, :, None] & smask[:, None, :]
-        constraint = F.mse_loss(att["A_l"][pairs], att["A_r"][pairs]) \
-            if self.fusion == "constraint" else torch.zeros((), device=y.device)  # eq. 10
+        constraint = attention_mse(att["A_l"], att["A_r"], tmask, smask) \
+            if self.fusion == "constraint" else torch.zeros((), device=y.device)
         parts = (F.cross_entropy(logits, y), constraint, label_loss(gt, tmask, y),
                  label_loss(gs, smask, y))
         loss = sum(m * part for m, part in zip(self.mu, parts))  # eq. 12
