@@ -44,12 +44,13 @@ repro-timed: setup  ## dvc repro stage by stage under /usr/bin/time, then the fi
 	python -m mmser.bench --run $(if $(FORCE),--force)
 
 SEEDS ?= 1 2 3
-sweep: setup  ## one queued dvc experiment per training seed, one at a time, then the table
+sweep: setup  ## one queued dvc experiment per training seed, one at a time, then mean ± std over seeds
 	for seed in $(SEEDS); do dvc exp run --queue -S "training.seeds=[$$seed]"; done
 	dvc queue start -j 1
 	while dvc queue status | grep -qE 'Queued|Running'; do sleep 30; done
 	dvc queue status
 	dvc exp show
+	python -m mmser.sweep
 
 lab: setup  ## JupyterLab on notebooks/ with the project's kernel (python3, from .venv)
 	jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
