@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,15 @@ def test_nothing_to_aggregate_is_a_clear_error():
     runs, _ = sweep.experiment_rows(_shown(baseline=_data([0], 0, with_report=False)))
     with pytest.raises(ValueError, match="make sweep"):
         sweep.aggregate(runs)
+
+
+def test_a_real_sweep_is_read_back():
+    # `dvc exp show --json` of `make sweep SEEDS="1 2"` on tiny params (dvc 3.67), trimmed to
+    # the report's metrics and three params sections
+    shown = json.loads((Path(__file__).parent / "data/dvc_exp_show.json").read_text())
+    runs, notes = sweep.experiment_rows(shown)
+    assert notes == [] and [list(s) for s in runs["seeds"]] == [[0], [1], [2]]
+    scores, claims = sweep.aggregate(runs)
+    assert set(scores["paper"]) == {"clap", "lemer", "distil", "vcemo", "tokenwise"}
+    assert (scores["runs"] == 3).all() and scores["std"].notna().all()
+    assert len(claims) == 3 * claims["claim"].nunique()

@@ -73,7 +73,7 @@ def experiment_rows(shown: Sequence[dict]) -> tuple[pd.DataFrame, list[str]]:
         duplicated = table.duplicated("seeds", keep="last")
         notes += [f"{r}: seeds {s} already counted" for r, s in
                   zip(table.loc[duplicated, "run"], table.loc[duplicated, "seeds"])]
-        table = table[~duplicated].reset_index(drop=True)
+        table = table[~duplicated].sort_values("seeds", kind="stable").reset_index(drop=True)
     return table, notes
 
 
