@@ -126,6 +126,7 @@ class Lemer:
     batch_size: int = 16  # paper: 16
     max_epochs: int = 1
     patience: int | None = None  # early stopping on validation UA
+    threads: int = 0  # torch threads of this stage's training; 0 = training.threads
 
 
 CHOICES.update({"lemer.units": {"kmeans", "quantizer"}})
