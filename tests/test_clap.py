@@ -13,13 +13,10 @@ import yaml
 from mmser import clap as C
 from mmser import data as D
 from mmser import features as F
-from mmser import manifest
 from mmser.config import Clap, Encoders, Params, ParamsError, Training
+from tiny_models import CLASSES, write_fake_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["angry", "happy", "neutral", "sad"]
-WORDS = {"angry": "this is outrageous", "happy": "what a lovely day",
-         "neutral": "the box is on the table", "sad": "I miss them so much"}
 
 
 # ------------------------------------------------------------------------- fixtures
@@ -29,24 +26,7 @@ def make_fixture(root: Path, n_per_speaker: int = 20, dim: int = 8, n_read: int 
     """A tiny prepared corpus (2 sessions x 2 speakers x 4 classes, plus read speech) and a
     feature store in the layout of the features stage, with class-dependent fake states."""
     rng = np.random.default_rng(0)
-    rows = []
-    for s in range(4):
-        for i in range(n_per_speaker):
-            label = CLASSES[i % 4]
-            rows.append({"utt_id": f"u{s}_{i}", "path": "x.wav", "speaker": f"spk{s}",
-                         "session": f"S{s // 2 + 1}", "split": "labelled", "label": label,
-                         "text": f"{WORDS[label]} {i}", "asr_text": WORDS[label],
-                         "corpus": "synthetic", "duration": 1.0})
-    for i in range(n_read):
-        rows.append({"utt_id": f"r{i}", "path": "x.wav", "speaker": "spk9", "session": "R",
-                     "split": "read", "text": f"read sentence {i}", "corpus": "synthetic"})
-    df = manifest.conform(pd.DataFrame(rows))
-    df["fold"] = [int(s[1]) - 1 if split == "labelled" else pd.NA
-                  for s, split in zip(df["session"], df["split"])]
-    corpus_dir = root / "corpus"
-    manifest.write(df, root / "manifest.csv")
-    manifest.write_corpus_info(corpus_dir, root, name="synthetic",
-                               protocol={"name": "loso"})
+    df = write_fake_manifest(root, n_per_speaker, n_read)
     feats = root / "features"
     centre = {c: rng.normal(size=dim) for c in CLASSES}
 
@@ -69,7 +49,7 @@ def make_fixture(root: Path, n_per_speaker: int = 20, dim: int = 8, n_read: int 
                                          .half(), "input_ids": torch.arange(len(t.split()) + 2)}
                                         for t in b], batch_size=8)
     F.write_index(feats, ids, ids, speech={"main": "speech-main"},
-                  text={"main": "text-main", "3": "text-main" if False else "text-3"})
+                  text={"main": "text-main", "3": "text-3"})
     return root
 
 

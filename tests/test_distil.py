@@ -12,12 +12,10 @@ import torch
 import yaml
 
 from mmser import distil as M
-from mmser import features as F
-from mmser import manifest
-from mmser.audio import load_audio, write_audio
+from mmser.audio import write_audio
 from mmser.config import Params, ParamsError
 from mmser.data import load_corpus
-from tiny_models import tiny_models
+from tiny_models import cache_tiny_features, tiny_models, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"base": "features:main", "distilled": "features:1"}
@@ -52,30 +50,7 @@ def _tiny_corpus(root: Path) -> pd.DataFrame:
                              "arousal": arousal, "valence": 2 * valence - 1,
                              "dominance": 0.5 * arousal + 1, "duration": n / 16000,
                              "sample_rate": 16000, "corpus": "synthetic"})
-    df = pd.DataFrame(rows)
-    manifest.write(df, root / "manifest.csv")
-    manifest.write_corpus_info(root / "corpus", root / "corpus", name="synthetic",
-                               protocol={"name": "loso"})
-    return df
-
-
-def _tiny_features(root: Path, df: pd.DataFrame, speech: str, text: str) -> None:
-    """What the features stage caches: every state of the main encoders and their cuts."""
-    from mmser.encoders import SpeechEncoder, TextEncoder
-
-    waves = [load_audio(root / "corpus" / p).wave for p in df["path"]]
-    speech_keys, text_keys = {}, {}
-    for layers in (None, 1):
-        enc = SpeechEncoder(speech, layers)
-        digests = F.speech_features(F.FeatureCache(root / "features", enc.key), enc, waves)
-        speech_keys[layers] = enc.key
-    texts = sorted(set(df["text"]) | set(df["asr_text"]))
-    for layers in (None, 2):
-        enc = TextEncoder(text, layers)
-        F.text_features(F.FeatureCache(root / "features", enc.key), enc, texts)
-        text_keys[layers] = enc.key
-    F.write_index(root / "features", df["utt_id"], digests,
-                  speech=F.cut_keys(speech_keys, None), text=F.cut_keys(text_keys, None))
+    return write_tiny_corpus(root, rows)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +58,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("distil")
     speech, text = tiny_models(root)
     df = _tiny_corpus(root)
-    _tiny_features(root, df, speech, text)
+    cache_tiny_features(root, df, speech, text)
     encoders = {"speech": speech, "speech_layers": None, "text": text, "text_layers": None}
     return {"root": root, "encoders": encoders, "df": df}
 

@@ -14,13 +14,12 @@ import torch
 from mmser import data as D
 from mmser import distil as M
 from mmser import features as F
-from mmser import manifest
 from mmser import predict as PR
 from mmser import tokenwise as TW
-from mmser.audio import load_audio, write_audio
+from mmser.audio import write_audio
 from mmser.config import Params
 from mmser.training import Task, fit
-from tiny_models import tiny_models
+from tiny_models import cache_tiny_features, tiny_models, write_tiny_corpus
 
 LABELS = ["sad", "neutral", "happy"]
 WORDS = {"sad": "this is awful and sad", "neutral": "it is a plain day",
@@ -47,29 +46,7 @@ def _tiny_corpus(root: Path) -> pd.DataFrame:
                              "arousal": arousal, "valence": 1.0 + 2 * (i % 3),
                              "dominance": 0.5 * arousal + 1, "duration": n / 16000,
                              "sample_rate": 16000, "corpus": "synthetic"})
-    df = pd.DataFrame(rows)
-    manifest.write(df, root / "manifest.csv")
-    manifest.write_corpus_info(root / "corpus", root / "corpus", name="synthetic",
-                               protocol={"name": "loso"})
-    return df
-
-
-def _tiny_features(root: Path, df: pd.DataFrame, speech: str, text: str) -> None:
-    """What the features stage caches: every state of the main encoders and one cut each."""
-    from mmser.encoders import SpeechEncoder, TextEncoder
-
-    waves = [load_audio(root / "corpus" / p).wave for p in df["path"]]
-    speech_keys, text_keys = {}, {}
-    for layers in (None, 1):
-        enc = SpeechEncoder(speech, layers)
-        digests = F.speech_features(F.FeatureCache(root / "features", enc.key), enc, waves)
-        speech_keys[layers] = enc.key
-    for layers in (None, 2):
-        enc = TextEncoder(text, layers)
-        F.text_features(F.FeatureCache(root / "features", enc.key), enc, sorted(set(df["text"])))
-        text_keys[layers] = enc.key
-    F.write_index(root / "features", df["utt_id"], digests,
-                  speech=F.cut_keys(speech_keys, None), text=F.cut_keys(text_keys, None))
+    return write_tiny_corpus(root, rows)
 
 
 def _tokenwise(root: Path, encoders: dict) -> dict:
@@ -121,7 +98,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     speech, text = tiny_models(root)
     df = _tiny_corpus(root)
-    _tiny_features(root, df, speech, text)
+    cache_tiny_features(root, df, speech, text)
     encoders = {"speech": speech, "speech_layers": None, "text": text, "text_layers": None}
     return {"root": root, "df": df, "encoders": encoders,
             "tokenwise": _tokenwise(root, encoders), "distil": _distil(root, encoders)}

@@ -13,15 +13,12 @@ import yaml
 
 from mmser import data as D
 from mmser import features as F
-from mmser import manifest
 from mmser import tokenwise as TW
 from mmser.config import Params, ParamsError, Training, merged
 from mmser.training import Task, fit
+from tiny_models import CLASSES, write_fake_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["angry", "happy", "neutral", "sad"]
-WORDS = {"angry": "this is outrageous", "happy": "what a lovely day",
-         "neutral": "the box is on the table", "sad": "I miss them so much"}
 SPEECH_DIM, TEXT_DIM = 8, 6  # different widths: W_k and W_v project speech to text width
 
 
@@ -32,24 +29,7 @@ def make_fixture(root: Path, n_per_speaker: int = 12, n_read: int = 12) -> Path:
     """A tiny prepared corpus (2 sessions x 2 speakers x 4 classes + read speech) and a
     feature store in the features stage's layout, with class-dependent fake speech states."""
     rng = np.random.default_rng(0)
-    rows = []
-    for s in range(4):
-        for i in range(n_per_speaker):
-            label = CLASSES[i % 4]
-            rows.append({"utt_id": f"u{s}_{i}", "path": "x.wav", "speaker": f"spk{s}",
-                         "session": f"S{s // 2 + 1}", "split": "labelled", "label": label,
-                         "text": f"{WORDS[label]} {i}", "asr_text": WORDS[label],
-                         "corpus": "synthetic", "duration": 1.0})
-    for i in range(n_read):
-        rows.append({"utt_id": f"r{i}", "path": "x.wav", "speaker": "spk9", "session": "R",
-                     "split": "read", "text": f"read sentence number {i}",
-                     "corpus": "synthetic"})
-    df = manifest.conform(pd.DataFrame(rows))
-    df["fold"] = [int(s[1]) - 1 if split == "labelled" else pd.NA
-                  for s, split in zip(df["session"], df["split"])]
-    manifest.write(df, root / "manifest.csv")
-    manifest.write_corpus_info(root / "corpus", root, name="synthetic",
-                               protocol={"name": "loso"})
+    df = write_fake_manifest(root, n_per_speaker, n_read, "read sentence number {}")
     feats = root / "features"
     centre = {c: rng.normal(size=SPEECH_DIM) for c in CLASSES}
     labels = df.set_index("utt_id")["label"]
