@@ -85,9 +85,10 @@ def _faster_whisper(model, waves: list[np.ndarray], progress: bool) -> list[str]
 
     texts = []
     for wave in tqdm(waves, desc="faster-whisper", unit="clip", disable=not progress):
-        # greedy, English, no VAD; no timestamps and no previous-text prompt, like `converted`
-        segments, _ = model.transcribe(wave, beam_size=1, language="en", vad_filter=False,
-                                       condition_on_previous_text=False,
+        # greedy, English, no VAD; no timestamps and no previous-text prompt, like `converted`;
+        # temperature 0 only: the default falls back to unseeded sampling on hard clips
+        segments, _ = model.transcribe(wave, beam_size=1, temperature=0.0, language="en",
+                                       vad_filter=False, condition_on_previous_text=False,
                                        without_timestamps=True)
         texts.append(" ".join(seg.text.strip() for seg in segments).strip())
     return texts
