@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmser.audio import SAMPLE_RATE, AudioError, load_audio
+from mmser.corpus.audio import SAMPLE_RATE, AudioError, load_audio
 
 
 def _tone(sr, seconds=0.5, channels=1):

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from mmser import clap as C
-from mmser import data as D
-from mmser import features as F
+from mmser.papers import clap as C
+from mmser.training import data as D
+from mmser.encode import features as F
 from mmser.config import Clap, Encoders, Params, ParamsError, Training
 from tiny_models import CLASSES, write_fake_manifest
 
@@ -254,7 +254,7 @@ def test_paper_architecture_trains_one_step_on_tiny_local_models(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel, HubertConfig, HubertModel
     from transformers import Wav2Vec2FeatureExtractor
 
-    from mmser.encoders import SpeechEncoder, TextEncoder, bundled_text_dir
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder, bundled_text_dir
 
     torch.manual_seed(0)
     hubert = HubertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

@@ -42,7 +42,7 @@ def test_cli_exit_code(tmp_path, capsys):
 
 
 def test_corpus_and_protocol_choices_match_the_code():
-    from mmser import corpora, protocols
+    from mmser.corpus import corpora, protocols
     from mmser.config import CORPORA, PROTOCOLS
 
     assert CORPORA - {"synthetic"} <= set(corpora.LOADERS)

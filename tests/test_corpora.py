@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from mmser import corpora, manifest
-from mmser.corpora import CorpusError, CorpusLayoutError
+from mmser.corpus import corpora, manifest
+from mmser.corpus.corpora import CorpusError, CorpusLayoutError
 
 SR = 16_000
 
@@ -334,7 +334,7 @@ def test_stereo_and_other_rates_are_recorded_in_the_manifest(tmp_path):
     import numpy as np
     import soundfile as sf
 
-    from mmser import corpora
+    from mmser.corpus import corpora
 
     (tmp_path / "a").mkdir()
     sf.write(tmp_path / "a/x.wav", np.zeros((4410, 2)), 44_100)
@@ -358,7 +358,7 @@ def build_librispeech(root: Path, n: int = 3) -> None:
 
 
 def test_cross_corpus_and_librispeech_join_one_manifest(tmp_path):
-    from mmser import protocols
+    from mmser.corpus import protocols
 
     build_iemocap(tmp_path / "iemocap")
     build_emodb(tmp_path / "emodb")

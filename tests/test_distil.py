@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from mmser import distil as M
-from mmser.audio import write_audio
+from mmser.papers import distil as M
+from mmser.corpus.audio import write_audio
 from mmser.config import Params, ParamsError
-from mmser.data import load_corpus
+from mmser.training.data import load_corpus
 from tiny_models import cache_tiny_features, tiny_models, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_ccc_loss_matches_hand_computation():
     ccc = M.ccc_per_dim(pred, target)
     torch.testing.assert_close(ccc, torch.tensor([6 / 7, 1.0]))
     torch.testing.assert_close(M.ccc_loss(pred, target), torch.tensor(1 - (6 / 7 + 1) / 2))
-    from mmser.metrics import ccc as metric_ccc
+    from mmser.report.metrics import ccc as metric_ccc
 
     assert abs(metric_ccc(target[:, 0], pred[:, 0]) - 6 / 7) < 1e-6
     # a constant shift keeps Pearson's r at 1 but lowers the CCC (the bias term)
@@ -101,7 +101,7 @@ def test_mean_max_pool_by_hand_and_padding_changes_nothing():
                           {"speech": 4, "text": 4}, 5, pool_norm=True).eval()
     a = {"speech": torch.randn(5, 4), "text": torch.randn(2, 4)}
     b = {"speech": torch.randn(9, 4), "text": torch.randn(6, 4)}
-    from mmser.data import collate
+    from mmser.training.data import collate
 
     alone = model(collate([a]))["pred"]
     batched = model(collate([a, b]))["pred"]
@@ -133,7 +133,7 @@ def test_frozen_branch_unchanged_by_a_training_step():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     assert not tuned.training  # no dropout in a frozen part
-    from mmser.data import collate
+    from mmser.training.data import collate
 
     batch = collate([{"speech": torch.randn(6, 4), "text": torch.randn(3, 4),
                       "target": torch.rand(3)} for _ in range(4)])
@@ -243,7 +243,7 @@ def test_top_layer_fine_tuning_trains_a_copy(tiny, tmp_path):
     before = [p.clone() for p in encoder.parameters()]
     task = builder.task(builder.model(system, 0, 0))
     items = builder.items(system)(cv_corpus.labelled.head(8))
-    from mmser.data import collate
+    from mmser.training.data import collate
 
     top_before = [p.clone() for p in task.model.branches["speech"].parameters()]
     opt = torch.optim.Adam(task.model.parameters(), lr=1e-2)
@@ -263,7 +263,7 @@ def test_paper_profile_validates_and_runs_a_step_on_tiny_hubert_and_bert(tiny, t
     from transformers import (AutoTokenizer, BertConfig, BertModel, HubertConfig, HubertModel,
                               Wav2Vec2FeatureExtractor)
 
-    from mmser.encoders import bundled_text_dir
+    from mmser.encode.encoders import bundled_text_dir
 
     from mmser.config import merged
 
@@ -301,7 +301,7 @@ def test_paper_profile_validates_and_runs_a_step_on_tiny_hubert_and_bert(tiny, t
     assert items[0]["speech"].shape[-1] == 32 and items[0]["text"].shape[-1] == 24
     encoder = builder.encoder(f"{hubert}@1", "speech")
     frozen = [p.clone() for p in encoder.parameters()]
-    from mmser.data import collate
+    from mmser.training.data import collate
 
     opt = task.configure_optimizers()
     loss = task.training_step(collate(items), 0)

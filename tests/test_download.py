@@ -1,4 +1,4 @@
-"""mmser.download on local fixtures: file:// URLs, a tiny HTTP server, archives built here."""
+"""mmser.corpus.download on local fixtures: file:// URLs, a tiny HTTP server, archives built here."""
 
 import dataclasses
 import hashlib
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmser import corpora
-from mmser import download as dl
-from mmser.download import (CORPORA, ChecksumError, DownloadError, IncompleteDownload,
+from mmser.corpus import corpora
+from mmser.corpus import download as dl
+from mmser.corpus.download import (CORPORA, ChecksumError, DownloadError, IncompleteDownload,
                             LicenceNotAccepted, NoPublishedChecksum, UnsafeArchiveError)
 
 DATA = bytes(range(256)) * 800  # 204,800 bytes

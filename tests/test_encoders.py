@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmser.encoders import ModelNotFoundError, SpeechEncoder, TextEncoder
+from mmser.encode.encoders import ModelNotFoundError, SpeechEncoder, TextEncoder
 
 
 def test_unknown_name_fails_at_once_and_says_how(monkeypatch):
@@ -21,7 +21,7 @@ def test_unknown_name_fails_at_once_and_says_how(monkeypatch):
 def test_local_bert_folder_loads_and_cuts(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from mmser.encoders import bundled_text_dir
+    from mmser.encode.encoders import bundled_text_dir
     from transformers import AutoTokenizer
 
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4,
@@ -71,7 +71,7 @@ def test_local_whisper_folder_uses_variable_length_path(tmp_path):
 
 
 def _top_matches_full(enc, states, mask, k):
-    from mmser.encoders import TopLayers
+    from mmser.encode.encoders import TopLayers
 
     top = TopLayers(enc, k)
     with torch.no_grad():

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmser import features as F
-from mmser.encoders import TextEncoder, encoder_key
+from mmser.encode import features as F
+from mmser.encode.encoders import TextEncoder, encoder_key
 
 
 class CountingEncoder:
@@ -90,7 +90,7 @@ def test_feature_store_reads_back_by_utterance_and_text(tmp_path):
     # metrics.json reports
     assert F.ENCODER_USE["cache_reads"] - used.get("cache_reads", 0) == 4
     assert F.ENCODER_USE["encoder_forwards"] == used.get("encoder_forwards", 0)
-    from mmser.results import write_metrics
+    from mmser.report.results import write_metrics
 
     written = write_metrics(tmp_path / "m.json", pd.DataFrame(
         {"system": ["s"], "seed": [0], "fold": [0], "n": [1], "UA": [0.5]}))

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mmser import data as D
-from mmser import lemer as LE
+from mmser.training import data as D
+from mmser.papers import lemer as LE
 from mmser.config import Lemer, Params, ParamsError, merged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +185,7 @@ def _sources(corpus, items, cfg):
 
 def _run(tmp_path, corpus, items, name="C1", seed=0):
     from mmser.config import Training
-    from mmser.training import cross_validate
+    from mmser.training.loop import cross_validate
 
     cfg = Lemer(n_units=8, speech_k=3, max_epochs=2, batch_size=8)
     sources = _sources(corpus, items, cfg)
@@ -228,14 +228,14 @@ def test_training_never_sees_the_test_fold_and_is_repeatable(tmp_path, monkeypat
 def test_frozen_parts_are_unchanged_by_a_training_step():
     from transformers import BertConfig, BertModel
 
-    from mmser.encoders import TopLayers
+    from mmser.encode.encoders import TopLayers
 
     class TinyText:  # what TopLayers needs of a TextEncoder
         pass
 
     config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=16)
-    from mmser.encoders import TextEncoder
+    from mmser.encode.encoders import TextEncoder
 
     enc = TextEncoder.__new__(TextEncoder)
     torch.nn.Module.__init__(enc)
@@ -277,7 +277,7 @@ def _tiny_wav2vec2(path):
 def _tiny_bert(path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from mmser.encoders import bundled_text_dir
+    from mmser.encode.encoders import bundled_text_dir
 
     BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2,
                          num_attention_heads=2, intermediate_size=32)).save_pretrained(path)
@@ -285,7 +285,7 @@ def _tiny_bert(path):
 
 
 def test_paper_profile_validates_and_trains_one_step(tmp_path):
-    from mmser.encoders import SpeechEncoder, TextEncoder, TopLayers
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder, TopLayers
 
     profile = yaml.safe_load((ROOT / "profiles/paper/lemer.yaml").read_text())
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -341,10 +341,10 @@ def test_paper_profile_validates_and_trains_one_step(tmp_path):
 def _tiny_project(tmp_path):
     """A tiny corpus (two sessions, dialogues, wav files) and a feature store: real MiniLM
     text states, random speech states."""
-    from mmser import features as F
-    from mmser import manifest
-    from mmser.audio import write_audio
-    from mmser.encoders import TextEncoder
+    from mmser.encode import features as F
+    from mmser.corpus import manifest
+    from mmser.corpus.audio import write_audio
+    from mmser.encode.encoders import TextEncoder
 
     words = {"angry": "furious mad", "happy": "glad joyful", "neutral": "table chair",
              "sad": "tears gloomy"}

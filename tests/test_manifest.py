@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from mmser import manifest
-from mmser.manifest import ManifestError
+from mmser.corpus import manifest
+from mmser.corpus.manifest import ManifestError
 
 
 def _df(paths):

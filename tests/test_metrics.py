@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from mmser.metrics import ccc, classification_report, mean_std
+from mmser.report.metrics import ccc, classification_report, mean_std
 
 
 def test_wa_and_ua_match_sklearn_where_they_differ():
@@ -32,7 +32,7 @@ def test_mean_std_uses_sample_std():
 
 
 def test_paired_bootstrap_interval_brackets_a_real_difference():
-    from mmser.metrics import paired_bootstrap
+    from mmser.report.metrics import paired_bootstrap
 
     rng = np.random.default_rng(0)
     y = rng.choice(["a", "b", "c"], 300)
@@ -47,7 +47,7 @@ def test_paired_bootstrap_interval_brackets_a_real_difference():
 def test_paired_bootstrap_scores_every_resample_as_scikit_learn_does():
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-    from mmser.metrics import _resampled
+    from mmser.report.metrics import _resampled
 
     rng = np.random.default_rng(3)
     y = rng.choice(["ang", "hap", "neu", "sad", "rare"], 60, p=[.3, .3, .2, .18, .02])

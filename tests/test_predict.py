@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from mmser import data as D
-from mmser import distil as M
-from mmser import features as F
+from mmser.training import data as D
+from mmser.papers import distil as M
+from mmser.encode import features as F
 from mmser import predict as PR
-from mmser import tokenwise as TW
-from mmser.audio import write_audio
+from mmser.papers import tokenwise as TW
+from mmser.corpus.audio import write_audio
 from mmser.config import Params
-from mmser.training import Task, fit
+from mmser.training.loop import Task, fit
 from tiny_models import cache_tiny_features, tiny_models, write_tiny_corpus
 
 LABELS = ["sad", "neutral", "happy"]

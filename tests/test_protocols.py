@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from mmser import manifest
-from mmser.protocols import (Fold, ProtocolError, TestFoldAccessError, assign_folds,
+from mmser.corpus import manifest
+from mmser.corpus.protocols import (Fold, ProtocolError, TestFoldAccessError, assign_folds,
                              fold_table, iter_folds, protocol_info, shared_labels)
 
 LABELS = ["angry", "happy", "neutral", "sad"]

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mmser import report as R
-from mmser.metrics import ccc
+from mmser.report import compare as R
+from mmser.report.metrics import ccc
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -131,7 +131,7 @@ def test_verdict_rejects_a_bad_direction():
 
 
 def test_comparison_on_synthetic_predictions(synthetic):
-    from mmser.results import fold_metrics, summary
+    from mmser.report.results import fold_metrics, summary
 
     stages = R.load_all(synthetic)
     comp = R.comparison(stages).set_index("paper")
@@ -182,7 +182,7 @@ def test_claims_on_synthetic_predictions(synthetic):
 
 
 def test_claims_use_the_projects_bootstrap(synthetic):
-    from mmser.results import bootstrap
+    from mmser.report.results import bootstrap
 
     stages = R.load_all(synthetic)
     row = R.claims(stages, n=150, seed=3).set_index("paper").loc["clap"]
@@ -233,7 +233,7 @@ def test_missing_stages_give_not_run_rows(tmp_path):
 
 
 def test_paper_numbers_come_from_the_paper_modules(synthetic):
-    from mmser import clap, lemer, vcemo_run
+    from mmser.papers import clap, lemer, vcemo as vcemo_run
 
     beside = R.paper_vs_ours(R.load_all(synthetic))
     cl = beside[(beside.paper == "clap") & (beside["our system"] == "full")].iloc[0]
@@ -253,7 +253,7 @@ def test_paper_numbers_come_from_the_paper_modules(synthetic):
 
 def _report_tables(results_root: Path, out: Path) -> Path:
     stages = R.load_all(results_root)
-    from mmser.results import write_table
+    from mmser.report.results import write_table
 
     write_table(R.comparison(stages), out / "tables" / "comparison")
     write_table(R.claims(stages, n=50), out / "tables" / "claims")
@@ -284,7 +284,7 @@ def test_the_readme_block_matches_the_committed_results():
         pytest.skip("results/report is absent (fresh clone before `dvc repro`): nothing to "
                     "compare README.md's results block with")
     assert R.readme_current(ROOT / "README.md") == R.readme_block(report_dir), (
-        "README.md's results block is stale: run `python -m mmser.report --readme`")
+        "README.md's results block is stale: run `python -m mmser.report.compare --readme`")
 
 
 def test_dvc_report_stage_and_plots():
@@ -292,7 +292,7 @@ def test_dvc_report_stage_and_plots():
     stage = spec["stages"]["report"]
     assert list(spec["stages"])[-1] == "report"
     assert "notebooks/report.ipynb reports/report.ipynb" in stage["cmd"]
-    assert "mmser.report --html" in stage["cmd"]
+    assert "mmser.report.compare --html" in stage["cmd"]
     for name in R.STAGES:
         assert f"results/{name}/metrics.json" in stage["deps"]
     outs = [next(iter(o)) if isinstance(o, dict) else o for s in spec["stages"].values()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mmser import bench
-from mmser import training as T
+from mmser.training import loop as T
 from mmser.config import Training
 
 QUIET = Training(progress=False, threads=1)

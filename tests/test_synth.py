@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from mmser import synth
-from mmser.manifest import COLUMNS
+from mmser.corpus import synth
+from mmser.corpus.manifest import COLUMNS
 
 SMALL = dict(n_speakers=4, n_sessions=2, n_labelled=24, n_read=8, workers=2, progress=False)
 

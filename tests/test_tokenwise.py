@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from mmser import data as D
-from mmser import features as F
-from mmser import tokenwise as TW
+from mmser.training import data as D
+from mmser.encode import features as F
+from mmser.papers import tokenwise as TW
 from mmser.config import Params, ParamsError, Training, merged
-from mmser.training import Task, fit
+from mmser.training.loop import Task, fit
 from tiny_models import CLASSES, write_fake_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,7 +246,7 @@ def test_training_never_sees_the_test_fold(fixture, monkeypatch):
 
 
 def test_same_seed_same_metrics_and_layer_chosen_on_validation(fixture, tmp_path):
-    from mmser import results
+    from mmser.report import results
 
     corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
     views = _views(corpus)
@@ -300,7 +300,7 @@ def test_paper_architecture_trains_one_step_on_tiny_local_models(tmp_path):
     from transformers import (AutoTokenizer, BertConfig, BertModel, WavLMConfig, WavLMModel,
                               Wav2Vec2FeatureExtractor, WhisperConfig, WhisperModel)
 
-    from mmser.encoders import SpeechEncoder, TextEncoder, bundled_text_dir
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder, bundled_text_dir
 
     torch.manual_seed(0)
     WhisperModel(WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1,

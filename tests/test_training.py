@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from mmser import data as D
-from mmser import results
-from mmser import training as T
+from mmser.training import data as D
+from mmser.report import results
+from mmser.training import loop as T
 from mmser.config import Training
-from mmser.protocols import TestFoldAccessError
+from mmser.corpus.protocols import TestFoldAccessError
 
 QUIET = Training(progress=False)
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mmser import data as D
-from mmser import features as FS
-from mmser import manifest, synth
-from mmser import vcemo as V
-from mmser import vcemo_run as R
+from mmser.training import data as D
+from mmser.encode import features as FS
+from mmser.corpus import manifest, synth
+from mmser.models import vcemo as V
+from mmser.papers import vcemo as R
 from mmser.config import Params, ParamsError, Training, Vcemo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +274,7 @@ def test_mandarin_corpus_learned_character_vectors(tmp_path):
 def test_paper_profile_validates_and_trains_one_step_on_a_tiny_local_bert(tmp_path):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from mmser.encoders import TextEncoder, bundled_text_dir
+    from mmser.encode.encoders import TextEncoder, bundled_text_dir
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     profile = yaml.safe_load((ROOT / "profiles/paper/vcemo.yaml").read_text())

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmser import asr
-from mmser import whisper as W
-from mmser.audio import load_audio
+from mmser.encode import asr
+from mmser.encode import whisper as W
+from mmser.corpus.audio import load_audio
 
 
 def _say(tmp_path, name, text, voice="en-us", speed=160):

@@ -12,7 +12,7 @@ def tiny_models(root: Path) -> tuple[str, str]:
     """A 2-layer Whisper encoder and a 3-layer BERT (32 wide), built locally."""
     from transformers import AutoTokenizer, BertConfig, BertModel, WhisperConfig, WhisperModel
 
-    from mmser.encoders import bundled_text_dir
+    from mmser.encode.encoders import bundled_text_dir
 
     torch.manual_seed(0)
     speech, text = root / "whisper", root / "bert"
@@ -31,7 +31,7 @@ def tiny_models(root: Path) -> tuple[str, str]:
 def write_tiny_corpus(root: Path, rows: list[dict]) -> pd.DataFrame:
     """The manifest and corpus card of a tiny labelled corpus under `root` (leave-one-
     session-out), as the prepare and transcribe stages leave them."""
-    from mmser import manifest
+    from mmser.corpus import manifest
 
     df = pd.DataFrame(rows)
     manifest.write(df, root / "manifest.csv")
@@ -43,9 +43,9 @@ def write_tiny_corpus(root: Path, rows: list[dict]) -> pd.DataFrame:
 def cache_tiny_features(root: Path, df: pd.DataFrame, speech: str, text: str) -> None:
     """What the features stage caches: every state of the main encoders and one cut each
     (1 speech layer, 2 text layers), for the reference and the ASR transcripts."""
-    from mmser import features as F
-    from mmser.audio import load_audio
-    from mmser.encoders import SpeechEncoder, TextEncoder
+    from mmser.encode import features as F
+    from mmser.corpus.audio import load_audio
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
     waves = [load_audio(root / "corpus" / p).wave for p in df["path"]]
     speech_keys, text_keys = {}, {}
@@ -71,7 +71,7 @@ def write_fake_manifest(root: Path, n_per_speaker: int, n_read: int,
                         read_text: str = "read sentence {}") -> pd.DataFrame:
     """The manifest of a tiny corpus without audio (2 sessions x 2 speakers x the 4 classes,
     plus `n_read` read-speech rows), for tests that fill the feature cache with fake states."""
-    from mmser import manifest
+    from mmser.corpus import manifest
 
     rows = []
     for s in range(4):

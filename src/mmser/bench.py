@@ -12,7 +12,7 @@ Prints, for whatever the last pipeline run left behind:
 - how the frozen encoders were used: live forward passes against cache reads, from the
   features stage's cache counts (`results/features/metrics.json`) and, where a stage
   records it, the "encoder_use" of `results/<stage>/metrics.json` ({"encoder_forwards":
-  n, "cache_reads": n}, written by `mmser.results.write_metrics`). Target: each frozen encoder runs once per distinct input.
+  n, "cache_reads": n}, written by `mmser.report.results.write_metrics`). Target: each frozen encoder runs once per distinct input.
 A benchmark, not a test: it prints figures and asserts nothing.
 """
 
@@ -43,7 +43,7 @@ def _clips(n: int, seconds: float = 3.0, seed: int = 0) -> list[np.ndarray]:
 
 def encoder_throughput(n: int = 16) -> dict[str, float]:
     """Utterances per second of the bundled Whisper encoder, padded vs variable length."""
-    from mmser.whisper import encode, load_bundled_whisper
+    from mmser.encode.whisper import encode, load_bundled_whisper
 
     encoder = load_bundled_whisper()[0].model.encoder
     clips = _clips(n)

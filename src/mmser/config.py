@@ -38,9 +38,9 @@ CHOICES = {
 @dataclass
 class Dataset:
     name: str = "synthetic"  # synthetic, or a real corpus under data/ (see README)
-    root: str = "src/mmser/synth_text.yaml"  # what the prepare stage reads
-    classes: int | None = 4  # synthetic: 4 or 6; real corpora: see mmser.corpora
-    protocol: str = "loso"  # how folds are made (mmser.protocols)
+    root: str = "src/mmser/corpus/synth_text.yaml"  # what the prepare stage reads
+    classes: int | None = 4  # synthetic: 4 or 6; real corpora: see mmser.corpus.corpora
+    protocol: str = "loso"  # how folds are made (mmser.corpus.protocols)
     max_lost_fraction: float = 0.05  # stop when more listed audio is missing or unreadable
     # cross-corpus (protocol cross_corpus): train on `name`, test on this corpus's shared labels
     test_corpus: str | None = None  # e.g. emodb
@@ -93,7 +93,7 @@ class Training:
     accelerator: str = "cpu"
     devices: int = 1
     precision: str = "32-true"  # paper profile on a GPU: bf16-mixed
-    strategy: str = "auto"  # more than one device: ddp (`python -m mmser.launch` processes)
+    strategy: str = "auto"  # more than one device: ddp (`python -m mmser.training.launch` processes)
     num_workers: int = 0  # DataLoader workers
     threads: int = 0  # torch intra-op threads per process; 0 = torch's default
     seeds: list = field(default_factory=lambda: [0])  # every seed is run; tables give mean ± std
@@ -103,7 +103,7 @@ class Training:
 @dataclass
 class Lemer:
     """LE-MER (label embeddings + label-guided cross-attention); tiny defaults for tests."""
-    systems: list = field(default_factory=lambda: [  # Table 1-3 rows to run (mmser.lemer)
+    systems: list = field(default_factory=lambda: [  # Table 1-3 rows to run (mmser.papers.lemer)
         "A1", "A2", "A3", "A4", "A5", "B1", "B3", "B4", "B5", "C1", "C2", "C3", "C4"])
     text_k: int = 9  # TF-IDF keywords per class for the text label embedding (paper: 9)
     speech_k: int = 8  # speech units per class for the tonal label embedding (paper: 100)
@@ -172,7 +172,7 @@ CHOICES.update({"clap.text_source": {"text", "asr_text"}, "clap.text_pool": {"me
 class Vcemo:
     """VCEMO (co-attention of log-mel CNN-LSTM, word embeddings and a BERT vector; SupCon
     on a MoCo queue); tiny defaults for tests, the default profile in params.yaml."""
-    systems: list = field(default_factory=lambda: [  # Table 1-2 rows (mmser.vcemo_run)
+    systems: list = field(default_factory=lambda: [  # Table 1-2 rows (mmser.papers.vcemo)
         "supcon", "ce", "yoon", "xu"])
     ablation: bool = True  # Table 3: all seven modality combinations (with SupCon)
     text_source: str = "text"  # text (reference) | asr_text (the paper transcribes its audio)
@@ -220,7 +220,7 @@ class Distil:
     """Audio-textual distilled models (distil stage). Tiny defaults, for tests; params.yaml
     holds the default profile, profiles/paper/distil.yaml the paper's. A source is
     `features:<cut>` (the features stage's cache) or an encoder name / HF id, `@<layers>`
-    keeping its first layers (see mmser.distil)."""
+    keeping its first layers (see mmser.papers.distil)."""
     profile: str = "default"  # printed beside every table
     # encoder size -> speech source; the paper's large/base/distilled (Table 1)
     sizes: dict = field(default_factory=lambda: {"base": "features:main",
@@ -264,7 +264,7 @@ CHOICES.update({"distil.profile": {"default", "paper", "tiny"},
 
 @dataclass
 class Tokenwise:
-    """Tokenwise contrastive pre-training (mmser.tokenwise); tiny defaults, for tests."""
+    """Tokenwise contrastive pre-training (mmser.papers.tokenwise); tiny defaults, for tests."""
     text_source: str = "text"  # transcripts B_s and the text baseline read: text | asr_text
     tau: float = 0.1  # temperature of s_ij (Sec. 3.4); the paper gives no value
     scale_attention: bool = False  # the paper's softmax(QK^T) has no 1/sqrt(d)
@@ -292,7 +292,7 @@ CHOICES.update({"tokenwise.text_source": {"text", "asr_text"}})
 
 @dataclass
 class Report:
-    """The report stage (mmser.report): the papers side by side, each claim put to the test."""
+    """The report stage (mmser.report.compare): the papers side by side, each claim put to the test."""
     stages: list = field(default_factory=lambda: [  # missing ones get a "not run" row
         "clap", "lemer", "distil", "vcemo", "tokenwise"])
     bootstrap_n: int = 200  # paired bootstrap resamples per claim (params.yaml: 1000)

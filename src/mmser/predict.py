@@ -15,9 +15,9 @@ stage's predictor gives arousal, valence and dominance on [0, 1].
 
 Here the encoder states are computed live with the project's encoders (each clip on its
 own length, no 30-s pad), rounded to float16 as the features cache stores them, batched
-by `mmser.data.collate` exactly as the stage's items are, and fed to the model. When no
+by `mmser.training.data.collate` exactly as the stage's items are, and fed to the model. When no
 text is given and the model reads text, the bundled Whisper tiny.en transcribes
-(`mmser.asr`). Clips must be 0.1 to 30 s long (cut longer recordings into segments).
+(`mmser.encode.asr`). Clips must be 0.1 to 30 s long (cut longer recordings into segments).
 
 Reported speed: real-time factor RTF = processing seconds / audio seconds (lower is
 faster; 0.33 = three times faster than real time), from reading the audio to the output,
@@ -131,7 +131,7 @@ def load_predictor(model_dir: str | Path = DEFAULT_MODEL) -> Predictor:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from mmser.encoders import SpeechEncoder, TextEncoder
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
     model_dir = Path(model_dir)
     spec = read_spec(model_dir)
@@ -143,7 +143,7 @@ def load_predictor(model_dir: str | Path = DEFAULT_MODEL) -> Predictor:
     except (SafetensorError, OSError, ValueError) as err:
         raise PredictorError(f"{weights}: corrupt weights ({err})") from err
     try:
-        model = importlib.import_module(f"mmser.{spec['stage']}").predictor_model(spec)
+        model = importlib.import_module(f"mmser.papers.{spec['stage']}").predictor_model(spec)
         model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise PredictorError(f"{weights}: does not fit {model_dir / SPEC} "
@@ -166,7 +166,7 @@ def predict_waves(predictor: Predictor, waves: Sequence[np.ndarray],
                   texts: Sequence[str] | None = None) -> np.ndarray:
     """Model outputs for 16-kHz mono clips (and their texts): class probabilities
     (n, classes) or dimensions on [0, 1] (n, dims). One batch: the caller chunks."""
-    from mmser import data as D
+    from mmser.training import data as D
 
     spec, n = predictor.spec, len(waves)
     if predictor.needs_text and (texts is None or len(texts) != n):
@@ -201,7 +201,7 @@ def audio_files(folder: str | Path) -> list[Path]:
 
 
 def _load(path: Path) -> np.ndarray:
-    from mmser.audio import load_audio
+    from mmser.corpus.audio import load_audio
 
     wave = load_audio(path).wave
     seconds = len(wave) / 16_000
@@ -257,7 +257,7 @@ def _run_chunk(predictor, chunk, paths, texts, rows, asr_backend) -> None:
         if predictor.needs_text:
             todo = [k for k, t in enumerate(given) if t is None]
             if todo:
-                from mmser.asr import transcribe_files
+                from mmser.encode.asr import transcribe_files
 
                 heard = transcribe_files([waves[k] for k in todo], backend=asr_backend,
                                          batch_size=len(todo), progress=False)
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # PredictorError, or an encoder the spec names is missing
         return fail(str(err), 2)
     if predictor.needs_text and args.text is None:
-        from mmser import asr
+        from mmser.encode import asr
 
         asr.load(args.asr_backend)  # load the ASR model now: the RTF leaves loading out
     loading = time.perf_counter() - t0

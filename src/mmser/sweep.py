@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmser.results import write_table
+from mmser.report.results import write_table
 
 REPORT_METRICS = "results/report/metrics.json"
 SEEDS_PARAM = "training.seeds"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmser.plots import _save, plt
+from mmser.report.plots import _save, plt
 
 
 def k_sweep(table: pd.DataFrame, path: str | Path, title: str = "") -> plt.Figure:

@@ -1,7 +1,7 @@
 """Loaders for real corpora: each reads a corpus in its release layout into the manifest.
 
 Every `load_<name>(root, classes)` returns `(manifest, summary)`. The manifest follows
-mmser.manifest (audio paths relative to `root`); the summary says how many rows were
+mmser.corpus.manifest (audio paths relative to `root`); the summary says how many rows were
 kept and, per reason, how many were dropped or noted, with a few example ids, so a
 reader can see what the label map and the files on disk removed.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
-from mmser.audio import SAMPLE_RATE
+from mmser.corpus.audio import SAMPLE_RATE
 
-from mmser.manifest import EXTRA_PREFIX, ManifestError, conform, validate
+from mmser.corpus.manifest import EXTRA_PREFIX, ManifestError, conform, validate
 
 FOUR = {"angry", "happy", "neutral", "sad"}
 LABELLED = "labelled"  # the split name of labelled emotion data (as in the default corpus)
@@ -136,7 +136,7 @@ def _with_audio(rows: list[dict], root: Path, summary: _Summary) -> list[dict]:
             continue
         else:
             row["duration"] = float(row["end"]) - float(row["start"])
-        # the original format, recorded: every stage reads mono 16 kHz (mmser.audio.load_audio)
+        # the original format, recorded: every stage reads mono 16 kHz (mmser.corpus.audio.load_audio)
         row["sample_rate"] = int(info.samplerate)
         row["x_channels"] = int(info.channels)
         row["x_resampled"] = int(info.samplerate) != SAMPLE_RATE

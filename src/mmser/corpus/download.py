@@ -1,11 +1,11 @@
-"""Fetch the freely downloadable corpora into data/ in the layout mmser.corpora reads.
+"""Fetch the freely downloadable corpora into data/ in the layout mmser.corpus.corpora reads.
 
-    python -m mmser.download --list
-    python -m mmser.download ravdess --accept-licence
+    python -m mmser.corpus.download --list
+    python -m mmser.corpus.download ravdess --accept-licence
 
 Each entry of `CORPORA` names its licence, its source, its size, the checksum its
 publisher (or a widely used loader) gives, and where it unpacks: folders are moved so
-that `mmser.corpora.load(entry.loader, dest_root / entry.root)` reads the result.
+that `mmser.corpus.corpora.load(entry.loader, dest_root / entry.root)` reads the result.
 Downloads resume (a `.part` file and an HTTP Range request), archives are checked before
 they are unpacked, and no member may land outside its folder. An entry without a
 published checksum is downloaded, its sha256 printed, and left packed until the command
@@ -39,7 +39,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from mmser import config, corpora
+from mmser import config
+from mmser.corpus import corpora
 
 USER_AGENT = "mmser-download/0.1 (Python urllib)"
 TIMEOUT = 60  # seconds without data before a connection counts as dropped
@@ -115,13 +116,13 @@ class LfsRepo:
 class Corpus:
     name: str  # the registry key
     title: str
-    loader: str  # the mmser.corpora loader, i.e. dataset.name
+    loader: str  # the mmser.corpus.corpora loader, i.e. dataset.name
     root: str  # folder under dest_root; dataset.root is dest_root/root
     licence: str
     licence_url: str
     homepage: str
     size: str  # what will be downloaded, in words
-    layout: str  # what mmser.corpora expects under the root
+    layout: str  # what mmser.corpus.corpora expects under the root
     check: str  # glob under the root that the unpacked corpus must match
     files: int | None  # how many files `check` matches in the full release
     archives: tuple[Archive, ...] = ()
@@ -461,7 +462,7 @@ def _fetch_archive(archive: Archive, dest: Path, corpus: str, verify: bool,
             f"{corpus}: no checksum is published for {archive.urls[0]}, so {path} cannot "
             f"be verified. It has\n  sha256 {digest}\nCompare it with a copy you trust, "
             f"then run again with --no-verify (download(..., verify=False)) to unpack it, "
-            f"or pin it as the checksum of this entry in mmser.download.CORPORA.")
+            f"or pin it as the checksum of this entry in mmser.corpus.download.CORPORA.")
     return path
 
 
@@ -542,7 +543,7 @@ def _check_layout(corpus: Corpus, root: Path) -> int:
     found = len(list(root.glob(corpus.check)))
     if not found:
         raise DownloadError(f"{root}: nothing matches '{corpus.check}' after unpacking, so "
-                            f"mmser.corpora cannot read it; found {_listing(root)}. "
+                            f"mmser.corpus.corpora cannot read it; found {_listing(root)}. "
                             f"Expected layout:\n{corpus.layout}")
     if corpus.files and found != corpus.files:
         print(f"note: {found} files match {corpus.check}; the full release has "
@@ -601,7 +602,7 @@ def next_steps(corpus: Corpus, dest_root: str | Path = "data") -> str:
     if corpus.loader not in config.CORPORA:
         lines += [f"  note: params.yaml does not accept dataset.name '{corpus.loader}' yet "
                   f"(allowed: {', '.join(sorted(config.CORPORA))}); meanwhile read it with "
-                  f"mmser.corpora.load('{corpus.loader}', '{root}')"]
+                  f"mmser.corpus.corpora.load('{corpus.loader}', '{root}')"]
     return "\n".join(lines)
 
 
@@ -617,8 +618,8 @@ def listing() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mmser.download",
-        description="Download a freely available corpus into the layout mmser.corpora reads.")
+        prog="python -m mmser.corpus.download",
+        description="Download a freely available corpus into the layout mmser.corpus.corpora reads.")
     parser.add_argument("name", nargs="?", help="corpus name (see --list)")
     parser.add_argument("--dest", default="data", help="root folder (default: data)")
     parser.add_argument("--accept-licence", action="store_true",

@@ -30,9 +30,9 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmser import data as D
-from mmser import protocols
-from mmser.features import FeatureStore
+from mmser.training import data as D
+from mmser.corpus import protocols
+from mmser.encode.features import FeatureStore
 
 # Table 3 of the paper: scores [%] on a random 70:20:10 split (speaker-dependent)
 PAPER_TABLE3 = pd.DataFrame([
@@ -108,7 +108,7 @@ class Aligner(nn.Module):
     """The trainable part of pre-training: cross-attention contextualisation + the loss.
 
     Batches hold `speech_seq` (S), `tokens_seq` (T), `teacher_seq` (B) and their masks
-    (`mmser.data.collate`). forward returns the loss and the real tokens' B and B_s (for the
+    (`mmser.training.data.collate`). forward returns the loss and the real tokens' B and B_s (for the
     1-NN validation score).
     """
 
@@ -418,10 +418,10 @@ def encode_speech(root: str | Path, df: pd.DataFrame, audio_root: str | Path, na
     """Every hidden state of another speech encoder (e.g. WavLM, a speech-only baseline of
     Table 3) for `df`'s utterances, in a FeatureStore of its own under `root`, cached like the
     features stage's cache: a second call encodes nothing."""
-    from mmser import features as Fe
-    from mmser import manifest
-    from mmser.audio import load_audio
-    from mmser.encoders import SpeechEncoder
+    from mmser.encode import features as Fe
+    from mmser.corpus import manifest
+    from mmser.corpus.audio import load_audio
+    from mmser.encode.encoders import SpeechEncoder
 
     encoder = SpeechEncoder(name)
     waves = [load_audio(p).wave for p in manifest.resolve_paths(df, audio_root)]
@@ -437,7 +437,7 @@ def token_strings(ids: Sequence[int], text_encoder: str) -> list[str]:
     """Word pieces of token ids, for the axis of the attention map."""
     from transformers import AutoTokenizer
 
-    from mmser.encoders import BUNDLED_TEXT, _from_pretrained, bundled_text_dir
+    from mmser.encode.encoders import BUNDLED_TEXT, _from_pretrained, bundled_text_dir
 
     source = str(bundled_text_dir()) if text_encoder == BUNDLED_TEXT else text_encoder
     return _from_pretrained(AutoTokenizer, source).convert_ids_to_tokens([int(i) for i in ids])
@@ -455,7 +455,7 @@ def table3(summaries: dict[str, pd.DataFrame], roles: dict[str, str],
     """Our F1 and UAR [%] (mean ± std over folds and seeds) per protocol, beside the paper's
     row for the same kind of features ("—" where the paper has none).
 
-    `summaries`: protocol label -> `mmser.results.summary` table; `roles`: system -> role
+    `summaries`: protocol label -> `mmser.report.results.summary` table; `roles`: system -> role
     (speech, wavlm, text, ours). F1 is macro-F1 (the paper does not say which F1).
     """
     rows = paper_rows(text_encoder)
@@ -494,7 +494,7 @@ class PredictorModel(nn.Module):
     """The exported "ours B_s" system on live encoder states (`mmser.predict`):
     B_s = cross-attention from the text embedding-layer tokens T (`tokens_seq`) to the
     speech frames S (`speech_seq`), mean and std over B_s's real tokens, the classifier.
-    forward(batch as `mmser.data.collate` pads it) -> {"logits"}."""
+    forward(batch as `mmser.training.data.collate` pads it) -> {"logits"}."""
 
     def __init__(self, speech_dim: int, text_dim: int, n_classes: int, hidden: int,
                  scale: bool = False):
@@ -558,7 +558,7 @@ def export_predictor(out_dir: str | Path, aligner: Aligner, trials: pd.DataFrame
         "stage": "tokenwise", "system": system, "kind": "classification",
         "classes": list(corpus.classes), "dimensions": [],
         # batch key -> the encoder states it reads: role, encoder and layer cut as in params
-        # `encoders`, the features cut name (mmser.features.cut_keys), and the hidden state
+        # `encoders`, the features cut name (mmser.encode.features.cut_keys), and the hidden state
         "inputs": {
             "speech_seq": {"role": "speech", "encoder": encoders.speech,
                            "layers": encoders.speech_layers, "cut": "main", "state": -1},

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mmser.metrics import classification_report, mean_std
+from mmser.report.metrics import classification_report, mean_std
 
 
 def leave_one_group_out(features: np.ndarray, labels: Sequence[str], groups: Sequence,

@@ -34,8 +34,8 @@ import yaml
 from scipy.signal import resample_poly
 from tqdm.auto import tqdm
 
-from mmser.audio import SAMPLE_RATE, write_audio
-from mmser.manifest import conform
+from mmser.corpus.audio import SAMPLE_RATE, write_audio
+from mmser.corpus.manifest import conform
 
 TEXT_FILE = Path(__file__).with_name("synth_text.yaml")
 EMOTIONS_4 = ("angry", "happy", "neutral", "sad")
@@ -348,7 +348,7 @@ def corpus_card(df: pd.DataFrame) -> str:
     return "\n".join([
         "# The synthesised default corpus",
         "",
-        f"Made with espeak-ng by `mmser.synth`, deterministically from the seed: "
+        f"Made with espeak-ng by `mmser.corpus.synth`, deterministically from the seed: "
         f"{df['speaker'].nunique()} espeak-ng voices as speakers in "
         f"{df['session'].nunique()} sessions, {len(lab)} labelled utterances "
         f"({', '.join(sorted(lab['label'].unique()))}) in {lab['dialog_id'].nunique()} "

@@ -1,11 +1,11 @@
-"""Multi-device training as processes: `python -m mmser.launch <job dir>`.
+"""Multi-device training as processes: `python -m mmser.training.launch <job dir>`.
 
 `training.fit` with more than one device (`training.devices`, or a DDP strategy) never
 runs DDP inside the calling process (a notebook kernel, a test runner: neither can be
 re-executed per device). It writes a job into `<out_dir>/launch/` and starts this module
 as a subprocess, which calls `fit` again; Lightning's own launcher then re-executes
-`python -m mmser.launch <job dir>` once per further device (`torchrun --nproc_per_node N
--m mmser.launch <job dir>` works the same, for several nodes). Process 0 writes
+`python -m mmser.training.launch <job dir>` once per further device (`torchrun --nproc_per_node N
+-m mmser.training.launch <job dir>` works the same, for several nodes). Process 0 writes
 `best.pt`, `history.csv` and `done.json` as a single-process run does; the caller reads
 them back and deletes the job.
 
@@ -54,12 +54,12 @@ def write_job(task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
 
 def launch(task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path, cfg,
            **options) -> None:
-    """Run `fit(task, train, val, out_dir, cfg, **options)` in `python -m mmser.launch`
+    """Run `fit(task, train, val, out_dir, cfg, **options)` in `python -m mmser.training.launch`
     processes and wait; their output is echoed here (a notebook shows it)."""
     job = write_job(task, train, val, out_dir, cfg, **options)
     paths = [p for p in sys.path if p] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(p for p in paths if p))}
-    command = [sys.executable, "-m", "mmser.launch", str(job)]
+    command = [sys.executable, "-m", "mmser.training.launch", str(job)]
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as process:
         for line in process.stdout:
@@ -72,7 +72,7 @@ def launch(task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path
 
 def run(job: str | Path) -> None:
     """Run the `fit` call written into `job` (in this process; DDP as configured)."""
-    from mmser import training
+    from mmser.training import loop as training
     from mmser.config import Training
 
     job = Path(job)
@@ -87,7 +87,7 @@ def run(job: str | Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print(f"usage: python -m mmser.launch <job dir>\n\n{__doc__}", file=sys.stderr)
+        print(f"usage: python -m mmser.training.launch <job dir>\n\n{__doc__}", file=sys.stderr)
         return 2
     run(argv[0])
     return 0

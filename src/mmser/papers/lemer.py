@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmser.config import Lemer
-from mmser.data import label_ids
-from mmser.encoders import Adapter
-from mmser.training import Task
+from mmser.training.data import label_ids
+from mmser.encode.encoders import Adapter
+from mmser.training.loop import Task
 
 # ------------------------------------------------------------------------------ systems
 
@@ -203,7 +203,7 @@ class QuantizerUnits:
     def __init__(self, name: str):
         from transformers import AutoFeatureExtractor, Wav2Vec2ForPreTraining
 
-        from mmser.encoders import _from_pretrained
+        from mmser.encode.encoders import _from_pretrained
 
         self.model = _from_pretrained(Wav2Vec2ForPreTraining, name).eval()
         self.extractor = _from_pretrained(AutoFeatureExtractor, name)
@@ -610,7 +610,7 @@ class TextStates:
     @property
     def encoder(self):
         if self._encoder is None:
-            from mmser.encoders import TextEncoder
+            from mmser.encode.encoders import TextEncoder
 
             self._encoder = TextEncoder(self.name, self.layers, max_length=self.max_length)
         return self._encoder
@@ -619,7 +619,7 @@ class TextStates:
         return len(self.encoder.tokenizer(text)["input_ids"])
 
     def __call__(self, texts: Sequence[str], layer: int | None = -1) -> list[torch.Tensor]:
-        from mmser.features import FeatureCache, text_features
+        from mmser.encode.features import FeatureCache, text_features
 
         cache = FeatureCache(self.root, f"{self.encoder.key}-max{self.max_length}")
         digests = text_features(cache, self.encoder, list(texts))

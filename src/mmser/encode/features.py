@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from mmser.audio import wave_digest
+from mmser.corpus.audio import wave_digest
 
 
 @dataclass

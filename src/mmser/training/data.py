@@ -1,7 +1,7 @@
 """What a paper stage trains on: the prepared corpus, its folds, and padded batches.
 
 `load_corpus` reads the manifest written by `prepare` and `transcribe` and the protocol
-recorded with it; `Corpus.folds` yields `mmser.protocols.Fold` objects whose test part
+recorded with it; `Corpus.folds` yields `mmser.corpus.protocols.Fold` objects whose test part
 opens only after the final choice is recorded. Batches are lists of per-utterance dicts
 padded by `collate`, so each paper builds its items from the feature cache in a few lines.
 """
@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mmser import manifest, protocols
+from mmser.corpus import manifest, protocols
 
 DIMENSIONS = ("arousal", "valence", "dominance")
 # rating scale of the dimensional labels; IEMOCAP and the synthesised corpus use 1-5

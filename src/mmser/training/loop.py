@@ -6,7 +6,7 @@ per dimension). `Task` wraps it: optimiser and schedule, validation score, loggi
 `fit` trains with checkpoint selection on the validation score only, resumes an
 interrupted run from its last checkpoint (exactly: the random states travel with it), and
 skips a run that already finished with the same fingerprint. More than one device
-(`training.devices`) trains with DDP in processes of `python -m mmser.launch`, never
+(`training.devices`) trains with DDP in processes of `python -m mmser.training.launch`, never
 inside the calling (notebook) process. `cross_validate` runs every fold and seed and
 records each choice with `Fold.select` before the fold's test part is opened.
 """
@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mmser import data as D
+from mmser.training import data as D
 from mmser.config import Training
-from mmser.metrics import ccc
+from mmser.report.metrics import ccc
 
-LAUNCHED = "MMSER_LAUNCHED"  # set by `python -m mmser.launch`: DDP may run in this process
+LAUNCHED = "MMSER_LAUNCHED"  # set by `python -m mmser.training.launch`: DDP may run in this process
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -268,7 +268,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     (best epoch and score, optimiser steps, training seconds). A run whose `done.json` and
     fingerprint match is not trained again; a different fingerprint (other parameters,
     data or code version) starts the run afresh. With more than one device the run goes
-    to `python -m mmser.launch` processes (DDP; `batch_size` is per device) and this
+    to `python -m mmser.training.launch` processes (DDP; `batch_size` is per device) and this
     process reads the result back.
     """
     cfg = cfg or Training()
@@ -287,7 +287,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     if (out_dir / DONE).is_file():
         return _finished(task, out_dir)
     if _multi_device(cfg) and not os.environ.get(LAUNCHED):
-        from mmser import launch
+        from mmser.training import launch
 
         launch.launch(task, train, val, out_dir, cfg, fingerprint=json.loads(stamp),
                       max_epochs=max_epochs, batch_size=batch_size, seed=seed,
@@ -375,7 +375,7 @@ def cross_validate(corpus: D.Corpus, make_items: Callable[[pd.DataFrame], list[d
     dicts with `label` (class index) or `target`. Checkpoints go to
     `out_dir/seed<s>/fold<k>/`. Returns one row per test utterance: utt_id, seed, fold,
     label, and `pred` plus `prob_<class>` (classification) or `true_<dim>` and `pred_<dim>`
-    (regression, on the [0, 1] scale of `mmser.data.dimensions`).
+    (regression, on the [0, 1] scale of `mmser.training.data.dimensions`).
     """
     cfg = cfg or Training()
     rows = []

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmser.features import ENCODER_USE
+from mmser.encode.features import ENCODER_USE
 
 BUNDLED_SPEECH = "whisper-tiny.en"
 BUNDLED_TEXT = "all-MiniLM-L6-v2"
@@ -75,7 +75,7 @@ class SpeechEncoder(nn.Module):
         super().__init__()
         self.name, self.key = name, encoder_key(name, layers)
         if name == BUNDLED_SPEECH:
-            from mmser.whisper import load_bundled_whisper
+            from mmser.encode.whisper import load_bundled_whisper
 
             import copy
 
@@ -109,7 +109,7 @@ class SpeechEncoder(nn.Module):
     def forward(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         ENCODER_USE["encoder_forwards"] += len(waves)
         if self.kind == "whisper":
-            from mmser.whisper import encode
+            from mmser.encode.whisper import encode
 
             states, lengths = encode(self.model, waves)
             return torch.stack(states), lengths

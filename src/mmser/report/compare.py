@@ -17,9 +17,9 @@ A stage that has not run (or lacks a system) gives a "not run" row, never an err
 
 Command line (after `dvc repro`, from the repository root)::
 
-    python -m mmser.report --html     # reports/*.ipynb -> reports/html/*.html (figures embedded)
-    python -m mmser.report --readme   # README.md's results block from results/report/tables
-    python -m mmser.report --check    # exit 1 when README.md's block is stale
+    python -m mmser.report.compare --html     # reports/*.ipynb -> reports/html/*.html (figures embedded)
+    python -m mmser.report.compare --readme   # README.md's results block from results/report/tables
+    python -m mmser.report.compare --check    # exit 1 when README.md's block is stale
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmser.metrics import ccc
+from mmser.report.metrics import ccc
 
 STAGES = ("clap", "lemer", "distil", "vcemo", "tokenwise")
 TITLES = {
@@ -185,8 +185,8 @@ def find_system(systems: Sequence[str], candidates: Sequence[str]) -> str | None
 
 
 def summarise(preds: pd.DataFrame) -> pd.DataFrame:
-    """mmser.results.summary of mmser.results.fold_metrics (mean ± std over folds, seeds)."""
-    from mmser.results import fold_metrics, summary
+    """mmser.report.results.summary of mmser.report.results.fold_metrics (mean ± std over folds, seeds)."""
+    from mmser.report.results import fold_metrics, summary
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a fold that misses a class
@@ -321,8 +321,8 @@ def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence
 
 def bootstrap_metric(preds: pd.DataFrame, a: str, b: str, metric: str = "UA", n: int = 1000,
                      seed: int = 0) -> dict[str, float]:
-    """mmser.results.bootstrap (WA/UA) over the pooled test utterances."""
-    from mmser.results import bootstrap
+    """mmser.report.results.bootstrap (WA/UA) over the pooled test utterances."""
+    from mmser.report.results import bootstrap
 
     out = bootstrap(preds, a, b, metric=metric, n=n, seed=seed)
     return {k: out[k] for k in ("diff", "low", "high")}
@@ -367,28 +367,28 @@ CLAIMS = (
 def paper_difference(key: str) -> str:
     """The paper's own difference for a claim, computed from its module's constants."""
     if key == "clap":
-        from mmser.clap import PAPER_TABLE1 as t
+        from mmser.papers.clap import PAPER_TABLE1 as t
 
         return (f"WA {t['full'] - t['none']:+.2f} points ({t['full']:.2f} vs {t['none']:.2f}, "
                 "IEMOCAP, Table 1)")
     if key == "lemer":
-        from mmser.lemer import PAPER as t
+        from mmser.papers.lemer import PAPER as t
 
         return (f"C1 − C4: UA {t['C1'][1] - t['C4'][1]:+.2f} points ({t['C1'][1]:.2f} vs "
                 f"{t['C4'][1]:.2f}, IEMOCAP, Table 3)")
     if key == "distil":
-        from mmser.distil import PAPER_TABLE1 as t
+        from mmser.papers.distil import PAPER_TABLE1 as t
 
         a, at = t[("A", "distilled")][2], t[("A+T", "distilled")][2]
         return (f"distilled, seen: valence {at[1] - a[1]:+.3f}, arousal {at[0] - a[0]:+.3f} CCC "
                 f"(gain difference {(at[1] - a[1]) - (at[0] - a[0]):+.3f}; MSP-Podcast, Table 1)")
     if key == "vcemo":
-        from mmser.vcemo_run import PAPER_IEMOCAP as t
+        from mmser.papers.vcemo import PAPER_IEMOCAP as t
 
         a, b = t["VCEMO (SupCon)"][1], t["VCEMO"][1]
         return f"UA {a - b:+.2f} points ({a:.2f} vs {b:.2f}, IEMOCAP, Table 2)"
     if key in ("tokenwise_vs_speech", "tokenwise_vs_text"):
-        from mmser.tokenwise import PAPER_TABLE3
+        from mmser.papers.tokenwise import PAPER_TABLE3
 
         t = PAPER_TABLE3[PAPER_TABLE3["dataset"] == "IEMOCAP"].set_index("features")["UAR"]
         other = "Whisper" if key == "tokenwise_vs_speech" else "BERT (Mono)"
@@ -467,20 +467,20 @@ def paper_numbers(stage: str, systems: Sequence[str] = ()) -> list[PaperNumber]:
     """The paper's numbers, from the constants of each paper module (not duplicated here)."""
     rows: list[PaperNumber] = []
     if stage == "clap":
-        from mmser import clap as C
+        from mmser.papers import clap as C
 
         setting = "IEMOCAP, 4 classes, 5-fold cross-validation (Table 1)"
         rows += [PaperNumber(stage, C.PAPER_NAMES[s], setting, "WA", v, s)
                  for s, v in C.PAPER_TABLE1.items()]
     elif stage == "lemer":
-        from mmser import lemer as L
+        from mmser.papers import lemer as L
 
         setting = "IEMOCAP, 4 classes (5,531 utterances), leave-one-session-out (Tables 1-3)"
         for s, (wa, ua) in L.PAPER.items():
             rows += [PaperNumber(stage, s, setting, "WA", wa, s),
                      PaperNumber(stage, s, setting, "UA", ua, s)]
     elif stage == "distil":
-        from mmser import distil as Di
+        from mmser.papers import distil as Di
 
         for (modality, size), (enc, _, seen, unseen) in Di.PAPER_TABLE1.items():
             for scenario, values in (("seen", seen), ("unseen", unseen)):
@@ -490,7 +490,7 @@ def paper_numbers(stage: str, systems: Sequence[str] = ()) -> list[PaperNumber]:
                         f"CCC_{dim}", v, f"{size} · {modality} · FT", f"scenario {scenario}",
                         percent=False))
     elif stage == "vcemo":
-        from mmser import vcemo_run as R
+        from mmser.papers import vcemo as R
 
         ie = "IEMOCAP, leave-one-session-out (Table 2)"
         vc = "VCEMO (Mandarin), 4 classes, random 8/1/1 split, speaker-dependent (Table 1)"
@@ -500,7 +500,7 @@ def paper_numbers(stage: str, systems: Sequence[str] = ()) -> list[PaperNumber]:
             rows += [PaperNumber(stage, s, vc, "WA", acc, s),
                      PaperNumber(stage, s, vc + "; paper F1 vs our macro-F1", "macro_F1", f1, s)]
     elif stage == "tokenwise":
-        from mmser import tokenwise as TW
+        from mmser.papers import tokenwise as TW
 
         text = find_system(systems, ["text *"]) or "text"
         kind = "Multi" if "multilingual" in text.lower() else "Mono"
@@ -580,7 +580,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path):
     """Bar chart of each stage's main system: UA (classifiers) and CCC (distil), ± std."""
     import matplotlib.pyplot as plt
 
-    from mmser.plots import _save
+    from mmser.report.plots import _save
 
     items = []
     for r in table.to_dict("records"):
@@ -605,7 +605,7 @@ def plot_claims(table: pd.DataFrame, path: str | Path):
     """Forest plot: each claim's measured difference and its 95% CI; the claimed side."""
     import matplotlib.pyplot as plt
 
-    from mmser.plots import _save
+    from mmser.report.plots import _save
 
     done = table[table["diff"].notna()] if "diff" in table else table.iloc[:0]
     fig, ax = plt.subplots(figsize=(7, 0.55 * max(len(done), 1) + 1.5))
@@ -668,7 +668,7 @@ def readme_block(report_dir: str | Path = "results/report") -> str:
     comp = comp[[c for c in COMPARISON_COLUMNS if c in comp.columns]]
     claim_table = claim_table[[c for c in CLAIM_COLUMNS if c in claim_table.columns]]
     lines = [README_START,
-             "<!-- generated by `python -m mmser.report --readme` from results/report/tables; "
+             "<!-- generated by `python -m mmser.report.compare --readme` from results/report/tables; "
              "do not edit by hand -->",
              "",
              "Each paper's main system on this repository's default run (mean ± std over folds "
@@ -734,7 +734,7 @@ def to_html(reports_dir: str | Path = "reports", out_dir: str | Path | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmser.report", description=__doc__.split(
+    parser = argparse.ArgumentParser(prog="python -m mmser.report.compare", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--html", action="store_true", help="reports/*.ipynb -> reports/html/")
     parser.add_argument("--readme", action="store_true",
@@ -762,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         changed = write_readme(args.readme_path, args.report_dir)
         print(f"{args.readme_path}: results block {'rewritten' if changed else 'up to date'}")
     if args.check and readme_current(args.readme_path) != readme_block(args.report_dir):
-        print(f"{args.readme_path}: results block is stale; run `python -m mmser.report "
+        print(f"{args.readme_path}: results block is stale; run `python -m mmser.report.compare "
               "--readme`", file=sys.stderr)
         return 1
     return 0

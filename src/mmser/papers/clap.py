@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmser import data as D
-from mmser import training as T
+from mmser.training import data as D
+from mmser.training import loop as T
 from mmser.config import Clap as ClapParams
 from mmser.config import Training
-from mmser.features import FeatureStore
+from mmser.encode.features import FeatureStore
 
 FRAMES_PER_SECOND = 50  # Whisper and HuBERT/wav2vec 2.0 encoders both emit 50 frames/s
 SYSTEMS = {  # Table 1 rows: system key -> (text cut used for pre-training, readable name)
@@ -186,7 +186,7 @@ def _text_states(store: FeatureStore, texts: list[str], role: str, p: ClapParams
         cut = "main" if role == "main" else p.small_text_layers
         n_layers = len(store.text(texts[:1], layer=None, cut=cut)[0]) - 1
         return store.text(texts, layer=_below_top(n_layers, p.text_top_layers), cut=cut)
-    from mmser.features import FeatureCache, text_features
+    from mmser.encode.features import FeatureCache, text_features
 
     encoder = _encoder("text", p.small_text, p.small_text_layers)
     cache = FeatureCache(cache_root, encoder.key)
@@ -246,7 +246,7 @@ class Bank:
 
 @functools.lru_cache(maxsize=4)
 def _encoder(role: str, name: str, layers: int | None):
-    from mmser.encoders import SpeechEncoder, TextEncoder
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
     return (SpeechEncoder if role == "speech" else TextEncoder)(name, layers)
 
@@ -255,7 +255,7 @@ def top_layers(role: str, name: str, layers: int | None, k: int) -> nn.Module | 
     """The top `k` layers of an encoder, initialised from its pretrained weights (k=0: none)."""
     if k == 0:
         return None
-    from mmser.encoders import TopLayers
+    from mmser.encode.encoders import TopLayers
 
     return TopLayers(_encoder(role, name, layers), k)
 
@@ -436,7 +436,7 @@ PAPER_NAMES = {"none": "Only HuBERT without pre-training",
 def beside_paper(summary: pd.DataFrame, paper: dict[str, float], metrics: Sequence[str],
                  paper_setting: str, ours_setting: str) -> pd.DataFrame:
     """Our mean ± std next to the paper's WA, one row per system, settings named."""
-    from mmser.results import formatted
+    from mmser.report.results import formatted
 
     table = formatted(summary, metrics)
     table.insert(1, "model", [SYSTEMS[s][1] for s in table["system"]])

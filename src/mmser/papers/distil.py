@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mmser import data as D
-from mmser import training as T
-from mmser.encoders import Adapter  # noqa: F401  (re-exported: M.Adapter)
-from mmser.features import FeatureStore
+from mmser.training import data as D
+from mmser.training import loop as T
+from mmser.encode.encoders import Adapter  # noqa: F401  (re-exported: M.Adapter)
+from mmser.encode.features import FeatureStore
 
 FEATURES = "features:"
 SCENARIOS = ("seen", "unseen")
@@ -60,7 +60,7 @@ PAPER_CORPUS = "MSP-Podcast v1.10, official partitions (test1 = seen, test2 = un
 
 def ccc_per_dim(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Lin's concordance correlation coefficient of each column (eq. 3), population moments
-    (as `mmser.metrics.ccc`): 2 cov / (var_y + var_p + (mu_y - mu_p)^2)."""
+    (as `mmser.report.metrics.ccc`): 2 cov / (var_y + var_p + (mu_y - mu_p)^2)."""
     mu_p, mu_y = pred.mean(0), target.mean(0)
     cov = ((pred - mu_p) * (target - mu_y)).mean(0)
     var_p, var_y = pred.var(0, unbiased=False), target.var(0, unbiased=False)
@@ -198,7 +198,7 @@ def load_encoder(spec: str, role: str, encoders):
     """The encoder behind a source (for its top layers and its parameter count). Cuts a
     copy: `SpeechEncoder(name, layers)` would cut the memoised bundled Whisper for every
     later user in the process."""
-    from mmser.encoders import SpeechEncoder, TextEncoder
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
     name, layers = encoder_of(spec, role, encoders)
     if role == "text":
@@ -215,10 +215,10 @@ def encode_own(corpus: D.Corpus, speech_specs: Sequence[str], text_specs: Sequen
                root: str | Path, batch_size: int = 8) -> None:
     """Cache the states of sources that are not `features:` cuts (the paper profile's
     several encoders) for the labelled utterances and both transcripts, once."""
-    from mmser import features as F
-    from mmser import manifest
-    from mmser.audio import load_audio
-    from mmser.encoders import TextEncoder
+    from mmser.encode import features as F
+    from mmser.corpus import manifest
+    from mmser.corpus.audio import load_audio
+    from mmser.encode.encoders import TextEncoder
 
     speech = [s for s in speech_specs if not s.startswith(FEATURES)]
     text = [s for s in text_specs if not s.startswith(FEATURES)]
@@ -355,7 +355,7 @@ class Builder:
         return 0 if k is None else n - k
 
     def tuned_branch(self, spec: str, role: str) -> nn.Module:
-        from mmser.encoders import TopLayers
+        from mmser.encode.encoders import TopLayers
 
         k = self._ft(role)
         if k == 0:
@@ -553,7 +553,7 @@ def layer_importance(builder: Builder, corpus: D.Corpus, size: str, training, *,
 
 def scenario_metrics(preds: pd.DataFrame) -> pd.DataFrame:
     """Per (system, scenario, seed, fold): CCC of each dimension."""
-    from mmser.results import fold_metrics
+    from mmser.report.results import fold_metrics
 
     parts = [fold_metrics(part).assign(scenario=sc)
              for sc, part in preds.groupby("scenario", sort=False)]
@@ -562,7 +562,7 @@ def scenario_metrics(preds: pd.DataFrame) -> pd.DataFrame:
 
 def summary_table(per_fold: pd.DataFrame) -> pd.DataFrame:
     """(system, scenario) -> mean and std over folds and seeds of CCC per dimension."""
-    from mmser.results import summary
+    from mmser.report.results import summary
 
     out = []
     for scenario, part in per_fold.groupby("scenario", sort=False):
@@ -649,9 +649,9 @@ def table2(summ: pd.DataFrame, reference: System, asr: System, wer: float,
 def bootstrap_ccc(preds: pd.DataFrame, system_a: str, system_b: str, dimension: str,
                   scenario: str, n: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap CI of CCC(a) - CCC(b) on one dimension over the pooled test
-    predictions of all folds and seeds (`mmser.metrics.paired_bootstrap` covers WA/UA
+    predictions of all folds and seeds (`mmser.report.metrics.paired_bootstrap` covers WA/UA
     only). Pooled CCC, so it differs slightly from the mean over folds."""
-    from mmser.metrics import ccc
+    from mmser.report.metrics import ccc
 
     part = preds[preds["scenario"] == scenario]
     a, b = (part[part["system"] == s].set_index(["seed", "fold", "utt_id"]).sort_index()
@@ -676,7 +676,7 @@ def bootstrap_ccc(preds: pd.DataFrame, system_a: str, system_b: str, dimension: 
 def plot_layer_weights(weights: pd.DataFrame, path: str | Path, title: str = ""):
     """Figure 2: normalised weight of each hidden state per dimension (mean ± std over
     folds and seeds); index 0 is the front end's output."""
-    from mmser.plots import _save, plt, sns
+    from mmser.report.plots import _save, plt, sns
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     sns.lineplot(data=weights, x="state", y="weight", hue="dimension", marker="o",
@@ -689,7 +689,7 @@ def plot_layer_weights(weights: pd.DataFrame, path: str | Path, title: str = "")
 
 def plot_valence_gain(gain: pd.DataFrame, path: str | Path, title: str = ""):
     """Figure 3: relative valence gain of audio+text over audio-only, ours and the paper's."""
-    from mmser.plots import _save, plt, sns
+    from mmser.report.plots import _save, plt, sns
 
     scenarios = [sc for sc in SCENARIOS if sc in set(gain["scenario"])]
     fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.4),
@@ -711,7 +711,7 @@ def write_json(path: str | Path, data: dict) -> None:
 def param_counts(builder: Builder, system: System, seed: int, fold: int) -> dict[str, int]:
     """Trainable parameters of a system as run, and its total: the encoders it uses (whole,
     as the paper counts them) plus the adapters and the head."""
-    from mmser.encoders import TopLayers
+    from mmser.encode.encoders import TopLayers
 
     model = builder.model(system, seed, fold)
     copies = sum(n_params(m) for m in model.modules() if isinstance(m, TopLayers))
@@ -725,7 +725,7 @@ def param_counts(builder: Builder, system: System, seed: int, fold: int) -> dict
 
 
 def _branch_spec(branch: nn.Module) -> dict:
-    from mmser.encoders import TopLayers
+    from mmser.encode.encoders import TopLayers
 
     frozen = isinstance(branch, Frozen)
     inner = branch.module if frozen else branch
@@ -742,7 +742,7 @@ def _branch_spec(branch: nn.Module) -> dict:
 def predictor_model(spec: dict) -> DistilModel:
     """An untrained `DistilModel` shaped as an exported spec says (weights load next).
     A `top` branch copies its encoder's top layers, so that encoder is loaded here."""
-    from mmser.encoders import SpeechEncoder, TextEncoder, TopLayers
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder, TopLayers
 
     a = spec["architecture"]
     branches = {}

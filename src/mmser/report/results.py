@@ -1,7 +1,7 @@
 """From per-utterance predictions to the numbers a stage reports.
 
 Every paper stage keeps a predictions table (one row per test utterance, fold and seed;
-see `mmser.training.cross_validate`) with a `system` column naming the model or ablation
+see `mmser.training.loop.cross_validate`) with a `system` column naming the model or ablation
 row. These functions turn it into per-fold metrics, mean ± std over folds and seeds,
 paired bootstrap intervals between systems, and tables in CSV and Markdown.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmser.data import DIMENSIONS
-from mmser.features import ENCODER_USE
-from mmser.metrics import ccc, classification_report, mean_std, paired_bootstrap
+from mmser.training.data import DIMENSIONS
+from mmser.encode.features import ENCODER_USE
+from mmser.report.metrics import ccc, classification_report, mean_std, paired_bootstrap
 
 CLASSIFICATION = ("WA", "UA", "macro_F1", "weighted_F1")
 

@@ -29,8 +29,8 @@ from scipy.signal import resample_poly
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmser.audio import SAMPLE_RATE, load_audio, wave_digest
-from mmser.features import FeatureCache
+from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest
+from mmser.encode.features import FeatureCache
 
 MODALITIES = ("acoustic", "words", "bert")
 SHORT = {"acoustic": "Acoustic", "words": "Embeddings", "bert": "BERT"}
@@ -180,8 +180,8 @@ def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence
                        batch_size: int = 32) -> Callable[[Sequence[str]], list[torch.Tensor]]:
     """Encode `texts` the features stage did not (e.g. the Mandarin variant) into our own
     cache; returns a lookup texts -> every hidden state (layers + 1, tokens, dim)."""
-    from mmser.encoders import TextEncoder
-    from mmser.features import text_digest, text_features
+    from mmser.encode.encoders import TextEncoder
+    from mmser.encode.features import text_digest, text_features
 
     encoder = TextEncoder(encoder_name)
     cache = FeatureCache(cache_dir, encoder.key)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmser.plots import _save, plt, sns
+from mmser.report.plots import _save, plt, sns
 
 
 def pretrain_curves(history: pd.DataFrame, path: str | Path, reference: float | None = None,

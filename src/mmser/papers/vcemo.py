@@ -1,6 +1,6 @@
 """The VCEMO stage's experiments: item building (cached log-mels, augmented training
 copies, word and sentence vectors), the systems of the paper's tables run with
-`mmser.training.cross_validate`, the paper's numbers, and the small Mandarin corpus."""
+`mmser.training.loop.cross_validate`, the paper's numbers, and the small Mandarin corpus."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import pandas as pd
 import torch
 import yaml
 
-from mmser import manifest, synth
-from mmser.audio import SAMPLE_RATE, write_audio
-from mmser import vcemo as V
+from mmser.corpus import manifest, synth
+from mmser.corpus.audio import SAMPLE_RATE, write_audio
+from mmser.models import vcemo as V
 from mmser.config import Training, Vcemo
-from mmser.data import Corpus, label_ids
-from mmser.training import Task, cross_validate, predict
+from mmser.training.data import Corpus, label_ids
+from mmser.training.loop import Task, cross_validate, predict
 
 CMN_TEXT = Path(__file__).with_name("vcemo_cmn.yaml")
 # espeak-ng's Mandarin voice with male/female variants, base pitch and rate (as synth.VOICES)
@@ -266,7 +266,7 @@ def synthesise_mandarin(out_dir: str | Path, *, seed: int, n_labelled: int = 96,
     """A small Mandarin variant of the default corpus (espeak-ng `cmn`, reference
     transcripts in Chinese characters, leave-one-session-out), written under `out_dir`
     with its manifest and corpus.json; returns it loaded. Deterministic from `seed`."""
-    from mmser.data import load_corpus
+    from mmser.training.data import load_corpus
 
     synth.require_espeak()
     if not 1 <= n_sessions <= n_speakers <= len(CMN_VOICES):

@@ -1,7 +1,7 @@
 """Speech recognition with the bundled Whisper tiny.en, and word error rate.
 
 Two back-ends run the same weights:
-- `converted`: our transformers port (mmser.whisper): batches of similar-length clips in a
+- `converted`: our transformers port (mmser.encode.whisper): batches of similar-length clips in a
   short common window (at least 8 s instead of 30 s), batched greedy decoding; the default.
 - `faster-whisper`: the reference implementation (CTranslate2, int8, greedy, no VAD),
   which always encodes a 30-s window, one clip at a time.
@@ -19,7 +19,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
-from mmser.audio import load_audio
+from mmser.corpus.audio import load_audio
 
 BACKENDS = ("converted", "faster-whisper")
 
@@ -38,7 +38,7 @@ def transcribe_files(items: Sequence, backend: str = "converted",
     waves = _waves(items)
     key = None if model_dir is None else str(model_dir)
     if backend == "converted":
-        from mmser.whisper import transcribe
+        from mmser.encode.whisper import transcribe
 
         model, tokenizer = _converted(key)
         return transcribe(model, tokenizer, waves, batch_size=batch_size, progress=progress)
@@ -56,7 +56,7 @@ def load(backend: str, model_dir: str | Path | None = None) -> None:
 
 @functools.lru_cache(maxsize=2)
 def _converted(model_dir: str | None):
-    from mmser import whisper
+    from mmser.encode import whisper
 
     if model_dir is None:
         return whisper.load_bundled_whisper()
@@ -64,7 +64,7 @@ def _converted(model_dir: str | None):
         return whisper.convert_ct2_to_hf(model_dir), whisper.load_tokenizer(model_dir)
     from transformers import AutoTokenizer, WhisperForConditionalGeneration
 
-    from mmser.encoders import _from_pretrained
+    from mmser.encode.encoders import _from_pretrained
 
     return (_from_pretrained(WhisperForConditionalGeneration, model_dir).eval(),
             _from_pretrained(AutoTokenizer, model_dir))
@@ -74,7 +74,7 @@ def _converted(model_dir: str | None):
 def _faster_whisper_model(model_dir: str | None):
     from faster_whisper import WhisperModel
 
-    from mmser.whisper import bundled_whisper_dir
+    from mmser.encode.whisper import bundled_whisper_dir
 
     return WhisperModel(model_dir or str(bundled_whisper_dir()), device="cpu",
                         compute_type="int8", cpu_threads=2)

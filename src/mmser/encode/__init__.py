@@ -1,0 +1,1 @@
+"""Transcribe -> features: Whisper ASR, the frozen encoders, and the feature store."""
