@@ -71,9 +71,9 @@ def test_local_whisper_folder_uses_variable_length_path(tmp_path):
 
 
 def _top_matches_full(enc, states, mask, k):
-    from mmser.encode.encoders import TopLayers
+    from mmser.encode.encoders import top_layers
 
-    top = TopLayers(enc, k)
+    top = top_layers(enc, k)
     with torch.no_grad():
         out = top(states[top.input_layer], mask)
     for i in range(states.shape[1]):

@@ -191,7 +191,7 @@ def _run(tmp_path, corpus, items, name="C1", seed=0):
     sources = _sources(corpus, items, cfg)
     system = LE.SYSTEMS[name]
     dims = LE.Encoders(8, 8)
-    make = lambda rows: LE.make_task(LE.build_model(system, rows, sources, dims, cfg), cfg)  # noqa
+    make = lambda fold, seed: LE.make_task(LE.build_model(system, fold.train(), sources, dims, cfg), cfg)  # noqa
     return cross_validate(corpus, LE.make_items(items, LE.item_keys(system)), make,
                           tmp_path / name, Training(progress=False), seeds=[seed],
                           max_epochs=cfg.max_epochs, batch_size=cfg.batch_size), sources
@@ -228,10 +228,7 @@ def test_training_never_sees_the_test_fold_and_is_repeatable(tmp_path, monkeypat
 def test_frozen_parts_are_unchanged_by_a_training_step():
     from transformers import BertConfig, BertModel
 
-    from mmser.encode.encoders import TopLayers
-
-    class TinyText:  # what TopLayers needs of a TextEncoder
-        pass
+    from mmser.encode.encoders import top_layers
 
     config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=16)
@@ -242,7 +239,7 @@ def test_frozen_parts_are_unchanged_by_a_training_step():
     enc.model, enc.name = BertModel(config).eval(), "tiny"
     before = {k: v.clone() for k, v in enc.model.state_dict().items()}
     cfg = Lemer(text_top_layers=1)
-    top = TopLayers(enc, 1)
+    top = top_layers(enc, 1)
     model = LE.Unimodal("text", LE.Branch(torch.randn(4, 8), top, top_lr=cfg.text_lr), 8, 4, 0.2)
     task = LE.make_task(model, cfg)
     lrs = sorted(g["lr"] for g in task.param_groups)
@@ -285,7 +282,7 @@ def _tiny_bert(path):
 
 
 def test_paper_profile_validates_and_trains_one_step(tmp_path):
-    from mmser.encode.encoders import SpeechEncoder, TextEncoder, TopLayers
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder, top_layers
 
     profile = yaml.safe_load((ROOT / "profiles/paper/lemer.yaml").read_text())
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -316,8 +313,8 @@ def test_paper_profile_validates_and_trains_one_step(tmp_path):
     sources = LE.LabelSources(CLASSES, dict(zip(rows.utt_id, rows.text)), None,
                               lambda words: [s[-1] for s in text(words)[0].unbind(1)], cfg,
                               units=units, waves=lambda u: [waves["abcd".index(x)] for x in u])
-    dims = LE.Encoders(16, 16, lambda: TopLayers(text, cfg.text_top_layers),
-                       lambda: TopLayers(speech, cfg.speech_top_layers), units.projection)
+    dims = LE.Encoders(16, 16, lambda: top_layers(text, cfg.text_top_layers),
+                       lambda: top_layers(speech, cfg.speech_top_layers), units.projection)
     model = LE.build_model(LE.SYSTEMS["C1"], rows, sources, dims, cfg)
     assert isinstance(model.speech.proj, torch.nn.Linear) and model.speech.label.shape == (4, 6)
     items = [{"text": ht[0, i, : int(mask[i].sum())], "speech": hs[0, i, : int(n)], "label": i}

@@ -86,7 +86,7 @@ def test_label_ids_reject_unknown_labels_and_dimensions_scale():
 def test_cross_validate_selects_before_testing_and_reruns_from_disk(tmp_path):
     corpus = _corpus()
     make_items = _make_items(corpus, _features(corpus))
-    preds = T.cross_validate(corpus, make_items, lambda rows: T.Task(MeanPool(), lr=0.05),
+    preds = T.cross_validate(corpus, make_items, lambda fold, seed: T.Task(MeanPool(), lr=0.05),
                              tmp_path, QUIET, max_epochs=4, batch_size=16,
                              fingerprint={"v": 1})
     assert sorted(preds["fold"].unique()) == [0, 1, 2, 3]
@@ -100,7 +100,7 @@ def test_cross_validate_selects_before_testing_and_reruns_from_disk(tmp_path):
     history = pd.read_csv(run / "history.csv")
     assert chosen == int(history.loc[history["val_score"].idxmax(), "epoch"])
     # a finished run with the same fingerprint is read back, not trained again
-    again = T.cross_validate(corpus, make_items, lambda rows: T.Task(MeanPool(), lr=0.05),
+    again = T.cross_validate(corpus, make_items, lambda fold, seed: T.Task(MeanPool(), lr=0.05),
                              tmp_path, QUIET, max_epochs=4, batch_size=16,
                              fingerprint={"v": 1})
     pd.testing.assert_frame_equal(preds, again)
@@ -109,13 +109,13 @@ def test_cross_validate_selects_before_testing_and_reruns_from_disk(tmp_path):
 def test_same_seed_same_predictions_and_changed_fingerprint_retrains(tmp_path):
     corpus = _corpus()
     make_items = _make_items(corpus, _features(corpus))
-    runs = [T.cross_validate(corpus, make_items, lambda rows: T.Task(MeanPool(), lr=0.05),
+    runs = [T.cross_validate(corpus, make_items, lambda fold, seed: T.Task(MeanPool(), lr=0.05),
                              tmp_path / name, QUIET, max_epochs=2, batch_size=16)
             for name in ("a", "b")]
     np.testing.assert_allclose(runs[0].filter(like="prob_"), runs[1].filter(like="prob_"))
     stamp = tmp_path / "a" / "seed0" / "fold0" / "fingerprint.json"
     (tmp_path / "a" / "seed0" / "fold0" / "marker").write_text("stale")
-    T.cross_validate(corpus, make_items, lambda rows: T.Task(MeanPool(), lr=0.05),
+    T.cross_validate(corpus, make_items, lambda fold, seed: T.Task(MeanPool(), lr=0.05),
                      tmp_path / "a", QUIET, max_epochs=2, batch_size=16,
                      fingerprint={"lr": 0.05})
     assert not (tmp_path / "a" / "seed0" / "fold0" / "marker").exists()
@@ -127,8 +127,8 @@ def test_training_never_sees_the_test_fold(tmp_path):
     seen = []
     base = _make_items(corpus, _features(corpus))
 
-    def make_task(train_rows):
-        seen.append(set(train_rows["session"]))
+    def make_task(fold, seed):
+        seen.append(set(fold.train()["session"]))
         return T.Task(MeanPool(), lr=0.05)
 
     preds = T.cross_validate(corpus, base, make_task, tmp_path, QUIET, max_epochs=1,

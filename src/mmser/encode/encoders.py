@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmser.encode.features import ENCODER_USE
+from mmser.models.layers import TopLayers
 
 BUNDLED_SPEECH = "whisper-tiny.en"
 BUNDLED_TEXT = "all-MiniLM-L6-v2"
@@ -163,58 +164,20 @@ class TextEncoder(nn.Module):
         return torch.stack(out.hidden_states), batch["attention_mask"], batch["input_ids"]
 
 
-class Adapter(nn.Module):
-    """Residual bottleneck adapter (Houlsby et al. style) on an encoder's cached states: the CPU
-    stand-in for fine-tuning the encoder (distil, lemer). The output
-    projection starts at zero, so training starts from the pretrained features."""
-
-    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.1):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, bottleneck), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(bottleneck, dim))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
-
-
-class TopLayers(nn.Module):
-    """The last `k` transformer layers of an encoder, as a trainable module on cached states.
-
-    Partial fine-tuning without running the frozen part again: feed it hidden state
-    `n_layers - k` from the feature cache (`FeatureStore.speech(..., layer=n - k)`) and it
-    returns what the whole encoder returns at its last layer (with Whisper's final layer
-    norm, or a stable-layer-norm wav2vec 2.0's), so training the top layers equals
-    fine-tuning them while the layers below stay frozen.
-    forward(hidden (batch, length, dim), mask (batch, length) bool, True = real) -> same shape.
-    """
-
-    def __init__(self, encoder: SpeechEncoder | TextEncoder, k: int):
-        super().__init__()
-        import copy
-
-        if not 1 <= k <= encoder.n_layers:
-            raise ValueError(f"{encoder.name}: cannot train the top {k} of "
-                             f"{encoder.n_layers} layers")
-        self.k, self.input_layer = k, encoder.n_layers - k
-        if isinstance(encoder, TextEncoder):
-            self.kind, layers, norm = "bert", encoder.model.encoder.layer, None
-        elif encoder.kind == "whisper":
-            self.kind, layers, norm = "whisper", encoder.model.layers, encoder.model.layer_norm
-        else:
-            inner = encoder.model.encoder
-            self.kind, layers = "ssl", inner.layers
-            norm = inner.layer_norm if getattr(encoder.model.config, "do_stable_layer_norm",
-                                               False) else None
-        self.layers = copy.deepcopy(nn.ModuleList(list(layers)[-k:]))
-        self.norm = copy.deepcopy(norm) if norm is not None else nn.Identity()
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # additive attention mask (batch, 1, query, key), the form these layers take
-        additive = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
-        additive = additive.masked_fill(~mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
-        for layer in self.layers:
-            out = layer(hidden, additive)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return self.norm(hidden)
+def top_layers(encoder: SpeechEncoder | TextEncoder, k: int) -> TopLayers:
+    """The last `k` transformer layers of `encoder` (copies) as a trainable `TopLayers`, with
+    the final layer norm the encoder applies after them (Whisper's; a stable-layer-norm
+    wav2vec 2.0's)."""
+    if not 1 <= k <= encoder.n_layers:
+        raise ValueError(f"{encoder.name}: cannot train the top {k} of "
+                         f"{encoder.n_layers} layers")
+    if isinstance(encoder, TextEncoder):
+        layers, norm = encoder.model.encoder.layer, None
+    elif encoder.kind == "whisper":
+        layers, norm = encoder.model.layers, encoder.model.layer_norm
+    else:
+        inner = encoder.model.encoder
+        layers = inner.layers
+        norm = inner.layer_norm if getattr(encoder.model.config, "do_stable_layer_norm",
+                                           False) else None
+    return TopLayers(list(layers)[-k:], norm, encoder.n_layers - k)

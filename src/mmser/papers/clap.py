@@ -30,6 +30,7 @@ from mmser.training import data as D
 from mmser.training import loop as T
 from mmser.config import Clap as ClapParams
 from mmser.config import Training
+from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureStore
 
 FRAMES_PER_SECOND = 50  # Whisper and HuBERT/wav2vec 2.0 encoders both emit 50 frames/s
@@ -255,9 +256,9 @@ def top_layers(role: str, name: str, layers: int | None, k: int) -> nn.Module | 
     """The top `k` layers of an encoder, initialised from its pretrained weights (k=0: none)."""
     if k == 0:
         return None
-    from mmser.encode.encoders import TopLayers
+    from mmser.encode.encoders import top_layers as build
 
-    return TopLayers(_encoder(role, name, layers), k)
+    return build(_encoder(role, name, layers), k)
 
 
 def speech_side(p: ClapParams, encoders, dim: int) -> Side:
@@ -358,12 +359,12 @@ class Runner:
     def task(self, model: nn.Module) -> T.Task:
         return make_task(model, self.p, "classification")
 
-    def __call__(self, train_rows: pd.DataFrame) -> T.Task:
+    def __call__(self, fold: Fold, seed: int) -> T.Task:
         model = self.build()
         role = SYSTEMS[self.system][0]
         if role is not None:
+            train_rows = fold.train()
             pool = train_rows if self.read is None else pd.concat([train_rows, self.read])
-            seed = int(torch.initial_seed())  # cross_validate seeded this fold
             run = self.out_dir / "pretrain" / self.system / f"seed{seed}-{rows_digest(pool)}"
             clap, result, scores = pretrain(self.bank, pool, role, self.p, self.encoders,
                                             self.cfg, run, seed, self.fingerprint)

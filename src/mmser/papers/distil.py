@@ -29,7 +29,7 @@ from torch import nn
 
 from mmser.training import data as D
 from mmser.training import loop as T
-from mmser.encode.encoders import Adapter  # noqa: F401  (re-exported: M.Adapter)
+from mmser.models.layers import Adapter, TopLayers
 from mmser.encode.features import FeatureStore
 
 FEATURES = "features:"
@@ -355,13 +355,13 @@ class Builder:
         return 0 if k is None else n - k
 
     def tuned_branch(self, spec: str, role: str) -> nn.Module:
-        from mmser.encode.encoders import TopLayers
+        from mmser.encode.encoders import top_layers
 
         k = self._ft(role)
         if k == 0:
             return Adapter(self.dim(spec, role), self.cfg.adapter_dim, self.cfg.dropout)
         encoder = self.encoder(spec, role)
-        return TopLayers(encoder, encoder.n_layers if k is None else k)
+        return top_layers(encoder, encoder.n_layers if k is None else k)
 
     def dim(self, spec: str, role: str) -> int:
         key = self._first if role == "speech" else self._first_text
@@ -424,24 +424,6 @@ class Builder:
                 "utterances": len(self.corpus.labelled), "version": 1}
 
 
-class FoldOrder:
-    """`cross_validate` hands `make_task` only the training rows; this replays its (seed,
-    fold) order and checks the rows match, so that a task can use its fold's checkpoint
-    (FT=>FRZ loads the audio-only FT encoder of the same fold)."""
-
-    def __init__(self, corpus: D.Corpus, seeds: Sequence[int]):
-        self._queue = [(s, f.index, frozenset(f.train()["utt_id"]))
-                       for s in seeds for f in corpus.folds(seed=s)]
-
-    def make_task(self, build: Callable[[int, int], T.Task]) -> Callable:
-        def make(train_rows: pd.DataFrame) -> T.Task:
-            seed, fold, ids = self._queue.pop(0)
-            if ids != frozenset(train_rows["utt_id"]):
-                raise RuntimeError("cross_validate's fold order changed; FoldOrder is stale")
-            return build(seed, fold)
-        return make
-
-
 def seen_split(labelled: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
     """About `fraction` of each speaker's utterances, held back from every fold's training
     and validation: the seen-scenario test set (speakers heard in training, utterances
@@ -471,12 +453,11 @@ def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.Data
     `scenario`. With `official` partitions test1 is seen and test2 unseen; otherwise the
     held-out fold is unseen and `seen` rows of the fold's training speakers are seen."""
     seeds = list(training.seeds)
-    order = FoldOrder(corpus, seeds)
     make_items = builder.items(system)
     out_dir = builder.run_dir / system.slug
     preds = T.cross_validate(
-        corpus, make_items, order.make_task(lambda s, f: builder.task(builder.model(system, s, f))),
-        out_dir, training, seeds=seeds, fingerprint=builder.fingerprint(system),
+        corpus, make_items,
+        lambda fold, seed: builder.task(builder.model(system, seed, fold.index)), out_dir, training, seeds=seeds, fingerprint=builder.fingerprint(system),
         max_epochs=max_epochs, batch_size=batch_size, patience=patience, bucket_by="speech")
     if corpus.protocol == "official":
         tests = sorted(corpus.labelled.loc[corpus.labelled["fold"] >= 0, "split"].unique())
@@ -502,7 +483,7 @@ def _seen_predictions(builder: Builder, system: System, corpus: D.Corpus, seen: 
             task = builder.task(builder.model(system, seed, fold.index))
             best = out_dir / f"seed{seed}" / f"fold{fold.index}" / T.BEST
             task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
-            rows.append(T._predictions(task, part, make_items(part), corpus, seed, fold.index))
+            rows.append(T.predictions(task, part, make_items(part), corpus, seed, fold.index))
     return pd.concat(rows, ignore_index=True).assign(scenario="seen") if rows else pd.DataFrame()
 
 
@@ -711,8 +692,6 @@ def write_json(path: str | Path, data: dict) -> None:
 def param_counts(builder: Builder, system: System, seed: int, fold: int) -> dict[str, int]:
     """Trainable parameters of a system as run, and its total: the encoders it uses (whole,
     as the paper counts them) plus the adapters and the head."""
-    from mmser.encode.encoders import TopLayers
-
     model = builder.model(system, seed, fold)
     copies = sum(n_params(m) for m in model.modules() if isinstance(m, TopLayers))
     total = n_params(builder.encoder(builder.speech_spec(system.size), "speech"))
@@ -725,8 +704,6 @@ def param_counts(builder: Builder, system: System, seed: int, fold: int) -> dict
 
 
 def _branch_spec(branch: nn.Module) -> dict:
-    from mmser.encode.encoders import TopLayers
-
     frozen = isinstance(branch, Frozen)
     inner = branch.module if frozen else branch
     if inner is None:
@@ -742,7 +719,7 @@ def _branch_spec(branch: nn.Module) -> dict:
 def predictor_model(spec: dict) -> DistilModel:
     """An untrained `DistilModel` shaped as an exported spec says (weights load next).
     A `top` branch copies its encoder's top layers, so that encoder is loaded here."""
-    from mmser.encode.encoders import SpeechEncoder, TextEncoder, TopLayers
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder, top_layers
 
     a = spec["architecture"]
     branches = {}
@@ -754,7 +731,7 @@ def predictor_model(spec: dict) -> DistilModel:
         elif b["kind"] == "top":
             source = spec["inputs"][name]
             kind = SpeechEncoder if source["role"] == "speech" else TextEncoder
-            inner = TopLayers(kind(source["encoder"], source["layers"]), int(b["k"]))
+            inner = top_layers(kind(source["encoder"], source["layers"]), int(b["k"]))
         else:
             raise ValueError(f"unknown branch kind {b['kind']!r}")
         branches[name] = Frozen(inner) if b["frozen"] else inner

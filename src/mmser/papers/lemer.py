@@ -28,7 +28,7 @@ from torch import nn
 
 from mmser.config import Lemer
 from mmser.training.data import label_ids
-from mmser.encode.encoders import Adapter
+from mmser.models.layers import Adapter
 from mmser.training.loop import Task
 
 # ------------------------------------------------------------------------------ systems

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import contextmanager
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
-from tqdm.auto import tqdm
 
-from mmser.training import data as D
 from mmser.corpus import protocols
+from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureStore
+from mmser.training import data as D
+from mmser.training import loop as T
 
 # Table 3 of the paper: scores [%] on a random 70:20:10 split (speaker-dependent)
 PAPER_TABLE3 = pd.DataFrame([
@@ -344,56 +345,59 @@ def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence
     labelled = corpus.labelled.reset_index(drop=True)
     position = pd.Series(np.arange(len(labelled)), index=labelled["utt_id"])
     y = D.label_ids(labelled["label"].tolist(), corpus.classes)
-    preds, tried = [], []
-    n_folds = None
-    for seed in seeds:
-        folds = list(corpus.folds(seed=seed, val_fraction=val_fraction))
-        n_folds = len(folds)
-        bar = tqdm(total=len(folds) * len(systems), desc=f"{corpus.protocol} seed {seed}")
-        for fold in folds:
-            train = position[fold.train()["utt_id"]].to_numpy(copy=True)
-            val = position[fold.val()["utt_id"]].to_numpy(copy=True)
-            if len(val) == 0:
-                raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}) has no "
-                                 f"validation utterances; raise tokenwise.val_fraction "
-                                 f"(now {val_fraction})")
-            empty = [corpus.classes[c] for c in range(len(corpus.classes))
-                     if not (y[train] == c).any()]
-            if empty:
-                raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}): no "
-                                 f"training utterance of class(es) {empty}")
-            chosen = {}
-            for system in systems:
-                best, trials = choose(system, views, train, val, y, len(corpus.classes),
-                                      epochs=epochs, patience=patience, hidden=hidden,
-                                      seed=seed)
-                chosen[system.name] = best
-                tried += [{"protocol": corpus.protocol_label, "system": system.name,
-                           "seed": seed, "fold": fold.index,
-                           "search": "view" if i < len(system.views) else "grid",
-                           **t.params, "val_UAR": t.score, "epoch": t.epoch}
-                          for i, t in enumerate(trials)]
-                bar.update()
-            fold.select(**{name: {**t.params, "val_UAR": t.score, "epoch": t.epoch}
-                           for name, t in chosen.items()})
-            test = fold.test()
-            rows = position[test["utt_id"]].to_numpy(copy=True)
-            for name, trial in chosen.items():
-                if out_dir is not None:
-                    path = Path(out_dir) / f"seed{seed}" / f"fold{fold.index}" / f"{name}.pt"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    torch.save(trial.model.state_dict(), path)
-                with torch.no_grad():
-                    pred = trial.model(views[trial.params["view"]][rows]).argmax(-1)
-                preds.append(pd.DataFrame({
-                    "system": name, "utt_id": test["utt_id"].to_numpy(), "seed": seed,
-                    "fold": fold.index, "label": test["label"].to_numpy(),
-                    "pred": [corpus.classes[i] for i in pred.tolist()],
-                    "view": trial.params["view"]}))
-        bar.close()
-    if n_folds is None:
-        raise ValueError("no seeds given")
-    return pd.concat(preds, ignore_index=True), pd.DataFrame(tried)
+    tried = []
+
+    def train_fold(fold: Fold, seed: int) -> tuple[dict, Callable]:
+        train = position[fold.train()["utt_id"]].to_numpy(copy=True)
+        val = position[fold.val()["utt_id"]].to_numpy(copy=True)
+        if len(val) == 0:
+            raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}) has no "
+                             f"validation utterances; raise tokenwise.val_fraction "
+                             f"(now {val_fraction})")
+        empty = [corpus.classes[c] for c in range(len(corpus.classes))
+                 if not (y[train] == c).any()]
+        if empty:
+            raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}): no "
+                             f"training utterance of class(es) {empty}")
+        chosen = {}
+        for system in systems:
+            best, trials = choose(system, views, train, val, y, len(corpus.classes),
+                                  epochs=epochs, patience=patience, hidden=hidden, seed=seed)
+            chosen[system.name] = best
+            tried.extend({"protocol": corpus.protocol_label, "system": system.name,
+                          "seed": seed, "fold": fold.index,
+                          "search": "view" if i < len(system.views) else "grid",
+                          **t.params, "val_UAR": t.score, "epoch": t.epoch}
+                         for i, t in enumerate(trials))
+        choice = {name: {**t.params, "val_UAR": t.score, "epoch": t.epoch}
+                  for name, t in chosen.items()}
+        return choice, lambda test: _test_predictions(chosen, test, views, position, corpus,
+                                                      seed, fold.index, out_dir)
+
+    preds = T.fold_loop(corpus, train_fold, seeds=seeds, val_fraction=val_fraction,
+                        desc=f"{corpus.protocol} folds")
+    return preds, pd.DataFrame(tried)
+
+
+def _test_predictions(chosen: dict[str, Trial], test: pd.DataFrame,
+                      views: dict[str, torch.Tensor], position: pd.Series, corpus: D.Corpus,
+                      seed: int, fold: int, out_dir: str | Path | None) -> pd.DataFrame:
+    """Each system's chosen classifier on a fold's test rows (saved first, with out_dir)."""
+    rows = position[test["utt_id"]].to_numpy(copy=True)
+    preds = []
+    for name, trial in chosen.items():
+        if out_dir is not None:
+            path = Path(out_dir) / f"seed{seed}" / f"fold{fold}" / f"{name}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(trial.model.state_dict(), path)
+        with torch.no_grad():
+            pred = trial.model(views[trial.params["view"]][rows]).argmax(-1)
+        preds.append(pd.DataFrame({
+            "system": name, "utt_id": test["utt_id"].to_numpy(), "seed": seed, "fold": fold,
+            "label": test["label"].to_numpy(),
+            "pred": [corpus.classes[i] for i in pred.tolist()],
+            "view": trial.params["view"]}))
+    return pd.concat(preds, ignore_index=True)
 
 
 def check_protocols(protocols: Sequence[str]) -> None:

@@ -4,6 +4,7 @@ copies, word and sentence vectors), the systems of the paper's tables run with
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ import yaml
 
 from mmser.corpus import manifest, synth
 from mmser.corpus.audio import SAMPLE_RATE, write_audio
+from mmser.corpus.protocols import Fold
 from mmser.models import vcemo as V
 from mmser.config import Training, Vcemo
 from mmser.training.data import Corpus, label_ids
@@ -92,8 +94,8 @@ class Experiment:
     """One corpus's inputs, built once, and the systems trained on its folds.
 
     Log-mels (clean and `n_augment` augmented views of every clip) come from a cache;
-    `items(rows)` adds the augmented views only for the rows that `make_task` was last
-    given as training rows, so validation and test items are always clean.
+    `items(rows, augment=True)` adds the augmented views (the training part of a fold);
+    validation and test items are always clean.
     """
 
     def __init__(self, corpus: Corpus, text_states: Callable[[Sequence[str]], list],
@@ -124,13 +126,11 @@ class Experiment:
         self.sent = {t: V.sentence_vector(s[-1], cfg.sentence_pool) for t, s in states.items()}
         self.word_dim = next(iter(self.words.values())).shape[-1]
         self.vocab: dict[str, int] | None = None
-        self._train_ids: frozenset = frozenset()
 
     # -------------------------------------------------------------------- items
 
-    def items(self, rows: pd.DataFrame) -> list[dict]:
+    def items(self, rows: pd.DataFrame, augment: bool = False) -> list[dict]:
         cfg = self.cfg
-        augment = frozenset(rows["utt_id"]) == self._train_ids
         labels = label_ids(rows["label"].tolist(), self.corpus.classes)
         out = []
         for (utt, text), label in zip(rows[["utt_id", cfg.text_source]].itertuples(
@@ -161,11 +161,10 @@ class Experiment:
                             cfg.temperature, cfg.proj_dim, cfg.queue_size, cfg.momentum,
                             cfg.dropout)
 
-    def make_task(self, spec: System) -> Callable[[pd.DataFrame], Task]:
-        def make(train_rows: pd.DataFrame) -> Task:
-            self._train_ids = frozenset(train_rows["utt_id"])
+    def make_task(self, spec: System) -> Callable[[Fold, int], Task]:
+        def make(fold: Fold, seed: int) -> Task:
             if self.cfg.word_vectors == "learned":
-                self.vocab = V.build_vocab(train_rows[self.cfg.text_source].tolist(),
+                self.vocab = V.build_vocab(fold.train()[self.cfg.text_source].tolist(),
                                            self.cfg.segmenter)
             return Task(self.model(spec), kind="classification", lr=self.cfg.lr,
                         weight_decay=self.cfg.weight_decay, optimizer="adam")
@@ -180,6 +179,7 @@ class Experiment:
         """Every fold and seed of one system; predictions with a `system` column."""
         preds = cross_validate(self.corpus, self.items, self.make_task(spec),
                                Path(out_dir) / spec.key, training, seeds=seeds,
+                               train_items=functools.partial(self.items, augment=True),
                                fingerprint=self.fingerprint(spec),
                                max_epochs=self.cfg.max_epochs, batch_size=self.cfg.batch_size,
                                patience=self.cfg.patience, bucket_by="mel")
@@ -192,7 +192,7 @@ class Experiment:
         for fold in self.corpus.folds(seed=seed):
             if fold.index != fold_index:
                 continue
-            task = self.make_task(spec)(fold.train())
+            task = self.make_task(spec)(fold, seed)
             best = Path(out_dir) / spec.key / f"seed{seed}" / f"fold{fold.index}" / "best.pt"
             task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
             fold.select(checkpoint=str(best))

@@ -17,6 +17,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,9 +31,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mmser.training import data as D
 from mmser.config import Training
+from mmser.corpus.protocols import Fold
+from mmser.progress import progress
 from mmser.report.metrics import ccc
+from mmser.training import data as D
 
 LAUNCHED = "MMSER_LAUNCHED"  # set by `python -m mmser.training.launch`: DDP may run in this process
 
@@ -287,9 +291,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     if (out_dir / DONE).is_file():
         return _finished(task, out_dir)
     if _multi_device(cfg) and not os.environ.get(LAUNCHED):
-        from mmser.training import launch
-
-        launch.launch(task, train, val, out_dir, cfg, fingerprint=json.loads(stamp),
+        launch(task, train, val, out_dir, cfg, fingerprint=json.loads(stamp),
                       max_epochs=max_epochs, batch_size=batch_size, seed=seed,
                       patience=patience, bucket_by=bucket_by)
         return _finished(task, out_dir)
@@ -337,6 +339,44 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     return _finished(task, out_dir)
 
 
+# ------------------------------------------------------------------ multi-device jobs
+
+JOB = "launch"  # the job folder under a run's out_dir
+
+
+def write_job(task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path, cfg,
+              **options) -> Path:
+    """Write a `fit` call into `<out_dir>/launch/`; returns that folder."""
+    job = Path(out_dir).resolve() / JOB
+    if job.exists():
+        shutil.rmtree(job)
+    job.mkdir(parents=True)
+    torch.save({"train": list(train), "val": list(val)}, job / "items.pt")
+    torch.save(task, job / "task.pt")
+    (job / "options.json").write_text(json.dumps(
+        {"out_dir": str(Path(out_dir).resolve()), "cfg": asdict(cfg), **options},
+        indent=1, default=str))
+    return job
+
+
+def launch(task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path, cfg,
+           **options) -> None:
+    """Run `fit(task, train, val, out_dir, cfg, **options)` in `python -m mmser.training.launch`
+    processes and wait; their output is echoed here (a notebook shows it)."""
+    job = write_job(task, train, val, out_dir, cfg, **options)
+    paths = [p for p in sys.path if p] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(p for p in paths if p))}
+    command = [sys.executable, "-m", "mmser.training.launch", str(job)]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (exit status {process.returncode}); "
+                           f"its output is above, the job stays in {job}")
+    shutil.rmtree(job)
+
+
 def _finished(task: Task, out_dir: Path) -> FitResult:
     task.load_state_dict(torch.load(out_dir / BEST, map_location="cpu", weights_only=True))
     task.eval()
@@ -362,40 +402,64 @@ def predict(task: Task | nn.Module, items: Sequence[dict], batch_size: int = 32,
 # ----------------------------------------------------------------------- cross-validation
 
 
-def cross_validate(corpus: D.Corpus, make_items: Callable[[pd.DataFrame], list[dict]],
-                   make_task: Callable[[pd.DataFrame], Task], out_dir: str | Path,
-                   cfg: Training | None = None, *, seeds: Sequence[int] = (0,),
-                   fingerprint: dict | None = None, val_fraction: float = 0.1,
-                   **fit_options) -> pd.DataFrame:
-    """Every fold and seed: train on the fold's train part, choose on its validation part,
-    record the choice, then predict its test part.
-
-    `make_task(train_rows)` builds a fresh task (it may fit things on the training rows,
-    such as label embeddings); `make_items(rows)` turns manifest rows into per-utterance
-    dicts with `label` (class index) or `target`. Checkpoints go to
-    `out_dir/seed<s>/fold<k>/`. Returns one row per test utterance: utt_id, seed, fold,
-    label, and `pred` plus `prob_<class>` (classification) or `true_<dim>` and `pred_<dim>`
-    (regression, on the [0, 1] scale of `mmser.training.data.dimensions`).
-    """
-    cfg = cfg or Training()
+def fold_loop(corpus: D.Corpus, train_fold: Callable[[Fold, int], tuple[dict, Callable]],
+              *, seeds: Sequence[int] = (0,), val_fraction: float = 0.1,
+              desc: str = "folds") -> pd.DataFrame:
+    """The one fold loop of every paper stage: for each seed and fold,
+    `train_fold(fold, seed)` trains and chooses on the fold's training and validation parts
+    and returns `(choice, predict)`; the choice is recorded with `Fold.select` before the
+    test part is opened, then `predict(test_rows)` gives the fold's prediction rows.
+    Each fold starts from `seed_everything(seed)`. Returns the rows of every fold."""
+    if not seeds:
+        raise ValueError("no seeds given")
+    runs = [(seed, fold) for seed in seeds
+            for fold in corpus.folds(seed=seed, val_fraction=val_fraction)]
     rows = []
-    for seed in seeds:
-        for fold in corpus.folds(seed=seed, val_fraction=val_fraction):
-            seed_everything(seed)
-            train_rows = fold.train()
-            task = make_task(train_rows)
-            result = fit(task, make_items(train_rows), make_items(fold.val()),
-                         Path(out_dir) / f"seed{seed}" / f"fold{fold.index}", cfg, seed=seed,
-                         fingerprint={**(fingerprint or {}), "seed": seed, "fold": fold.index},
-                         **fit_options)
-            fold.select(checkpoint=result.best_path, epoch=result.best_epoch,
-                        val_score=result.best_score)
-            test = fold.test().reset_index(drop=True)
-            rows.append(_predictions(task, test, make_items(test), corpus, seed, fold.index))
+    for seed, fold in progress(runs, desc=desc, unit="fold"):
+        seed_everything(seed)
+        choice, predict_test = train_fold(fold, seed)
+        fold.select(**choice)
+        rows.append(predict_test(fold.test().reset_index(drop=True)))
     return pd.concat(rows, ignore_index=True)
 
 
-def _predictions(task: Task, test: pd.DataFrame, items: list[dict], corpus: D.Corpus,
+def cross_validate(corpus: D.Corpus, make_items: Callable[[pd.DataFrame], list[dict]],
+                   make_task: Callable[[Fold, int], Task], out_dir: str | Path,
+                   cfg: Training | None = None, *, seeds: Sequence[int] = (0,),
+                   fingerprint: dict | None = None, val_fraction: float = 0.1,
+                   train_items: Callable[[pd.DataFrame], list[dict]] | None = None,
+                   **fit_options) -> pd.DataFrame:
+    """`fold_loop` with one Lightning task per fold: train on the fold's train part, choose
+    the epoch on its validation part, record the choice, then predict its test part.
+
+    `make_task(fold, seed)` builds a fresh task (it may fit things on `fold.train()`, such
+    as label embeddings or a vocabulary, or load the fold's checkpoint of another system);
+    `make_items(rows)` turns manifest rows into per-utterance dicts with `label` (class
+    index) or `target`; `train_items` (default `make_items`) builds the training part's
+    items (e.g. with augmented copies). Checkpoints go to `out_dir/seed<s>/fold<k>/`.
+    Returns one row per test utterance: utt_id, seed, fold, label, and `pred` plus
+    `prob_<class>` (classification) or `true_<dim>` and `pred_<dim>` (regression, on the
+    [0, 1] scale of `mmser.training.data.dimensions`).
+    """
+    cfg = cfg or Training()
+    train_items = train_items or make_items
+
+    def train_fold(fold: Fold, seed: int) -> tuple[dict, Callable]:
+        task = make_task(fold, seed)
+        result = fit(task, train_items(fold.train()), make_items(fold.val()),
+                     Path(out_dir) / f"seed{seed}" / f"fold{fold.index}", cfg, seed=seed,
+                     fingerprint={**(fingerprint or {}), "seed": seed, "fold": fold.index},
+                     **fit_options)
+        choice = dict(checkpoint=result.best_path, epoch=result.best_epoch,
+                      val_score=result.best_score)
+        return choice, lambda test: predictions(task, test, make_items(test), corpus, seed,
+                                                 fold.index)
+
+    return fold_loop(corpus, train_fold, seeds=seeds, val_fraction=val_fraction,
+                     desc=f"{Path(out_dir).name} folds")
+
+
+def predictions(task: Task, test: pd.DataFrame, items: list[dict], corpus: D.Corpus,
                  seed: int, fold: int) -> pd.DataFrame:
     out = predict(task, items)
     table = pd.DataFrame({"utt_id": test["utt_id"], "seed": seed, "fold": fold,
