@@ -97,6 +97,24 @@ def test_every_stage_wrote_its_results(project):
     assert "results/features/metrics.json" in shown
 
 
+NOISE = ("Warning", "warn(", "Traceback", "ipywidgets", "it/s]", "s/it]", "%|", "LitLogger",
+         "GPU available")
+
+
+def test_reports_read_clean(project):
+    """Executed notebooks are read by people: no library warning, traceback or progress
+    bar in any cell output (progress and warnings go to the stage's log)."""
+    for stage in STAGES:
+        report = json.loads((project / f"reports/{stage}.ipynb").read_text())
+        for cell in report["cells"]:
+            for output in cell.get("outputs", []):
+                assert output.get("name") != "stderr", (stage, output.get("text", "")[:300])
+                assert "application/vnd.jupyter.widget-view+json" not in output.get("data", {})
+                text = json.dumps(output)
+                noisy = [n for n in NOISE if n in text]
+                assert not noisy, (stage, noisy, text[:300])
+
+
 def test_the_exported_default_model_predicts_a_clip(project):
     clip = next((project / "interim/corpus").rglob("*.wav"))
     done = _run([sys.executable, "-m", "mmser.predict", str(clip), "--text", "I am so happy",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +27,13 @@ from mmser.corpus.audio import SAMPLE_RATE
 from mmser.corpus.manifest import EXTRA_PREFIX, ManifestError, conform, validate
 
 FOUR = {"angry", "happy", "neutral", "sad"}
+
+
+def _all_and_four(every: dict[str, str]) -> dict:
+    """`classes` -> label map: None or the corpus's own count keep every emotion; 4 keeps
+    the four shared ones (cross-corpus)."""
+    return {None: every, len(set(every.values())): every,
+            4: {k: v for k, v in every.items() if v in FOUR}}
 LABELLED = "labelled"  # the split name of labelled emotion data (as in the default corpus)
 EXAMPLES = 5  # example ids kept per summary reason
 MISSING, UNREADABLE = "missing audio", "unreadable audio"
@@ -229,14 +237,22 @@ def _iemocap_transcripts(path: Path) -> dict[str, str]:
     return out
 
 
+def _open(root: Path, classes: int | None, name: str, layout: str, maps: dict,
+          folders: str, described: str) -> tuple[Path, dict, list[Path], _Summary]:
+    """A corpus of one folder per session or speaker: (root, label map, the folders
+    matching `folders`, its summary); no such folder is a layout error."""
+    root = _check_root(root, layout)
+    labels = _label_map(maps, classes, name)
+    found = sorted(p for p in root.glob(folders) if p.is_dir())
+    if not found:
+        raise _layout_error(root, f"no {described} folders", layout)
+    return root, labels, found, _Summary(name, root, classes)
+
+
 def load_iemocap(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
     """IEMOCAP release layout; classes=4 merges excited into happy (5,531 utterances)."""
-    root = _check_root(root, IEMOCAP_LAYOUT)
-    labels = _label_map(IEMOCAP_MAPS, classes, "iemocap")
-    sessions = sorted(p for p in root.glob("Session[1-5]") if p.is_dir())
-    if not sessions:
-        raise _layout_error(root, "no Session1..Session5 folders", IEMOCAP_LAYOUT)
-    summary = _Summary("iemocap", root, classes)
+    root, labels, sessions, summary = _open(root, classes, "iemocap", IEMOCAP_LAYOUT,
+                                            IEMOCAP_MAPS, "Session[1-5]", "Session1..Session5")
     rows = []
     for session in sessions:
         eval_dir = _require_dir(root, f"{session.name}/dialog/EmoEvaluation", IEMOCAP_LAYOUT)
@@ -356,29 +372,54 @@ EMODB_TEXTS = {
 }
 _EMODB_ALL = {"W": "angry", "L": "bored", "E": "disgust", "A": "fear", "F": "happy",
               "T": "sad", "N": "neutral"}
-EMODB_MAPS = {None: _EMODB_ALL, 7: _EMODB_ALL,
-              4: {k: v for k, v in _EMODB_ALL.items() if v in FOUR}}
+EMODB_MAPS = _all_and_four(_EMODB_ALL)
 _EMODB_NAME = re.compile(r"^(\d\d)([ab]\d\d)([A-Z])([a-z])$")
 
 
 def load_emodb(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Berlin EmoDB: 10 speakers, 10 German sentences, 7 emotions (4 for cross-corpus)."""
-    root = _check_root(root, EMODB_LAYOUT)
-    labels = _label_map(EMODB_MAPS, classes, "emodb")
-    wav = _require_dir(root, "wav", EMODB_LAYOUT)
-    summary = _Summary("emodb", root, classes)
+    return _load_coded(root, classes, _CodedCorpus(
+        "emodb", "EmoDB", EMODB_LAYOUT, EMODB_MAPS, "wav", _EMODB_NAME, EMODB_TEXTS,
+        "text id", ("speaker", "text", "emotion", "version"), {"x_text_id": "text"}))
+
+
+@dataclass(frozen=True)
+class _CodedCorpus:
+    """A corpus of one folder whose file names code speaker, sentence and emotion (EmoDB,
+    CREMA-D): `fields` name the groups of `pattern`; `extra` maps manifest columns to
+    fields kept beside the schema."""
+    name: str
+    title: str
+    layout: str
+    maps: dict
+    folder: str
+    pattern: re.Pattern
+    texts: dict[str, str]
+    text_word: str
+    fields: tuple[str, ...]
+    extra: dict[str, str]
+
+
+def _load_coded(root: Path, classes: int | None, spec: _CodedCorpus
+                ) -> tuple[pd.DataFrame, dict]:
+    root = _check_root(root, spec.layout)
+    labels = _label_map(spec.maps, classes, spec.name)
+    directory = _require_dir(root, spec.folder, spec.layout)
+    summary = _Summary(spec.name, root, classes)
     rows = []
-    for path, (speaker, text_id, emotion, _version) in _coded_files(wav, _EMODB_NAME,
-                                                                    "EmoDB", summary):
-        label = _map_label(emotion, labels, classes, path.stem, summary)
+    for path, groups in _coded_files(directory, spec.pattern, spec.title, summary):
+        coded = dict(zip(spec.fields, groups))
+        label = _map_label(coded["emotion"], labels, classes, path.stem, summary)
         if label is None:
             continue
-        if text_id not in EMODB_TEXTS:
-            summary.note(f"text id '{text_id}' unknown (text left empty)", path.stem)
-        rows.append({"utt_id": path.stem, "path": f"wav/{path.name}", "speaker": speaker,
-                     "split": LABELLED, "text": EMODB_TEXTS.get(text_id), "label": label,
-                     "x_text_id": text_id})
-    return _finish(rows, "emodb", summary)
+        if coded["text"] not in spec.texts:
+            summary.note(f"{spec.text_word} '{coded['text']}' unknown (text left empty)",
+                         path.stem)
+        rows.append({"utt_id": path.stem, "path": f"{spec.folder}/{path.name}",
+                     "speaker": coded["speaker"], "split": LABELLED,
+                     "text": spec.texts.get(coded["text"]), "label": label,
+                     **{column: coded[field] for column, field in spec.extra.items()}})
+    return _finish(rows, spec.name, summary)
 
 
 # ---------------------------------------------------------------------------- RAVDESS
@@ -390,20 +431,15 @@ RAVDESS_LAYOUT = """\
 
 _RAVDESS_ALL = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry",
                 "06": "fear", "07": "disgust", "08": "surprise"}
-RAVDESS_MAPS = {None: _RAVDESS_ALL, 8: _RAVDESS_ALL,
-                4: {k: v for k, v in _RAVDESS_ALL.items() if v in FOUR}}
+RAVDESS_MAPS = _all_and_four(_RAVDESS_ALL)
 RAVDESS_TEXTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
 
 def load_ravdess(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
     """RAVDESS audio-only speech; song files (vocal channel 02) are dropped."""
-    root = _check_root(root, RAVDESS_LAYOUT)
-    labels = _label_map(RAVDESS_MAPS, classes, "ravdess")
-    actors = sorted(p for p in root.glob("Actor_*") if p.is_dir())
-    if not actors:
-        raise _layout_error(root, "no Actor_XX folders", RAVDESS_LAYOUT)
-    summary = _Summary("ravdess", root, classes)
+    root, labels, actors, summary = _open(root, classes, "ravdess", RAVDESS_LAYOUT,
+                                          RAVDESS_MAPS, "Actor_*", "Actor_XX")
     rows = []
     for actor in actors:
         for path, groups in _coded_files(actor, _RAVDESS_NAME, "RAVDESS", summary):
@@ -440,29 +476,15 @@ CREMAD_TEXTS = {
 }
 _CREMAD_ALL = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy",
                "NEU": "neutral", "SAD": "sad"}
-CREMAD_MAPS = {None: _CREMAD_ALL, 6: _CREMAD_ALL,
-               4: {k: v for k, v in _CREMAD_ALL.items() if v in FOUR}}
+CREMAD_MAPS = _all_and_four(_CREMAD_ALL)
 _CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 
 
 def load_crema_d(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict]:
     """CREMA-D: 91 actors, 12 sentences, 6 emotions (4 for cross-corpus)."""
-    root = _check_root(root, CREMAD_LAYOUT)
-    labels = _label_map(CREMAD_MAPS, classes, "crema_d")
-    folder = _require_dir(root, "AudioWAV", CREMAD_LAYOUT)
-    summary = _Summary("crema_d", root, classes)
-    rows = []
-    for path, (actor, sentence, emotion, level) in _coded_files(folder, _CREMAD_NAME,
-                                                                "CREMA-D", summary):
-        label = _map_label(emotion, labels, classes, path.stem, summary)
-        if label is None:
-            continue
-        if sentence not in CREMAD_TEXTS:
-            summary.note(f"sentence '{sentence}' unknown (text left empty)", path.stem)
-        rows.append({"utt_id": path.stem, "path": f"AudioWAV/{path.name}", "speaker": actor,
-                     "split": LABELLED, "text": CREMAD_TEXTS.get(sentence), "label": label,
-                     "x_level": level})
-    return _finish(rows, "crema_d", summary)
+    return _load_coded(root, classes, _CodedCorpus(
+        "crema_d", "CREMA-D", CREMAD_LAYOUT, CREMAD_MAPS, "AudioWAV", _CREMAD_NAME,
+        CREMAD_TEXTS, "sentence", ("speaker", "text", "emotion", "level"), {"x_level": "level"}))
 
 
 # ---------------------------------------------------------------------------- LibriSpeech

@@ -32,10 +32,10 @@ import pandas as pd
 import soundfile as sf
 import yaml
 from scipy.signal import resample_poly
-from tqdm.auto import tqdm
 
 from mmser.corpus.audio import SAMPLE_RATE, write_audio
 from mmser.corpus.manifest import conform
+from mmser.progress import progress as progress_bar
 
 TEXT_FILE = Path(__file__).with_name("synth_text.yaml")
 EMOTIONS_4 = ("angry", "happy", "neutral", "sad")
@@ -305,7 +305,7 @@ def synthesise(out_dir: str | Path, *, seed: int, n_speakers: int = 10, n_sessio
         specs.append(Spec(i, row["utt_id"], row["speaker"], row["label"], seed,
                           (float(snr_db[0]), float(snr_db[1])), str(out_dir)))
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        made = list(tqdm(pool.map(_make, specs, chunksize=8), total=len(specs),
+        made = list(progress_bar(pool.map(_make, specs, chunksize=8), total=len(specs),
                          desc="synthesising", unit="utt", disable=not progress))
     return _manifest(pd.DataFrame(rows).merge(pd.DataFrame(made), on="utt_id"))
 

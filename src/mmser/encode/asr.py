@@ -81,10 +81,10 @@ def _faster_whisper_model(model_dir: str | None):
 
 
 def _faster_whisper(model, waves: list[np.ndarray], progress: bool) -> list[str]:
-    from tqdm.auto import tqdm
+    from mmser.progress import progress as bar
 
     texts = []
-    for wave in tqdm(waves, desc="faster-whisper", unit="clip", disable=not progress):
+    for wave in bar(waves, desc="faster-whisper", unit="clip", disable=not progress):
         # greedy, English, no VAD; no timestamps and no previous-text prompt, like `converted`;
         # temperature 0 only: the default falls back to unseeded sampling on hard clips
         segments, _ = model.transcribe(wave, beam_size=1, temperature=0.0, language="en",

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
+from mmser.progress import progress
 from mmser.corpus.audio import wave_digest
 
 
@@ -69,7 +69,7 @@ class FeatureCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         order = sorted(todo, key=lambda d: todo[d][0])
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
             chunk = order[start:start + batch_size]
             with torch.inference_mode():
                 outputs = compute([todo[d][1] for d in chunk])

@@ -382,14 +382,14 @@ def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
     none). New tokens are capped at `max_new_tokens`, or 10 + 8 per second of the longest
     clip (speech is about 3 words, 4-5 tokens, a second), which ends hallucination loops.
     """
-    from tqdm.auto import tqdm
+    from mmser.progress import progress as bar
 
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     prompt, blocked = _start_ids(model, tokenizer), _blocked(model, tokenizer)
     room = model.config.max_target_positions - len(prompt)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     texts = [""] * len(waves)
-    with tqdm(total=len(waves), desc="transcribing", unit="clip", disable=not progress) as bar:
+    with bar(total=len(waves), desc="transcribing", unit="clip", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
             longest = max(len(waves[i]) for i in chunk)

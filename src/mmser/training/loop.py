@@ -33,7 +33,7 @@ from torch import nn
 
 from mmser.config import Training
 from mmser.corpus.protocols import Fold
-from mmser.progress import progress
+from mmser.progress import in_report, progress
 from mmser.report.metrics import ccc
 from mmser.training import data as D
 
@@ -308,7 +308,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     trainer = L.Trainer(
         default_root_dir=out_dir, max_epochs=max_epochs, accelerator=cfg.accelerator,
         devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
-        deterministic="warn", callbacks=callbacks, enable_progress_bar=cfg.progress,
+        deterministic="warn", callbacks=callbacks, enable_progress_bar=cfg.progress and not in_report(),
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
         logger=False, use_distributed_sampler=False)
     # DDP: each process trains on its share of the batches and validates on all of the

@@ -1,0 +1,119 @@
+"""The package's layout is its architecture: models are pure torch, the training loop does
+not import its launcher, and progress stays out of executed reports."""
+
+import ast
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "mmser"
+ALLOWED_IN_MODELS = {"__future__", "collections", "copy", "dataclasses", "math", "typing",
+                     "torch", "mmser"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (at any depth, lazily or not)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((SRC / "models").glob("*.py")), ids=lambda p: p.name)
+def test_models_are_pure_torch(path):
+    imported = _imports(path)
+    outside = {n for n in imported if n.split(".")[0] not in ALLOWED_IN_MODELS}
+    assert not outside, f"{path.name} imports {sorted(outside)}"
+    project = {n for n in imported if n.split(".")[0] == "mmser"}
+    assert all(n.startswith("mmser.models") for n in project), f"{path.name}: {project}"
+
+
+def test_training_loop_does_not_import_its_launcher():
+    assert "mmser.training.launch" not in _imports(SRC / "training" / "loop.py")
+    assert not any("launch" in n for n in _imports(SRC / "training" / "loop.py")
+                   if n.startswith("mmser"))
+
+
+def test_progress_goes_to_the_log_in_a_report(monkeypatch):
+    from mmser import progress as P
+
+    cell, log = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", cell)  # what a notebook cell would show
+    monkeypatch.setattr(sys, "__stderr__", log)  # the stage's log
+    monkeypatch.setenv(P.REPORT, "1")
+    for _ in P.progress(range(3), desc="counting"):
+        pass
+    assert "counting" in log.getvalue() and cell.getvalue() == ""
+    monkeypatch.setenv(P.REPORT, "0")
+    assert not P.in_report()
+
+
+def _module_file(name: str) -> Path | None:
+    """src/mmser/... file of a dotted project module name (None when not a file)."""
+    parts = name.split(".")[1:]
+    base = SRC.joinpath(*parts) if parts else SRC
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _project_imports(code: str, package: str = "mmser") -> set[str]:
+    """Dotted project modules imported by `code` (`from mmser.x import y` counts y when
+    it is a module itself)."""
+    out = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "mmser"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "mmser":
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names
+                    if _module_file(f"{node.module}.{a.name}") is not None}
+    return {n for n in out if _module_file(n) is not None}
+
+
+def stage_modules(notebook: Path) -> set[Path]:
+    """Every project file a notebook's code imports, transitively (package __init__ files
+    included, since importing a module runs them)."""
+    import json
+
+    cells = json.loads(notebook.read_text())["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    code = "\n".join(line for line in code.splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+    todo, seen = list(_project_imports(code)), set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # parent packages run too
+            path = _module_file(".".join(parts[:i]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.extend(_project_imports(path.read_text()))
+    return seen
+
+
+def _stages() -> dict:
+    import yaml
+
+    return yaml.safe_load((SRC.parents[1] / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", sorted(
+    name for name, s in _stages().items()
+    if any(str(d).startswith("notebooks/") for d in s.get("deps", []))))
+def test_every_imported_module_is_a_stage_dependency(stage):
+    root = SRC.parents[1]
+    spec = _stages()[stage]
+    notebook = next(root / d for d in spec["deps"] if str(d).startswith("notebooks/"))
+    deps = {str(d) for d in spec["deps"]}
+    needed = {str(p.relative_to(root)) for p in stage_modules(notebook)}
+    covered = {n for n in needed
+               if n in deps or any(n.startswith(d.rstrip("/") + "/") for d in deps)}
+    assert needed == covered, f"dvc.yaml stage {stage!r} misses {sorted(needed - covered)}"
