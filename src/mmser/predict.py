@@ -220,7 +220,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str | Path],
     the prediction (`pred` and `prob_<class>`, or one column per dimension) and `error`
     (empty when it worked). A bad file gets its error and the others still get predictions.
     `texts`: one per file (None = transcribe that one), or None for all."""
-    from tqdm.auto import tqdm
+    from mmser.progress import progress as bar
 
     paths = [Path(p) for p in paths]
     texts = list(texts) if texts is not None else [None] * len(paths)
@@ -234,7 +234,7 @@ def predict_files(predictor: Predictor, paths: Sequence[str | Path],
             rows[i]["error"] = _message(err, path)
     good.sort(key=lambda g: len(g[1]))  # similar lengths batch with less padding
     chunks = [good[s:s + batch_size] for s in range(0, len(good), batch_size)]
-    for chunk in tqdm(chunks, desc="predicting", unit="batch", disable=not progress):
+    for chunk in bar(chunks, desc="predicting", unit="batch", disable=not progress):
         _run_chunk(predictor, chunk, paths, texts, rows, asr_backend)
     table = pd.DataFrame(rows)
     columns = ["file", "duration_s", "text", "text_source"]
