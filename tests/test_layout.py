@@ -44,7 +44,7 @@ def test_progress_goes_to_the_log_in_a_report(monkeypatch):
 
     cell, log = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stderr", cell)  # what a notebook cell would show
-    monkeypatch.setattr(sys, "__stderr__", log)  # the stage's log
+    monkeypatch.setattr(P, "log_stream", lambda: log)  # the stage's log
     monkeypatch.setenv(P.REPORT, "1")
     for _ in P.progress(range(3), desc="counting"):
         pass

@@ -2,18 +2,21 @@
 
 Interactively (JupyterLab with ipywidgets, a terminal) a bar renders as usual. In a
 report, a notebook that the pipeline executes with papermill (`MMSER_REPORT=1`, set by
-`dvc.yaml`), progress goes to the process's own standard error, the stage's log, and
-never into a cell output: executed notebooks are read by people. `quiet_report` also sends
-library warnings and log records there.
+`dvc.yaml`), progress goes to the stage's log (the kernel's own standard error, which
+`dvc repro` prints) and never into a cell output: executed notebooks are read by people.
+`quiet_report` also sends library warnings and log records there.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Iterable
+from typing import TextIO
 
 REPORT = "MMSER_REPORT"
 
@@ -23,13 +26,24 @@ def in_report() -> bool:
     return os.environ.get(REPORT, "") not in ("", "0")
 
 
+@functools.cache
+def log_stream() -> TextIO:
+    """The stage's log. In a Jupyter kernel, `sys.stderr` is captured into cell outputs,
+    and so is file descriptor 2; `sys.stderr.fileno()` is ipykernel's copy of the original
+    standard error, which is not. Elsewhere: standard error itself."""
+    try:
+        return open(sys.stderr.fileno(), "w", buffering=1, closefd=False)
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return sys.__stderr__
+
+
 def progress(iterable: Iterable | None = None, **options):
     """`tqdm(iterable, **options)`: a widget in JupyterLab, text on a terminal, and the
     stage's log (never a cell output) in a report."""
     if in_report():
         from tqdm.std import tqdm
 
-        return tqdm(iterable, file=sys.__stderr__, dynamic_ncols=False, ncols=100,
+        return tqdm(iterable, file=log_stream(), dynamic_ncols=False, ncols=100,
                     mininterval=5, **options)
     from tqdm.auto import tqdm
 
@@ -37,7 +51,7 @@ def progress(iterable: Iterable | None = None, **options):
 
 
 def _to_log(message, category, filename, lineno, file=None, line=None) -> None:
-    sys.__stderr__.write(warnings.formatwarning(message, category, filename, lineno, line))
+    log_stream().write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def quiet_report() -> None:
@@ -46,7 +60,7 @@ def quiet_report() -> None:
     if not in_report():
         return
     warnings.showwarning = _to_log
-    handler = logging.StreamHandler(sys.__stderr__)
+    handler = logging.StreamHandler(log_stream())
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers",
                  "faster_whisper", ""):
