@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from mmser.models import clap as CM
 from mmser.papers import clap as C
 from mmser.training import data as D
 from mmser.encode import features as F
@@ -78,9 +79,9 @@ def test_clip_loss_matches_hand_computation():
     t2a = -(logits[0, 0] - torch.logsumexp(logits[:, 0], 0) + logits[1, 1]
             - torch.logsumexp(logits[:, 1], 0)) / 2
     expected = (a2t + t2a) / 2
-    torch.testing.assert_close(C.clip_loss(audio, text, 0.5), expected)
+    torch.testing.assert_close(CM.clip_loss(audio, text, 0.5), expected)
     # distinct keys = CLIP's identity targets
-    torch.testing.assert_close(C.clip_loss(audio, text, 0.5, torch.tensor([7, 9])), expected)
+    torch.testing.assert_close(CM.clip_loss(audio, text, 0.5, torch.tensor([7, 9])), expected)
 
 
 def test_clip_loss_shares_targets_between_identical_transcripts():
@@ -89,14 +90,14 @@ def test_clip_loss_shares_targets_between_identical_transcripts():
     logits = torch.eye(2)
     row = -(0.5 * logits[0].log_softmax(0)).sum()
     expected = -(0.5 * logits.log_softmax(1)).sum(1).mean()
-    torch.testing.assert_close(C.clip_loss(audio, text, 1.0, torch.tensor([5, 5])), expected)
+    torch.testing.assert_close(CM.clip_loss(audio, text, 1.0, torch.tensor([5, 5])), expected)
     assert float(expected) == pytest.approx(float(row))
-    assert float(expected) != pytest.approx(float(C.clip_loss(audio, text, 1.0)))
+    assert float(expected) != pytest.approx(float(CM.clip_loss(audio, text, 1.0)))
 
 
 def test_projection_block_follows_the_paper():
     torch.manual_seed(0)
-    block = C.Projection(4, 3, dropout=0.2).eval()
+    block = CM.Projection(4, 3, dropout=0.2).eval()
     x = torch.randn(2, 4)
     h = block.linear1(x)
     expected = torch.nn.functional.layer_norm(
@@ -117,7 +118,7 @@ def test_retrieval_recall_and_chance():
 
 def test_padding_does_not_change_a_sequence_output():
     torch.manual_seed(0)
-    side = C.Side(8, 5, 0.2).eval()
+    side = CM.Side(8, 5, 0.2).eval()
     short, long = torch.randn(3, 8), torch.randn(6, 8)
     batch = D.collate([{"speech": short}, {"speech": long}])
     both = side(batch["speech"], batch["speech_mask"])
@@ -198,7 +199,7 @@ def test_frozen_parts_unchanged_by_a_training_step(tmp_path):
     torch.manual_seed(0)
     enc = Encoders(speech=_tiny_whisper(tmp_path / "w"))
     p = Clap(speech_top_layers=1)
-    model = C.SpeechClassifier(C.speech_side(p, enc, 16), 4)
+    model = CM.SpeechClassifier(C.speech_side(p, enc, 16), 4)
     frozen = C._encoder("speech", enc.speech, None)
     before_frozen = {k: v.clone() for k, v in frozen.state_dict().items()}
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -277,7 +278,7 @@ def test_paper_architecture_trains_one_step_on_tiny_local_models(tmp_path):
     items = [{"speech": s_states[0, i, :n].clone(), "text": t_states[1, i, :m].clone(),
               "text_key": i} for i, (n, m) in enumerate(zip(s_len.tolist(),
                                                            t_mask.sum(-1).tolist()))]
-    model = C.ClapModel(C.speech_side(p, enc, 16), C.text_side(p, enc, 16, "main"))
+    model = CM.ClapModel(C.speech_side(p, enc, 16), C.text_side(p, enc, 16, "main"))
     task = C.make_task(model, p, "loss")
     lrs = {g["name"]: g["lr"] for g in task.param_groups}
     assert lrs == {"speech": 1e-4, "text": 1e-5, "head": p.head_lr}
@@ -319,7 +320,7 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
 
 def test_pooling_once_in_the_bank_equals_pooling_in_the_model():
     torch.manual_seed(0)
-    side = C.Side(8, 5, 0.2).eval()
+    side = CM.Side(8, 5, 0.2).eval()
     seq = torch.randn(7, 8)
     full = side(seq[None], torch.ones(1, 7, dtype=torch.bool))
     once = C._pool_once(seq, "mean")

@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+from mmser.models import distil as DM
+from mmser.models.layers import Adapter, mean_max_pool
 from mmser.papers import distil as M
 from mmser.corpus.audio import write_audio
 from mmser.config import Params, ParamsError
@@ -82,23 +84,23 @@ def test_ccc_loss_matches_hand_computation():
     target = torch.tensor([[1.0, 0.0], [2.0, 1.0], [4.0, 2.0]])
     # column 0: mu_p = 2, mu_y = 7/3, var_p = 2/3, var_y = 14/9, cov = 1
     # CCC = 2 / (2/3 + 14/9 + 1/9) = 6/7; column 1 is perfect (CCC = 1)
-    ccc = M.ccc_per_dim(pred, target)
+    ccc = DM.ccc_per_dim(pred, target)
     torch.testing.assert_close(ccc, torch.tensor([6 / 7, 1.0]))
-    torch.testing.assert_close(M.ccc_loss(pred, target), torch.tensor(1 - (6 / 7 + 1) / 2))
+    torch.testing.assert_close(DM.ccc_loss(pred, target), torch.tensor(1 - (6 / 7 + 1) / 2))
     from mmser.report.metrics import ccc as metric_ccc
 
     assert abs(metric_ccc(target[:, 0], pred[:, 0]) - 6 / 7) < 1e-6
     # a constant shift keeps Pearson's r at 1 but lowers the CCC (the bias term)
-    assert M.ccc_per_dim(pred[:, :1] + 1, target[:, :1]).item() < 6 / 7
+    assert DM.ccc_per_dim(pred[:, :1] + 1, target[:, :1]).item() < 6 / 7
 
 
 def test_mean_max_pool_by_hand_and_padding_changes_nothing():
     x = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[True, True, False]])
-    torch.testing.assert_close(M.mean_max_pool(x, mask), torch.tensor([[2.0, 1.0, 3.0, 4.0]]))
+    torch.testing.assert_close(mean_max_pool(x, mask), torch.tensor([[2.0, 1.0, 3.0, 4.0]]))
     torch.manual_seed(0)
-    model = M.DistilModel({"speech": M.Adapter(4, 3), "text": M.Frozen()},
-                          {"speech": 4, "text": 4}, 5, pool_norm=True).eval()
+    model = DM.DistilModel({"speech": Adapter(4, 3), "text": DM.Frozen()},
+                           {"speech": 4, "text": 4}, 5, pool_norm=True).eval()
     a = {"speech": torch.randn(5, 4), "text": torch.randn(2, 4)}
     b = {"speech": torch.randn(9, 4), "text": torch.randn(6, 4)}
     from mmser.training.data import collate
@@ -110,7 +112,7 @@ def test_mean_max_pool_by_hand_and_padding_changes_nothing():
 
 
 def test_layer_weights_are_a_softmax_and_start_as_the_mean():
-    lw = M.LayerWeights(3)
+    lw = DM.LayerWeights(3)
     x = torch.arange(24.0).reshape(1, 2, 3, 4)  # (batch, time, states, dim)
     torch.testing.assert_close(lw(x, torch.ones(1, 2, dtype=torch.bool)), x.mean(2))
     with torch.no_grad():
@@ -121,15 +123,15 @@ def test_layer_weights_are_a_softmax_and_start_as_the_mean():
 
 def test_adapter_starts_as_identity():
     x = torch.randn(2, 5, 8)
-    torch.testing.assert_close(M.Adapter(8, 2)(x, None), x)
+    torch.testing.assert_close(Adapter(8, 2)(x, None), x)
 
 
 def test_frozen_branch_unchanged_by_a_training_step():
     torch.manual_seed(0)
-    tuned = M.Adapter(4, 2)
+    tuned = Adapter(4, 2)
     torch.nn.init.normal_(tuned.net[-1].weight)
-    model = M.DistilModel({"speech": M.Frozen(tuned), "text": M.Frozen()},
-                          {"speech": 4, "text": 4}, 6)
+    model = DM.DistilModel({"speech": DM.Frozen(tuned), "text": DM.Frozen()},
+                           {"speech": 4, "text": 4}, 6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     assert not tuned.training  # no dropout in a frozen part
@@ -143,7 +145,7 @@ def test_frozen_branch_unchanged_by_a_training_step():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if "branches" in k)
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("head"))
-    assert M.n_trainable(model) == sum(p.numel() for p in model.head.parameters())
+    assert DM.n_trainable(model) == sum(p.numel() for p in model.head.parameters())
 
 
 # ------------------------------------------------------------------------------ sources
@@ -222,7 +224,7 @@ def test_same_seed_same_metrics_and_frz_uses_the_fold_checkpoint(tiny, tmp_path)
     for (k, v), w in zip(frz.branches["speech"].module.state_dict().items(),
                          ft.model.branches["speech"].state_dict().values()):
         assert torch.equal(v, w), k
-    assert M.n_trainable(frz) == sum(p.numel() for p in frz.head.parameters())
+    assert DM.n_trainable(frz) == sum(p.numel() for p in frz.head.parameters())
 
 
 def test_layer_importance_weights_sum_to_one(tiny, tmp_path):
@@ -346,12 +348,14 @@ def test_notebook_runs_under_papermill(tiny, tmp_path):
 def test_sigmoid_output_bounds_predictions_and_unknown_output_is_refused():
     torch.manual_seed(0)
     batch = {"speech": 50 * torch.randn(3, 6, 4), "speech_mask": torch.ones(3, 6, dtype=torch.bool)}
-    linear = M.DistilModel({"speech": M.Frozen()}, {"speech": 4}, 8, 3, 0.0, output="linear")
-    bounded = M.DistilModel({"speech": M.Frozen()}, {"speech": 4}, 8, 3, 0.0, output="sigmoid")
+    linear = DM.DistilModel({"speech": DM.Frozen()}, {"speech": 4}, 8, 3, 0.0,
+                            output="linear")
+    bounded = DM.DistilModel({"speech": DM.Frozen()}, {"speech": 4}, 8, 3, 0.0,
+                             output="sigmoid")
     bounded.load_state_dict(linear.state_dict())
     raw = linear.eval()(batch)["pred"]
     squashed = bounded.eval()(batch)["pred"]
     torch.testing.assert_close(squashed, torch.sigmoid(raw))
     assert ((squashed > 0) & (squashed < 1)).all()
     with pytest.raises(ValueError, match="output 'tanh'"):
-        M.DistilModel({"speech": M.Frozen()}, {"speech": 4}, 8, output="tanh")
+        DM.DistilModel({"speech": DM.Frozen()}, {"speech": 4}, 8, output="tanh")

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import yaml
 
 from mmser.training import data as D
+from mmser.models import lemer as LEM
+from mmser.models.layers import masked_mean
 from mmser.papers import lemer as LE
 from mmser.config import Lemer, Params, ParamsError, merged
 
@@ -43,8 +45,8 @@ def _batch(lengths_t, lengths_s, d=8, seed=0, c=4):
 
 def _lemer(fusion="constraint", d=8, c=4, seed=0):
     torch.manual_seed(seed)
-    return LE.LEMER("text", LE.Branch(torch.randn(c, d)), LE.Branch(torch.randn(c, d)), d, d, c,
-                    fusion)
+    return LEM.LEMER("text", LEM.Branch(torch.randn(c, d)), LEM.Branch(torch.randn(c, d)), d, d,
+                     c, fusion)
 
 
 # --------------------------------------------------------------------------- losses by hand
@@ -53,14 +55,14 @@ def _lemer(fusion="constraint", d=8, c=4, seed=0):
 def test_cosine_map_and_label_loss_by_hand():
     h = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]])  # last position is padding
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    g = LE.cosine_map(h, labels)
+    g = LEM.cosine_map(h, labels)
     r = 1 / math.sqrt(2)
     assert torch.allclose(g[0, :2], torch.tensor([[1.0, 0.0, r], [0.0, 1.0, r]]))
     mask = torch.tensor([[True, True, False]])
     # eq. 2-3: mean over the two real tokens -> [0.5, 0.5, r]; CE with label 2
     scores = torch.tensor([0.5, 0.5, r])
     expected = -math.log(math.exp(r) / torch.exp(scores).sum().item())
-    assert LE.label_loss(g, mask, torch.tensor([2])).item() == pytest.approx(expected, abs=1e-6)
+    assert LEM.label_loss(g, mask, torch.tensor([2])).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_lemer_loss_is_eq_12_by_hand():
@@ -79,8 +81,8 @@ def test_lemer_loss_is_eq_12_by_hand():
     pairs = tm[:, :, None] & sm[:, None, :]
     lc = ((out["A_l"] - out["A_r"])[pairs] ** 2).mean()
     lm = F.cross_entropy(out["logits"], y)
-    lt = F.cross_entropy(LE.masked_mean(out["G_t"], tm), y)
-    ls = F.cross_entropy(LE.masked_mean(out["G_s"], sm), y)
+    lt = F.cross_entropy(masked_mean(out["G_t"], tm), y)
+    ls = F.cross_entropy(masked_mean(out["G_s"], sm), y)
     assert out["loss"].item() == pytest.approx((lm + 0.5 * lc + 0.2 * lt + 0.2 * ls).item(),
                                                abs=1e-6)
     # ablations without the constraint drop L_c only
@@ -121,7 +123,7 @@ def test_context_splices_previous_turns_within_the_token_limit():
 # ------------------------------------------------------------------------ shapes and masks
 
 
-@pytest.mark.parametrize("fusion", LE.FUSIONS)
+@pytest.mark.parametrize("fusion", LEM.FUSIONS)
 def test_padding_does_not_change_an_utterance(fusion):
     model = _lemer(fusion).eval()
     items = _batch([3, 7], [4, 9])
@@ -129,7 +131,7 @@ def test_padding_does_not_change_an_utterance(fusion):
     together = model(D.collate(items))
     assert together["logits"].shape == (2, 4) and together["A_r"].shape == (2, 7, 9)
     assert torch.allclose(alone["logits"][0], together["logits"][0], atol=1e-5)
-    uni = LE.Unimodal("speech", LE.Branch(torch.randn(4, 8)), 8, 4, 0.2).eval()
+    uni = LEM.Unimodal("speech", LEM.Branch(torch.randn(4, 8)), 8, 4, 0.2).eval()
     assert torch.allclose(uni(D.collate(items[:1]))["logits"][0],
                           uni(D.collate(items))["logits"][0], atol=1e-5)
     assert torch.allclose(uni(D.collate(items[:1]))["loss"], uni(D.collate(items[:1]))["loss"])
@@ -240,7 +242,8 @@ def test_frozen_parts_are_unchanged_by_a_training_step():
     before = {k: v.clone() for k, v in enc.model.state_dict().items()}
     cfg = Lemer(text_top_layers=1)
     top = top_layers(enc, 1)
-    model = LE.Unimodal("text", LE.Branch(torch.randn(4, 8), top, top_lr=cfg.text_lr), 8, 4, 0.2)
+    branch = LEM.Branch(torch.randn(4, 8), top, top_lr=cfg.text_lr)
+    model = LEM.Unimodal("text", branch, 8, 4, 0.2)
     task = LE.make_task(model, cfg)
     lrs = sorted(g["lr"] for g in task.param_groups)
     assert lrs == [cfg.text_lr, cfg.lr]

@@ -15,6 +15,7 @@ from mmser.training import data as D
 from mmser.papers import distil as M
 from mmser.encode import features as F
 from mmser import predict as PR
+from mmser.models import tokenwise as TWM
 from mmser.papers import tokenwise as TW
 from mmser.corpus.audio import write_audio
 from mmser.config import Params
@@ -57,11 +58,11 @@ def _tokenwise(root: Path, encoders: dict) -> dict:
     store = F.FeatureStore(root / "features")
     lab = corpus.labelled.reset_index(drop=True)
     items = TW.pretrain_items(store, lab["utt_id"].tolist(), lab["text"].tolist())
-    task = Task(TW.Aligner(32, 32, 0.1), kind="loss", lr=1e-3, val_metric=TW.knn_val_metric)
+    task = Task(TWM.Aligner(32, 32, 0.1), kind="loss", lr=1e-3, val_metric=TW.knn_val_metric)
     fit(task, items[:24], items[24:], root / "tw" / "pretrain", P.training, max_epochs=1,
         batch_size=8)
     aligner = task.model.eval()
-    views = {"ours B_s": TW.functionals(TW.contextualised(aligner, items))}
+    views = {"ours B_s": TWM.functionals(TW.contextualised(aligner, items))}
     system = TW.System("ours B_s", ["ours B_s"], [8], [1e-3, 1e-2])
     preds, trials = TW.evaluate(corpus, views, [system], seeds=[0], epochs=3, patience=10,
                                 hidden=8, val_fraction=0.34,
@@ -151,7 +152,7 @@ def test_tokenwise_predictor_matches_the_stage_model(tiny):
     classifier gives on the cached features."""
     tw, df = tiny["tokenwise"], tiny["df"]
     sel = tw["spec"]["selection"]
-    classifier = TW.Classifier(torch.zeros(2, 64), 3, 8)
+    classifier = TWM.Classifier(torch.zeros(2, 64), 3, 8)
     classifier.load_state_dict(torch.load(
         tiny["root"] / "tw" / "downstream" / "loso" / f"seed{sel['seed']}" / f"fold{sel['fold']}"
         / "ours B_s.pt", weights_only=True))

@@ -13,6 +13,7 @@ import yaml
 
 from mmser.training import data as D
 from mmser.encode import features as F
+from mmser.models import tokenwise as TWM
 from mmser.papers import tokenwise as TW
 from mmser.config import Params, ParamsError, Training, merged
 from mmser.training.loop import Task, fit
@@ -85,11 +86,11 @@ def test_contrastive_loss_matches_hand_computation():
         col = s[i][i] - math.log(sum(math.exp(s[j][i]) for j in range(2)))
         theta += row + col
     expected = -tau / (2 * 2) * theta
-    got = TW.tokenwise_contrastive_loss(teacher, student, tau)
+    got = TWM.tokenwise_contrastive_loss(teacher, student, tau)
     assert got.item() == pytest.approx(expected, rel=1e-6)
     # perfectly aligned, well-separated tokens give a lower loss than swapped ones
-    assert TW.tokenwise_contrastive_loss(teacher, teacher, tau) < \
-        TW.tokenwise_contrastive_loss(teacher, teacher.flip(0), tau)
+    assert TWM.tokenwise_contrastive_loss(teacher, teacher, tau) < \
+        TWM.tokenwise_contrastive_loss(teacher, teacher.flip(0), tau)
 
 
 def test_knn_accuracy_by_hand_and_ties():
@@ -103,7 +104,7 @@ def test_knn_accuracy_by_hand_and_ties():
 
 def test_functionals_by_hand():
     seq = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
-    out = TW.functionals([seq, torch.tensor([[5.0, 7.0]])])
+    out = TWM.functionals([seq, torch.tensor([[5.0, 7.0]])])
     assert out.tolist() == [[2.0, 4.0, 1.0, 2.0], [5.0, 7.0, 0.0, 0.0]]
     states = torch.stack([seq, seq + 1, seq * 2])  # 3 hidden states
     layers = TW.layer_functionals([states], layers=[0, -1])
@@ -125,7 +126,7 @@ def _item(n, m, g):
 def test_padding_does_not_change_an_utterance_and_gets_no_attention():
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = TW.Aligner(SPEECH_DIM, TEXT_DIM, tau=0.1).eval()
+    model = TWM.Aligner(SPEECH_DIM, TEXT_DIM, tau=0.1).eval()
     short, long = _item(3, 2, g), _item(7, 5, g)
     alone, attention_alone = model.contextualise(D.collate([short]))
     batch = D.collate([short, long])
@@ -142,7 +143,7 @@ def test_padding_does_not_change_an_utterance_and_gets_no_attention():
 def test_attention_equals_the_papers_equation():
     """B_s = softmax(Q K^T) V with Q = T W_q, K = S W_k, V = S W_v, computed naively."""
     torch.manual_seed(0)
-    att = TW.CrossAttention(SPEECH_DIM, TEXT_DIM)
+    att = TWM.CrossAttention(SPEECH_DIM, TEXT_DIM)
     t, s = torch.randn(1, 3, TEXT_DIM), torch.randn(1, 5, SPEECH_DIM)
     q, k, v = t @ att.q.weight.T, s @ att.k.weight.T, s @ att.v.weight.T
     expected = torch.softmax(q @ k.transpose(1, 2), -1) @ v
@@ -151,7 +152,7 @@ def test_attention_equals_the_papers_equation():
 
 def test_attention_scale_is_optional_and_follows_the_paper_by_default():
     torch.manual_seed(0)
-    plain, scaled = TW.CrossAttention(4, 4), TW.CrossAttention(4, 4, scale=True)
+    plain, scaled = TWM.CrossAttention(4, 4), TWM.CrossAttention(4, 4, scale=True)
     scaled.load_state_dict(plain.state_dict())
     assert plain.scale == 1.0 and scaled.scale == pytest.approx(0.5)
     t, s, mask = torch.randn(1, 2, 4), torch.randn(1, 3, 4), torch.ones(1, 3, dtype=bool)
@@ -160,7 +161,7 @@ def test_attention_scale_is_optional_and_follows_the_paper_by_default():
 
 def test_classifier_shape_blocks_and_standardisation():
     x = torch.randn(20, 6) * 5 + 3
-    model = TW.Classifier(x, 4, hidden=8)
+    model = TWM.Classifier(x, 4, hidden=8)
     kinds = [type(m).__name__ for m in model.net]
     assert kinds == ["Linear", "LayerNorm", "ReLU"] * 3 + ["Linear"]
     assert model(x).shape == (20, 4)
@@ -181,7 +182,7 @@ def test_pretraining_step_moves_only_the_attention(fixture, tmp_path):
     assert items[0]["speech_seq"].shape[1] == SPEECH_DIM
     assert items[0]["tokens_seq"].shape == items[0]["teacher_seq"].shape
     frozen = [{k: v.clone() for k, v in item.items()} for item in items]
-    model = TW.Aligner(SPEECH_DIM, TEXT_DIM)
+    model = TWM.Aligner(SPEECH_DIM, TEXT_DIM)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     task = Task(model, kind="loss", lr=1e-2, val_metric=TW.knn_val_metric)
     result = fit(task, items[:8], items[8:], tmp_path / "pre", Training(progress=False),
@@ -323,7 +324,7 @@ def test_paper_architecture_trains_one_step_on_tiny_local_models(tmp_path):
               "tokens_seq": t_states[0, i, :m].clone(),
               "teacher_seq": t_states[-1, i, :m].clone()}
              for i, (n, m) in enumerate(zip(s_len.tolist(), t_mask.sum(-1).tolist()))]
-    model = TW.Aligner(speech.dim, text.dim, tau=0.1)
+    model = TWM.Aligner(speech.dim, text.dim, tau=0.1)
     assert model.attention.k.weight.shape == (12, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -334,7 +335,7 @@ def test_paper_architecture_trains_one_step_on_tiny_local_models(tmp_path):
     assert all(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
     now = {**speech.state_dict(), **text.state_dict()}
     assert all(torch.equal(v, now[k]) for k, v in frozen.items())
-    assert TW.functionals(TW.contextualised(model, items)).shape == (2, 24)
+    assert TWM.functionals(TW.contextualised(model, items)).shape == (2, 24)
 
     WavLMModel(WavLMConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 4),

@@ -145,26 +145,26 @@ def test_modalities_are_checked():
 
 
 def test_augmentations_are_seeded_and_change_the_input():
-    cfg = V.MelConfig(16, 20)
+    cfg = R.MelConfig(16, 20)
     wave = np.sin(np.arange(16000) * 0.05).astype(np.float32)
-    clean = V.log_mel(V._stft(wave, cfg), cfg)
+    clean = R.log_mel(R._stft(wave, cfg), cfg)
     assert clean.shape == (51, 16)
-    for kind in V.AUGMENTATIONS:
-        a = V.augment(wave, kind, np.random.default_rng(1), cfg)
-        b = V.augment(wave, kind, np.random.default_rng(1), cfg)
+    for kind in R.AUGMENTATIONS:
+        a = R.augment(wave, kind, np.random.default_rng(1), cfg)
+        b = R.augment(wave, kind, np.random.default_rng(1), cfg)
         assert torch.equal(a, b) and a.shape[1] == 16
         assert not torch.allclose(a[:min(len(a), 51)], clean[:min(len(a), 51)], atol=1e-2)
     with pytest.raises(ValueError, match="unknown augmentation"):
-        V.augment(wave, "reverb", np.random.default_rng(0), cfg)
+        R.augment(wave, "reverb", np.random.default_rng(0), cfg)
 
 
 def test_chinese_segmentation_and_vocabulary():
-    assert V.segment("我今天很高兴！") == ["我", "今", "天", "很", "高", "兴"]
-    assert V.segment("I'm SO happy, today") == ["i'm", "so", "happy", "today"]
-    vocab = V.build_vocab(["我很高兴", "我很难过"])
+    assert R.segment("我今天很高兴！") == ["我", "今", "天", "很", "高", "兴"]
+    assert R.segment("I'm SO happy, today") == ["i'm", "so", "happy", "today"]
+    vocab = R.build_vocab(["我很高兴", "我很难过"])
     assert vocab["<pad>"] == 0 and vocab["<unk>"] == 1 and len(vocab) == 2 + 6
     with pytest.raises(ValueError, match="segmentation"):
-        V.segment("x", "jieba")
+        R.segment("x", "jieba")
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -209,8 +209,8 @@ def test_training_items_alone_carry_augmented_views_and_never_the_test_fold(fixt
     seen = []
     items = exp.items
 
-    def spy(rows):
-        out = items(rows)
+    def spy(rows, augment=False):
+        out = items(rows, augment)
         seen.append((frozenset(rows["utt_id"]), len(out)))
         return out
     exp.items = spy
@@ -255,7 +255,7 @@ def test_mandarin_corpus_learned_character_vectors(tmp_path):
     cmn = R.synthesise_mandarin(tmp_path / "cmn", seed=0, n_labelled=24, n_speakers=2,
                                 n_sessions=2)
     texts = cmn.labelled["text"].tolist()
-    assert all(V.CJK.search(t) and " " not in t for t in texts)
+    assert all(R.CJK.search(t) and " " not in t for t in texts)
     assert cmn.name == "synthetic_cmn" and len(cmn.labelled) == 24
     gen = torch.Generator().manual_seed(0)
 
@@ -286,13 +286,13 @@ def test_paper_profile_validates_and_trains_one_step_on_a_tiny_local_bert(tmp_pa
     BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
                          num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(tmp_path)
-    lookup = V.cached_text_states(tmp_path / "cache", str(tmp_path), ["so happy", "so sad"])
+    lookup = R.cached_text_states(tmp_path / "cache", str(tmp_path), ["so happy", "so sad"])
     encoder = TextEncoder(str(tmp_path))
     frozen = {k: v.clone() for k, v in encoder.state_dict().items()}
     states = lookup(["so happy", "so sad"])
     batch = D.collate([{"mel": torch.randn(40 + 9 * i, 16),
-                        "words": V.word_vectors(s[0], p.max_tokens),
-                        "sent": V.sentence_vector(s[-1], p.sentence_pool), "label": i}
+                        "words": R.word_vectors(s[0], p.max_tokens),
+                        "sent": R.sentence_vector(s[-1], p.sentence_pool), "label": i}
                        for i, s in enumerate(states)])
     net = V.VcemoNet(V.MODALITIES, 16, 32, 32, dim=16, heads=p.heads // 4, layers=2,
                      dropout=p.dropout)

@@ -1,195 +1,26 @@
-"""VCEMO (Tang et al., 2024): co-attention fusion of a mel-spectrogram CNN-LSTM, word
-embeddings and a BERT sentence vector, trained with cross-entropy plus a supervised
-contrastive regulariser on a MoCo queue; and the paper's two compact baselines.
+"""VCEMO (Tang et al., 2024), the modules: a mel-spectrogram CNN-LSTM, a word-vector
+LSTM-conv and a projected sentence vector (Sec. 3.2), fused by two rounds of MCAN
+co-attention (Sec. 3.3); the loss, cross-entropy plus supervised contrastive on a MoCo
+queue (Sec. 3.4); and the paper's two compact baselines. The paper numbers no equations,
+so docstrings name sections and figures.
 
-Inputs per utterance (`Experiment.items`): `mel` (frames, n_mels) log-mel spectrogram,
-`words` (tokens, dim) static word vectors (the text encoder's non-contextual input
-embeddings, hidden state 0 of the feature cache) or `tokens_seq` (ids of words learned on
-the training folds), `sent` (dim,) the text encoder's sentence vector, `label`.
+Batches are dicts of padded tensors with boolean masks (`<key>_mask`, True on real
+positions): `mel` (B, frames, n_mels), `words` (B, tokens, dim) static word vectors or
+`tokens_seq` (B, tokens) ids of learned words, `sent` (B, dim), `label` (B,). They are
+built by `mmser.papers.vcemo`.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
-import re
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from fractions import Fraction
-from pathlib import Path
+from collections.abc import Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-import torchaudio.functional as AF
-from scipy.signal import resample_poly
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest
-from mmser.encode.features import FeatureCache
-
 MODALITIES = ("acoustic", "words", "bert")
-SHORT = {"acoustic": "Acoustic", "words": "Embeddings", "bert": "BERT"}
-AUGMENTATIONS = ("noise", "pitch", "stretch")
-N_FFT = 400  # 25 ms window at 16 kHz
-MIN_FRAMES = 8  # the CNN halves time twice; shorter clips are zero-padded to this
-
-
-# ------------------------------------------------------------------ acoustic input
-
-
-@dataclass(frozen=True)
-class MelConfig:
-    n_mels: int = 40
-    hop_ms: int = 20
-
-    @property
-    def hop(self) -> int:
-        return SAMPLE_RATE * self.hop_ms // 1000
-
-    @property
-    def key(self) -> str:
-        return f"logmel-n{self.n_mels}-h{self.hop_ms}"
-
-
-def _stft(wave: np.ndarray, cfg: MelConfig) -> torch.Tensor:
-    return torch.stft(torch.from_numpy(np.ascontiguousarray(wave, np.float32)), N_FFT,
-                      cfg.hop, window=torch.hann_window(N_FFT), return_complex=True)
-
-
-def _stretch(spec: torch.Tensor, rate: float, cfg: MelConfig) -> torch.Tensor:
-    """Phase-vocoder time stretch of a complex spectrogram (rate > 1: faster)."""
-    advance = torch.linspace(0, math.pi * cfg.hop, spec.shape[0])[:, None]
-    return AF.phase_vocoder(spec, rate, advance)
-
-
-def log_mel(spec: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
-    """Complex spectrogram (freq, frames) -> log-mel (frames, n_mels), float32."""
-    fb = AF.melscale_fbanks(spec.shape[0], 0.0, SAMPLE_RATE / 2, cfg.n_mels, SAMPLE_RATE)
-    mel = (spec.abs() ** 2).T @ fb
-    out = torch.log(mel + 1e-6)
-    if len(out) < MIN_FRAMES:
-        out = torch.cat([out, out.new_full((MIN_FRAMES - len(out), cfg.n_mels), -13.8)])
-    return out.float()
-
-
-def augment(wave: np.ndarray, kind: str, rng: np.random.Generator, cfg: MelConfig,
-            snr_db: float = 30.0, max_semitones: float = 2.0,
-            max_stretch: float = 0.15) -> torch.Tensor:
-    """Log-mel of one augmented view: Gaussian noise at `snr_db`, a pitch shift of up to
-    `max_semitones`, or a time stretch by a rate within 1 +- `max_stretch`.
-
-    Pitch shift = resample by a small rational ratio (cheap; torchaudio's pitch_shift
-    needs a huge resampling kernel for irrational ratios) then stretch back to length.
-    """
-    if kind == "noise":
-        power = float(np.mean(wave ** 2)) or 1e-8
-        noisy = wave + rng.normal(0, math.sqrt(power / 10 ** (snr_db / 10)), len(wave))
-        return log_mel(_stft(noisy.astype(np.float32), cfg), cfg)
-    if kind == "pitch":
-        # at least half a semitone, so the rational ratio below is never 1
-        semitones = rng.choice([-1, 1]) * rng.uniform(min(0.5, max_semitones), max_semitones)
-        ratio = Fraction(2 ** (semitones / 12)).limit_denominator(100)
-        shifted = resample_poly(wave, ratio.denominator, ratio.numerator).astype(np.float32)
-        spec = _stft(shifted, cfg)
-        return log_mel(_stretch(spec, len(shifted) / len(wave), cfg), cfg)
-    if kind == "stretch":
-        rate = rng.uniform(1 - max_stretch, 1 + max_stretch)
-        return log_mel(_stretch(_stft(wave, cfg), rate, cfg), cfg)
-    raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
-
-
-def mel_views(paths: Sequence[Path], cache_dir: str | Path, cfg: MelConfig, n_augment: int,
-              seed: int = 0, **aug_options) -> list[list[torch.Tensor]]:
-    """For each clip: [clean log-mel, augmented view 1, ..., view n_augment], computed once
-    and cached under `cache_dir` (fold-independent: views depend on the clip and seed).
-    View k uses augmentation k-1 mod 3 (noise, pitch, stretch) with seeded parameters."""
-    cache = FeatureCache(cache_dir, cfg.key)
-    waves = [load_audio(p).wave for p in paths]
-    base = [wave_digest(w) for w in waves]
-    options = ",".join(f"{k}={v}" for k, v in sorted(aug_options.items()))
-    keys, jobs = [], []
-    for digest, wave in zip(base, waves):
-        for k in range(n_augment + 1):
-            key = digest if k == 0 else hashlib.sha256(
-                f"{digest}|{k}|{seed}|{options}".encode()).hexdigest()
-            keys.append(key)
-            jobs.append((wave, k, key))
-
-    def compute(batch: list) -> list[dict[str, torch.Tensor]]:
-        out = []
-        for wave, k, key in batch:
-            if k == 0:
-                mel = log_mel(_stft(wave, cfg), cfg)
-            else:
-                rng = np.random.default_rng(int(key[:12], 16))
-                mel = augment(wave, AUGMENTATIONS[(k - 1) % 3], rng, cfg, **aug_options)
-            out.append({"mel": mel.half()})
-        return out
-
-    cache.fill(keys, jobs, [len(j[0]) for j in jobs], compute, batch_size=32, desc="log-mels")
-    views = [cache.load(key)["mel"].float() for key in keys]
-    return [views[i:i + n_augment + 1] for i in range(0, len(views), n_augment + 1)]
-
-
-# ---------------------------------------------------------------------- text input
-
-CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-
-
-def segment(text: str, mode: str = "auto") -> list[str]:
-    """Words of a transcript: Chinese by characters (no segmenter dependency), other
-    languages by lower-cased word characters. `auto` picks by the presence of CJK."""
-    if mode == "auto":
-        mode = "chars" if CJK.search(text) else "words"
-    if mode == "chars":
-        return [ch for ch in text if CJK.match(ch) or ch.isalnum()]
-    if mode == "words":
-        return re.findall(r"[\w']+", text.lower())
-    raise ValueError(f"unknown segmentation {mode!r}; choose auto, chars or words")
-
-
-def build_vocab(texts: Sequence[str], mode: str = "auto", min_count: int = 1) -> dict[str, int]:
-    """Word -> id over the training texts; 0 is padding, 1 unknown."""
-    counts = Counter(w for t in texts for w in segment(t, mode))
-    words = sorted(w for w, c in counts.items() if c >= min_count)
-    return {"<pad>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(words)}}
-
-
-def sentence_vector(states: torch.Tensor, pool: str = "mean") -> torch.Tensor:
-    """The text encoder's sentence vector from its last layer (tokens, dim): the mean over
-    tokens (how all-MiniLM-L6-v2 was trained) or the [CLS] token (BERT)."""
-    if pool == "mean":
-        return states.mean(0)
-    if pool == "cls":
-        return states[0]
-    raise ValueError(f"unknown sentence pooling {pool!r}; choose mean or cls")
-
-
-def word_vectors(states0: torch.Tensor, max_tokens: int) -> torch.Tensor:
-    """Non-contextual input embeddings (hidden state 0) without [CLS] and [SEP]."""
-    inner = states0[1:-1] if len(states0) > 2 else states0
-    return inner[:max_tokens]
-
-
-def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence[str],
-                       batch_size: int = 32) -> Callable[[Sequence[str]], list[torch.Tensor]]:
-    """Encode `texts` the features stage did not (e.g. the Mandarin variant) into our own
-    cache; returns a lookup texts -> every hidden state (layers + 1, tokens, dim)."""
-    from mmser.encode.encoders import TextEncoder
-    from mmser.encode.features import text_digest, text_features
-
-    encoder = TextEncoder(encoder_name)
-    cache = FeatureCache(cache_dir, encoder.key)
-    text_features(cache, encoder, list(texts), batch_size=batch_size)
-
-    def lookup(batch: Sequence[str]) -> list[torch.Tensor]:
-        return [cache.load(text_digest(t))["hidden"].float() for t in batch]
-    return lookup
 
 
 # -------------------------------------------------------------------- building blocks
@@ -213,8 +44,9 @@ def run_rnn(rnn: nn.RNNBase, x: torch.Tensor, mask: torch.Tensor
 
 
 class Block(nn.Module):
-    """MCAN unit: self-attention, or self- then guided attention, each followed by
-    add & norm, then a feed-forward layer with add & norm."""
+    """One unit of the co-attention layer (Sec. 3.3, Fig. 2; MCAN): self-attention, or
+    self- then guided attention (the Sec. 3.3 attention formula), each with add & norm,
+    then a feed-forward layer with add & norm."""
 
     def __init__(self, dim: int, heads: int, dropout: float, guided: bool):
         super().__init__()
@@ -239,8 +71,8 @@ class Block(nn.Module):
 
 
 class CoAttention(nn.Module):
-    """Encoder-decoder co-attention (MCAN): `layers` self-attention blocks on x; then
-    `layers` self+guided blocks on y, each guided by x's *final* encoder output."""
+    """The encoder-decoder co-attention layer (Sec. 3.3, Fig. 2): `layers` self-attention
+    blocks on x; then `layers` self+guided blocks on y, each guided by x's *final* output."""
 
     def __init__(self, dim: int, heads: int, layers: int, dropout: float):
         super().__init__()
@@ -256,7 +88,8 @@ class CoAttention(nn.Module):
 
 
 class AttFlat(nn.Module):
-    """MCAN's attentional pooling of a sequence into one vector (padding excluded)."""
+    """Attentional pooling of the fused sequence into one vector before the predictor
+    (Sec. 3.3 leaves this open; MCAN's AttFlat), padding excluded."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -268,8 +101,8 @@ class AttFlat(nn.Module):
 
 
 def align(x: torch.Tensor, x_mask: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
-    """Stretch sequence x onto y's time axis (uniform alignment: position t of y takes x's
-    position floor(t * len_x / len_y)); padding of y gets zeros."""
+    """Stretch sequence x onto y's time axis, for the element-wise addition of Sec. 3.3
+    (position t of y takes x's position floor(t * len_x / len_y)); y's padding gets zeros."""
     lx, ly = _lengths(x_mask), _lengths(y_mask)
     t = torch.arange(y_mask.shape[1], device=x.device)
     index = (t[None] * lx[:, None] // ly[:, None]).clamp(max=x.shape[1] - 1)
@@ -278,8 +111,8 @@ def align(x: torch.Tensor, x_mask: torch.Tensor, y_mask: torch.Tensor) -> torch.
 
 
 class AcousticBranch(nn.Module):
-    """Log-mel -> Conv-BatchNorm-ReLU blocks (stride 2: each halves time and frequency,
-    cheaper than pooling at full resolution) -> LSTM."""
+    """Acoustic pre-process (Sec. 3.2): log-mel -> Conv-BatchNorm-ReLU blocks (stride 2:
+    each halves time and frequency, cheaper than pooling at full resolution) -> LSTM."""
 
     def __init__(self, n_mels: int, dim: int, channels: int = 8, blocks: int = 2):
         super().__init__()
@@ -304,20 +137,30 @@ class AcousticBranch(nn.Module):
         return run_rnn(self.lstm, x, mask)[0], mask
 
 
+def _embedding(vocab_size: int | None, dim: int) -> nn.Embedding | None:
+    """Word vectors learned on the training folds (id 0 pads) when there is a vocabulary."""
+    return nn.Embedding(vocab_size, dim, padding_idx=0) if vocab_size else None
+
+
+def _words(batch: dict, embed: nn.Embedding | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The word sequence and its mask: the embedded ids, or else the static vectors."""
+    if embed is not None:
+        return embed(batch["tokens_seq"]), batch["tokens_seq_mask"]
+    return batch["words"], batch["words_mask"]
+
+
 class WordBranch(nn.Module):
-    """Word vectors (static, or learned on the training folds) -> LSTM -> 1-D conv."""
+    """Word-embedding pre-process (Sec. 3.2): word vectors (static, or learned on the
+    training folds) -> LSTM -> 1-D conv."""
 
     def __init__(self, in_dim: int, dim: int, vocab_size: int | None = None):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, in_dim, padding_idx=0) if vocab_size else None
+        self.embed = _embedding(vocab_size, in_dim)
         self.lstm = nn.LSTM(in_dim, dim, batch_first=True)
         self.conv = nn.Conv1d(dim, dim, 3, padding=1)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.embed is not None:
-            x, mask = self.embed(batch["tokens_seq"]), batch["tokens_seq_mask"]
-        else:
-            x, mask = batch["words"], batch["words_mask"]
+        x, mask = _words(batch, self.embed)
         out, _ = run_rnn(self.lstm, x, mask)
         return F.relu(self.conv(out.transpose(1, 2))).transpose(1, 2) * mask[..., None], mask
 
@@ -326,7 +169,8 @@ class WordBranch(nn.Module):
 
 
 class VcemoNet(nn.Module):
-    """The paper's encoder up to the fused vector, for any subset of the three modalities.
+    """The encoder of Fig. 1 up to the fused vector (Sec. 3.2-3.3), for any subset of the
+    three modalities (the Table 3 ablation).
 
     Round 1 (acoustic, words): co-attention with the words as the encoder side and the
     audio frames guided by them; merged by element-wise addition of the audio output and
@@ -387,7 +231,7 @@ class VcemoNet(nn.Module):
 def supcon_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, contrast: torch.Tensor,
                 contrast_labels: torch.Tensor, temperature: float = 1.0,
                 exclude_self: bool = False) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020) of L2-normalised features.
+    """L_SupCon of Sec. 3.4 (Khosla et al. 2020) on L2-normalised features.
 
     For each anchor i: minus the mean over its positives p (same label in the contrast set
     A(i)) of log softmax_a(z_i . z_a / t)[p]; averaged over the anchors that have a
@@ -407,12 +251,13 @@ def supcon_loss(anchors: torch.Tensor, anchor_labels: torch.Tensor, contrast: to
 
 
 class VcemoModel(nn.Module):
-    """Encoder + predictor (two-layer MLP) + projector (128-d) with the paper's loss
-    (L_CE + alpha * L_SupCon) / (1 + alpha).
+    """Encoder + predictor (two-layer MLP, Sec. 3.3) + projector (128-d) with the loss
+    L = (L_CE + alpha * L_SupCon) / (1 + alpha) of Sec. 3.4 (Fig. 3).
 
     SupCon (alpha > 0, training only): anchors are the projector outputs of this dropout
     pass; the contrast set is a momentum encoder's outputs for the same batch (a second
-    dropout view, so each anchor has its own positive) plus a MoCo queue of earlier keys.
+    dropout view, so each anchor has its own positive; Sec. 3.5) plus a MoCo queue of
+    earlier keys.
     """
 
     def __init__(self, net: nn.Module, n_classes: int, alpha: float = 0.0,
@@ -477,14 +322,15 @@ class VcemoModel(nn.Module):
 
 
 class Yoon2018(nn.Module):
-    """Multimodal dual recurrent encoder (Yoon et al., SLT 2018), compact: a GRU over the
-    audio frames and a GRU over the word vectors; final states concatenated -> classifier.
-    (The original adds prosodic features to the audio state; the log-mels stand in.)"""
+    """Table 1 baseline: the multimodal dual recurrent encoder (Yoon et al., SLT 2018),
+    compact: a GRU over the audio frames and a GRU over the word vectors; final states
+    concatenated -> classifier. (The original adds prosodic features to the audio state;
+    the log-mels stand in.)"""
 
     def __init__(self, n_mels: int, word_dim: int, n_classes: int, dim: int = 64,
                  vocab_size: int | None = None, dropout: float = 0.1):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0) if vocab_size else None
+        self.embed = _embedding(vocab_size, word_dim)
         self.audio = nn.GRU(n_mels, dim, batch_first=True)
         self.text = nn.GRU(word_dim, dim, batch_first=True)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, n_classes))
@@ -493,19 +339,19 @@ class Yoon2018(nn.Module):
         words, w_mask = _words(batch, self.embed)
         _, a = run_rnn(self.audio, batch["mel"], batch["mel_mask"])
         _, t = run_rnn(self.text, words, w_mask)
-        logits = self.head(torch.cat([a, t], -1))
-        return {"loss": F.cross_entropy(logits, batch["label"]), "logits": logits}
+        return _classified(self.head(torch.cat([a, t], -1)), batch)
 
 
 class Xu2019(nn.Module):
-    """Learned alignment (Xu et al., Interspeech 2019), compact: BiLSTMs over audio frames
-    and words; each word attends (additive attention) over the frames to get its aligned
-    audio vector; [word; aligned audio] -> BiLSTM -> max pooling over words -> classifier."""
+    """Table 1-2 baseline: learned alignment (Xu et al., Interspeech 2019), compact: BiLSTMs
+    over audio frames and words; each word attends (additive attention) over the frames to
+    get its aligned audio vector; [word; aligned audio] -> BiLSTM -> max pooling over words
+    -> classifier."""
 
     def __init__(self, n_mels: int, word_dim: int, n_classes: int, dim: int = 64,
                  vocab_size: int | None = None, dropout: float = 0.1):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0) if vocab_size else None
+        self.embed = _embedding(vocab_size, word_dim)
         h = dim // 2
         self.audio = nn.LSTM(n_mels, h, batch_first=True, bidirectional=True)
         self.text = nn.LSTM(word_dim, h, batch_first=True, bidirectional=True)
@@ -524,11 +370,8 @@ class Xu2019(nn.Module):
         weights = scores.squeeze(-1).masked_fill(~m_mask[:, None], float("-inf")).softmax(-1)
         fused, _ = run_rnn(self.fuse, torch.cat([t, weights @ a], -1), w_mask)
         pooled = fused.masked_fill(~w_mask[..., None], float("-inf")).max(1).values
-        logits = self.head(pooled)
-        return {"loss": F.cross_entropy(logits, batch["label"]), "logits": logits}
+        return _classified(self.head(pooled), batch)
 
 
-def _words(batch: dict, embed: nn.Embedding | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if embed is not None:
-        return embed(batch["tokens_seq"]), batch["tokens_seq_mask"]
-    return batch["words"], batch["words_mask"]
+def _classified(logits: torch.Tensor, batch: dict) -> dict:
+    return {"loss": F.cross_entropy(logits, batch["label"]), "logits": logits}

@@ -4,7 +4,7 @@ Stage 1 aligns an utterance's speech embedding with its transcript's embedding: 
 an encoder, a pooling and the paper's projection block, and the loss is the symmetric
 cross-entropy over the scaled cosine similarities of a batch (CLIP). Stage 2 keeps only the
 speech side, adds a classifier head and fine-tunes it for emotion classes: audio only at
-inference.
+inference. The modules and the loss are in `mmser.models.clap`.
 
 Encoders run from the feature cache: the frozen part is never run again. `TopLayers` makes
 the top `k` transformer layers trainable on the cached state below them (k = 0 trains the
@@ -32,6 +32,7 @@ from mmser.config import Clap as ClapParams
 from mmser.config import Training
 from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureStore
+from mmser.models.clap import ClapModel, Side, SpeechClassifier
 
 FRAMES_PER_SECOND = 50  # Whisper and HuBERT/wav2vec 2.0 encoders both emit 50 frames/s
 SYSTEMS = {  # Table 1 rows: system key -> (text cut used for pre-training, readable name)
@@ -39,96 +40,6 @@ SYSTEMS = {  # Table 1 rows: system key -> (text cut used for pre-training, read
     "small": ("small", "pre-trained with the small text model"),
     "full": ("main", "pre-trained with the full text model"),
 }
-
-
-# ------------------------------------------------------------------------------ model
-
-
-class Projection(nn.Module):
-    """The paper's projection block: Linear, GELU, Linear, Dropout, residual add, LayerNorm
-    (the residual is the first Linear's output)."""
-
-    def __init__(self, dim_in: int, dim_out: int, dropout: float):
-        super().__init__()
-        self.linear1, self.linear2 = nn.Linear(dim_in, dim_out), nn.Linear(dim_out, dim_out)
-        self.dropout, self.norm = nn.Dropout(dropout), nn.LayerNorm(dim_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        projected = self.linear1(x)
-        return self.norm(projected + self.dropout(self.linear2(F.gelu(projected))))
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real positions: x (B, L, D), mask (B, L) True = real -> (B, D)."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-class Side(nn.Module):
-    """One modality: optional trainable top layers on cached states, pooling, projection."""
-
-    def __init__(self, dim: int, proj_dim: int, dropout: float, top: nn.Module | None = None,
-                 pool: str = "mean"):
-        super().__init__()
-        if pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be mean or cls, not {pool!r}")
-        self.top, self.pool = top, pool
-        self.projection = Projection(dim, proj_dim, dropout)
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.top is not None:
-            states = self.top(states, mask)
-        pooled = states[:, 0] if self.pool == "cls" else masked_mean(states, mask)
-        return self.projection(pooled)
-
-
-def clip_loss(audio: torch.Tensor, text: torch.Tensor, temperature: float = 1.0,
-              text_keys: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric cross-entropy over cosine similarities / temperature (CLIP).
-
-    Pairs that share the same transcript (`text_keys` equal) are all positives, with equal
-    target weight; with distinct texts this is exactly CLIP's loss with identity targets.
-    """
-    logits = F.normalize(audio, dim=-1) @ F.normalize(text, dim=-1).T / temperature
-    if text_keys is None:
-        same = torch.eye(len(audio), device=audio.device)
-    else:
-        same = (text_keys[:, None] == text_keys[None, :]).to(logits.dtype)
-    targets = same / same.sum(1, keepdim=True)
-    a2t = -(targets * logits.log_softmax(1)).sum(1).mean()
-    t2a = -(targets.T * logits.T.log_softmax(1)).sum(1).mean()
-    return (a2t + t2a) / 2
-
-
-class ClapModel(nn.Module):
-    """Stage 1: speech and text sides trained to agree (batch: speech, text, text_key)."""
-
-    def __init__(self, speech: Side, text: Side, temperature: float = 1.0):
-        super().__init__()
-        self.speech, self.text, self.temperature = speech, text, temperature
-
-    def forward(self, batch: dict) -> dict:
-        audio = self.speech(batch["speech"], batch["speech_mask"])
-        text = self.text(batch["text"], batch["text_mask"])
-        loss = clip_loss(audio, text, self.temperature, batch["text_key"])
-        return {"loss": loss, "audio": audio, "text": text, "text_key": batch["text_key"]}
-
-
-class SpeechClassifier(nn.Module):
-    """Stage 2: the speech side (pre-trained or not) and a linear classifier head."""
-
-    def __init__(self, speech: Side, n_classes: int):
-        super().__init__()
-        self.speech = speech
-        self.head = nn.Linear(speech.projection.norm.normalized_shape[0], n_classes)
-
-    def forward(self, batch: dict) -> dict:
-        embedding = self.speech(batch["speech"], batch["speech_mask"])
-        logits = self.head(embedding)
-        out = {"logits": logits, "embedding": embedding}
-        if "label" in batch:
-            out["loss"] = F.cross_entropy(logits, batch["label"])
-        return out
 
 
 # -------------------------------------------------------------------------- retrieval

@@ -4,6 +4,7 @@ The model (de Oliveira et al., Interspeech 2023): a speech encoder, and for audi
 text encoder; average- and max-pooling over each sequence, concatenated; the pooled
 vectors of the two modalities concatenated; a head of two linear layers with tanh between;
 three outputs (A, V, D on [0, 1]); loss 1 - CCC averaged over the dimensions (eq. 3).
+The modules and the loss are in `mmser.models.distil`.
 
 Encoder states come from a cache. A source is `features:<cut>` (the features stage's
 cache: `features:main`, `features:2`, `features:3`) or an encoder name / Hugging Face id /
@@ -29,6 +30,7 @@ from torch import nn
 
 from mmser.training import data as D
 from mmser.training import loop as T
+from mmser.models.distil import DistilModel, Frozen, LayerWeights, n_params, n_trainable
 from mmser.models.layers import Adapter, TopLayers
 from mmser.encode.features import FeatureStore
 
@@ -53,119 +55,6 @@ PAPER_TABLE2 = {
     "Whisper tiny": (39, 0.241, (0.618, 0.524, 0.510)),
 }
 PAPER_CORPUS = "MSP-Podcast v1.10, official partitions (test1 = seen, test2 = unseen podcasts)"
-
-
-# ------------------------------------------------------------------------------ losses
-
-
-def ccc_per_dim(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Lin's concordance correlation coefficient of each column (eq. 3), population moments
-    (as `mmser.report.metrics.ccc`): 2 cov / (var_y + var_p + (mu_y - mu_p)^2)."""
-    mu_p, mu_y = pred.mean(0), target.mean(0)
-    cov = ((pred - mu_p) * (target - mu_y)).mean(0)
-    var_p, var_y = pred.var(0, unbiased=False), target.var(0, unbiased=False)
-    return 2 * cov / (var_p + var_y + (mu_p - mu_y) ** 2 + eps)
-
-
-def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - CCC averaged over the dimensions (the paper's training objective)."""
-    return 1 - ccc_per_dim(pred, target).mean()
-
-
-# ------------------------------------------------------------------------------ modules
-
-
-def mean_max_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(batch, length, dim) -> (batch, 2 dim): masked average and max over the sequence."""
-    m = mask[..., None].to(x.dtype)
-    mean = (x * m).sum(1) / m.sum(1).clamp_min(1)
-    peak = x.masked_fill(~mask[..., None], torch.finfo(x.dtype).min).amax(1)
-    return torch.cat([mean, peak], -1)
-
-
-class Frozen(nn.Module):
-    """A part that never trains: no gradients, and eval mode even when the model trains
-    (no dropout), so its outputs stay those of the trained or pretrained encoder."""
-
-    def __init__(self, module: nn.Module | None = None):
-        super().__init__()
-        self.module = module
-        if module is not None:
-            module.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "Frozen":
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x if self.module is None else self.module(x, mask)
-
-
-class LayerWeights(nn.Module):
-    """Softmax-normalised learnable weights over all hidden states (Figure 2):
-    (batch, length, states, dim) -> (batch, length, dim)."""
-
-    def __init__(self, n_states: int):
-        super().__init__()
-        self.logits = nn.Parameter(torch.zeros(n_states))  # uniform at the start
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return torch.softmax(self.logits, 0)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("btld,l->btd", x, self.weights)
-
-
-def head(in_dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
-    """Two linear layers with tanh between (dropout before each, as the paper's 0.1
-    dropout throughout)."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.Tanh(),
-                         nn.Dropout(dropout), nn.Linear(hidden, out))
-
-
-OUTPUTS = ("linear", "sigmoid")
-
-
-class DistilModel(nn.Module):
-    """Branches per modality (batch keys `speech`, `text`), each (x, mask) -> states, then
-    mean+max pooling, concatenation and the head. forward(batch) -> {pred, loss}.
-
-    output: "linear" (the paper's head as it is) or "sigmoid" (bounded to the targets'
-    [0, 1]: 1 - CCC alone does not hold the mean in place, and a linear output drifted far
-    outside [0, 1] and stalled on some folds)."""
-
-    def __init__(self, branches: dict[str, nn.Module], dims: dict[str, int], hidden: int,
-                 n_out: int = 3, dropout: float = 0.1, pool_norm: bool = False,
-                 output: str = "linear"):
-        super().__init__()
-        if output not in OUTPUTS:
-            raise ValueError(f"output {output!r} is not one of {OUTPUTS}")
-        self.output = output
-        self.branches = nn.ModuleDict(branches)
-        # optional LayerNorm of each modality's pooled vector: frozen states of different
-        # scales (the 2-layer cut's reach 20) otherwise saturate the tanh on one modality
-        self.norms = nn.ModuleDict({name: nn.LayerNorm(2 * dims[name]) if pool_norm
-                                    else nn.Identity() for name in branches})
-        self.head = head(2 * sum(dims[name] for name in branches), hidden, n_out, dropout)
-
-    def forward(self, batch: dict) -> dict:
-        pooled = [self.norms[name](mean_max_pool(branch(batch[name].float(),
-                                                        batch[f"{name}_mask"]),
-                                                 batch[f"{name}_mask"]))
-                  for name, branch in self.branches.items()]
-        pred = self.head(torch.cat(pooled, -1))
-        out = {"pred": torch.sigmoid(pred) if self.output == "sigmoid" else pred}
-        if "target" in batch:
-            out["loss"] = ccc_loss(out["pred"], batch["target"].float())
-        return out
-
-
-def n_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------ sources

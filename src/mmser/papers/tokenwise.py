@@ -11,12 +11,12 @@ Downstream (Sec. 4.2-4.3): mean and standard deviation over frames or tokens, th
 of three [Linear, LayerNorm, ReLU] blocks and a final Linear; Adam, cross-entropy, learning
 rate reduced on plateau of validation UAR; batch size, learning rate and the encoder layer
 chosen on validation UAR only (the fold's test part opens after every choice is recorded).
+The modules and the loss are in `mmser.models.tokenwise`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from torch import nn
 from mmser.corpus import protocols
 from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureStore
+from mmser.models.tokenwise import Aligner, Classifier, PredictorModel, functionals
 from mmser.training import data as D
 from mmser.training import loop as T
 
@@ -52,50 +53,6 @@ PROTOCOL_NAMES = {CORPUS_PROTOCOL} | (set(protocols.PROTOCOLS) - {"cross_corpus"
 # ------------------------------------------------------------------------ pre-training
 
 
-class CrossAttention(nn.Module):
-    """B_s = softmax(Q K^T [/ sqrt(d)]) V with Q from text tokens, K and V from speech frames.
-
-    The paper's equation has no 1/sqrt(d) scale; `scale=True` adds it. Padded frames get no
-    attention weight.
-    """
-
-    def __init__(self, speech_dim: int, text_dim: int, scale: bool = False):
-        super().__init__()
-        self.q = nn.Linear(text_dim, text_dim, bias=False)
-        self.k = nn.Linear(speech_dim, text_dim, bias=False)
-        self.v = nn.Linear(speech_dim, text_dim, bias=False)
-        self.scale = 1 / math.sqrt(text_dim) if scale else 1.0
-
-    def forward(self, tokens: torch.Tensor, speech: torch.Tensor,
-                speech_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, M, Dt), speech (B, N, Ds), speech_mask (B, N) True = real frame ->
-        B_s (B, M, Dt) and the attention weights (B, M, N).
-
-        The products are ordered so that no N x Dt projection of every frame is formed:
-        Q K^T = (Q W_k) S^T and softmax(.) (S W_v) = (softmax(.) S) W_v, the same values for
-        M tokens << N frames at about M/N of the cost.
-        """
-        query = self.q(tokens) @ self.k.weight  # Q W_k: (B, M, Ds); Linear keeps W^T
-        scores = query @ speech.transpose(1, 2) * self.scale
-        scores = scores.masked_fill(~speech_mask[:, None, :], float("-inf"))
-        attention = scores.softmax(-1)
-        return self.v(attention @ speech), attention
-
-
-def tokenwise_contrastive_loss(teacher: torch.Tensor, student: torch.Tensor,
-                               tau: float) -> torch.Tensor:
-    """L = -tau / (2b) * sum_i [log softmax_j(s_ij)|_i + log softmax_j(s_ji)|_i] over the b
-    tokens of a batch, s_ij = cos(B_i, B_s,j) / tau (Sec. 3.4, the tau factor included).
-
-    teacher B and student B_s: (b, D), the real tokens of every utterance, row i of one
-    matching row i of the other.
-    """
-    sim = F.normalize(teacher, dim=-1) @ F.normalize(student, dim=-1).T / tau
-    diagonal = torch.arange(len(sim), device=sim.device)
-    theta = sim.log_softmax(1)[diagonal, diagonal] + sim.log_softmax(0)[diagonal, diagonal]
-    return -tau / (2 * len(sim)) * theta.sum()
-
-
 def knn_accuracy(teacher: torch.Tensor, student: torch.Tensor) -> float:
     """1-NN validation (Sec. 4.3): the share of B_s tokens whose most cosine-similar B token,
     among all tokens given, is their own. Ties (identical teacher rows, e.g. a sentence read
@@ -103,32 +60,6 @@ def knn_accuracy(teacher: torch.Tensor, student: torch.Tensor) -> float:
     sim = F.normalize(student.float(), dim=-1) @ F.normalize(teacher.float(), dim=-1).T
     own = sim.diagonal()
     return float((own >= sim.max(1).values).float().mean())
-
-
-class Aligner(nn.Module):
-    """The trainable part of pre-training: cross-attention contextualisation + the loss.
-
-    Batches hold `speech_seq` (S), `tokens_seq` (T), `teacher_seq` (B) and their masks
-    (`mmser.training.data.collate`). forward returns the loss and the real tokens' B and B_s (for the
-    1-NN validation score).
-    """
-
-    def __init__(self, speech_dim: int, text_dim: int, tau: float = 0.1,
-                 scale: bool = False):
-        super().__init__()
-        self.attention = CrossAttention(speech_dim, text_dim, scale)
-        self.tau = tau
-
-    def contextualise(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attention(batch["tokens_seq"], batch["speech_seq"],
-                              batch["speech_seq_mask"])
-
-    def forward(self, batch: dict) -> dict:
-        student, _ = self.contextualise(batch)
-        mask = batch["tokens_seq_mask"]
-        teacher, student = batch["teacher_seq"][mask], student[mask]
-        return {"loss": tokenwise_contrastive_loss(teacher, student, self.tau),
-                "teacher": teacher.detach(), "student": student.detach()}
 
 
 def knn_val_metric(outputs: list[dict]) -> float:
@@ -175,18 +106,6 @@ def attention_map(model: Aligner, item: dict) -> np.ndarray:
 # ---------------------------------------------------------------------------- downstream
 
 
-def functionals(seqs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """f_mu_sigma (Sec. 4.2): mean and standard deviation over the first axis of each (L, D)
-    sequence, concatenated: (n, 2D). Population std, so a one-token sequence gives 0."""
-    rows = []
-    for seq in seqs:
-        if len(seq) == 0:
-            raise ValueError("an empty sequence has no functionals")
-        std, mean = torch.std_mean(seq.float(), dim=0, correction=0)
-        rows.append(torch.cat([mean, std]))
-    return torch.stack(rows)
-
-
 def layer_functionals(states: Iterable[torch.Tensor],
                       layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
     """Functionals of the requested hidden states of each utterance: {layer: (n, 2D)}.
@@ -205,25 +124,6 @@ def layer_functionals(states: Iterable[torch.Tensor],
         for layer in sorted(chosen):
             rows.setdefault(layer, []).append(functionals([state[layer]])[0])
     return {layer: torch.stack(r) for layer, r in rows.items()}
-
-
-class Classifier(nn.Module):
-    """Standardisation (training-set statistics), three [Linear, LayerNorm, ReLU] blocks
-    and a final Linear (Sec. 4.3)."""
-
-    def __init__(self, x_train: torch.Tensor, n_classes: int, hidden: int = 256):
-        super().__init__()
-        std, mean = torch.std_mean(x_train, dim=0)
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std.clamp_min(1e-6))
-        blocks, width = [], x_train.shape[1]
-        for _ in range(3):
-            blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU()]
-            width = hidden
-        self.net = nn.Sequential(*blocks, nn.Linear(width, n_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
 
 
 @dataclass
@@ -492,26 +392,6 @@ def chosen_views(preds: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- exported predictor
 
 PREDICTOR_SYSTEM = "ours B_s"
-
-
-class PredictorModel(nn.Module):
-    """The exported "ours B_s" system on live encoder states (`mmser.predict`):
-    B_s = cross-attention from the text embedding-layer tokens T (`tokens_seq`) to the
-    speech frames S (`speech_seq`), mean and std over B_s's real tokens, the classifier.
-    forward(batch as `mmser.training.data.collate` pads it) -> {"logits"}."""
-
-    def __init__(self, speech_dim: int, text_dim: int, n_classes: int, hidden: int,
-                 scale: bool = False):
-        super().__init__()
-        self.attention = CrossAttention(speech_dim, text_dim, scale)
-        self.classifier = Classifier(torch.zeros(2, 2 * text_dim), n_classes, hidden)
-
-    def forward(self, batch: dict) -> dict:
-        student, _ = self.attention(batch["tokens_seq"], batch["speech_seq"],
-                                    batch["speech_seq_mask"])
-        lengths = batch["tokens_seq_mask"].sum(1).tolist()
-        return {"logits": self.classifier(functionals([s[:n] for s, n in
-                                                       zip(student, lengths)]))}
 
 
 def predictor_model(spec: dict) -> PredictorModel:

@@ -1,25 +1,40 @@
-"""The VCEMO stage's experiments: item building (cached log-mels, augmented training
-copies, word and sentence vectors), the systems of the paper's tables run with
-`mmser.training.loop.cross_validate`, the paper's numbers, and the small Mandarin corpus."""
+"""The VCEMO stage's inputs and experiments: log-mel spectrograms and their augmented
+views (Tang et al. 2024, Sec. 3.1 and 3.5), word and sentence vectors (Sec. 3.1), item
+building, the systems of the paper's tables run with `mmser.training.loop.cross_validate`,
+the paper's numbers, and the small Mandarin corpus. The modules are `mmser.models.vcemo`.
+
+Inputs per utterance (`Experiment.items`): `mel` (frames, n_mels) log-mel spectrogram,
+`words` (tokens, dim) static word vectors (the text encoder's non-contextual input
+embeddings, hidden state 0 of the feature cache) or `tokens_seq` (ids of words learned on
+the training folds), `sent` (dim,) the text encoder's sentence vector, `label`.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import math
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torchaudio.functional as AF
 import yaml
+from scipy.signal import resample_poly
 
-from mmser.corpus import manifest, synth
-from mmser.corpus.audio import SAMPLE_RATE, write_audio
-from mmser.corpus.protocols import Fold
-from mmser.models import vcemo as V
 from mmser.config import Training, Vcemo
+from mmser.corpus import manifest, synth
+from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest, write_audio
+from mmser.corpus.protocols import Fold
+from mmser.encode.features import FeatureCache
+from mmser.models import vcemo as V
 from mmser.training.data import Corpus, label_ids
 from mmser.training.loop import Task, cross_validate, predict
 
@@ -46,6 +61,168 @@ PAPER_ABLATION = {  # modalities -> (accuracy, F1), %, VCEMO 4-class
     "Embeddings + BERT": (57.26, 55.11), "Embeddings + Acoustic": (65.21, 64.40),
     "BERT + Acoustic": (61.23, 60.91), "Embeddings + BERT + Acoustic": (69.52, 74.10),
 }
+SHORT = {"acoustic": "Acoustic", "words": "Embeddings", "bert": "BERT"}  # Table 3 names
+AUGMENTATIONS = ("noise", "pitch", "stretch")
+N_FFT = 400  # 25 ms window at 16 kHz
+MIN_FRAMES = 8  # the CNN halves time twice; shorter clips are zero-padded to this
+
+
+# ------------------------------------------------------------------ acoustic input
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """The acoustic input, a log-mel spectrogram (Sec. 3.1)."""
+
+    n_mels: int = 40
+    hop_ms: int = 20
+
+    @property
+    def hop(self) -> int:
+        return SAMPLE_RATE * self.hop_ms // 1000
+
+    @property
+    def key(self) -> str:
+        return f"logmel-n{self.n_mels}-h{self.hop_ms}"
+
+
+def _stft(wave: np.ndarray, cfg: MelConfig) -> torch.Tensor:
+    return torch.stft(torch.from_numpy(np.ascontiguousarray(wave, np.float32)), N_FFT,
+                      cfg.hop, window=torch.hann_window(N_FFT), return_complex=True)
+
+
+def _stretch(spec: torch.Tensor, rate: float, cfg: MelConfig) -> torch.Tensor:
+    """Phase-vocoder time stretch of a complex spectrogram (rate > 1: faster)."""
+    advance = torch.linspace(0, math.pi * cfg.hop, spec.shape[0])[:, None]
+    return AF.phase_vocoder(spec, rate, advance)
+
+
+def log_mel(spec: torch.Tensor, cfg: MelConfig) -> torch.Tensor:
+    """Complex spectrogram (freq, frames) -> log-mel (frames, n_mels), float32."""
+    fb = AF.melscale_fbanks(spec.shape[0], 0.0, SAMPLE_RATE / 2, cfg.n_mels, SAMPLE_RATE)
+    mel = (spec.abs() ** 2).T @ fb
+    out = torch.log(mel + 1e-6)
+    if len(out) < MIN_FRAMES:
+        out = torch.cat([out, out.new_full((MIN_FRAMES - len(out), cfg.n_mels), -13.8)])
+    return out.float()
+
+
+def augment(wave: np.ndarray, kind: str, rng: np.random.Generator, cfg: MelConfig,
+            snr_db: float = 30.0, max_semitones: float = 2.0,
+            max_stretch: float = 0.15) -> torch.Tensor:
+    """Log-mel of one augmented view (Sec. 3.5): Gaussian noise at `snr_db`, a pitch shift
+    of up to `max_semitones`, or a time stretch by a rate within 1 +- `max_stretch`.
+
+    Pitch shift = resample by a small rational ratio (cheap; torchaudio's pitch_shift
+    needs a huge resampling kernel for irrational ratios) then stretch back to length.
+    """
+    if kind == "noise":
+        power = float(np.mean(wave ** 2)) or 1e-8
+        noisy = wave + rng.normal(0, math.sqrt(power / 10 ** (snr_db / 10)), len(wave))
+        return log_mel(_stft(noisy.astype(np.float32), cfg), cfg)
+    if kind == "pitch":
+        # at least half a semitone, so the rational ratio below is never 1
+        semitones = rng.choice([-1, 1]) * rng.uniform(min(0.5, max_semitones), max_semitones)
+        ratio = Fraction(2 ** (semitones / 12)).limit_denominator(100)
+        shifted = resample_poly(wave, ratio.denominator, ratio.numerator).astype(np.float32)
+        spec = _stft(shifted, cfg)
+        return log_mel(_stretch(spec, len(shifted) / len(wave), cfg), cfg)
+    if kind == "stretch":
+        rate = rng.uniform(1 - max_stretch, 1 + max_stretch)
+        return log_mel(_stretch(_stft(wave, cfg), rate, cfg), cfg)
+    raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
+
+
+def mel_views(paths: Sequence[Path], cache_dir: str | Path, cfg: MelConfig, n_augment: int,
+              seed: int = 0, **aug_options) -> list[list[torch.Tensor]]:
+    """For each clip: [clean log-mel, augmented view 1, ..., view n_augment], computed once
+    and cached under `cache_dir` (fold-independent: views depend on the clip and seed).
+    View k uses augmentation k-1 mod 3 (noise, pitch, stretch) with seeded parameters."""
+    cache = FeatureCache(cache_dir, cfg.key)
+    waves = [load_audio(p).wave for p in paths]
+    base = [wave_digest(w) for w in waves]
+    options = ",".join(f"{k}={v}" for k, v in sorted(aug_options.items()))
+    keys, jobs = [], []
+    for digest, wave in zip(base, waves):
+        for k in range(n_augment + 1):
+            key = digest if k == 0 else hashlib.sha256(
+                f"{digest}|{k}|{seed}|{options}".encode()).hexdigest()
+            keys.append(key)
+            jobs.append((wave, k, key))
+
+    def compute(batch: list) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for wave, k, key in batch:
+            if k == 0:
+                mel = log_mel(_stft(wave, cfg), cfg)
+            else:
+                rng = np.random.default_rng(int(key[:12], 16))
+                mel = augment(wave, AUGMENTATIONS[(k - 1) % 3], rng, cfg, **aug_options)
+            out.append({"mel": mel.half()})
+        return out
+
+    cache.fill(keys, jobs, [len(j[0]) for j in jobs], compute, batch_size=32, desc="log-mels")
+    views = [cache.load(key)["mel"].float() for key in keys]
+    return [views[i:i + n_augment + 1] for i in range(0, len(views), n_augment + 1)]
+
+
+# ------------------------------------------------------------------ text input
+
+CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def segment(text: str, mode: str = "auto") -> list[str]:
+    """Words of a transcript: Chinese by characters (no segmenter dependency), other
+    languages by lower-cased word characters. `auto` picks by the presence of CJK."""
+    if mode == "auto":
+        mode = "chars" if CJK.search(text) else "words"
+    if mode == "chars":
+        return [ch for ch in text if CJK.match(ch) or ch.isalnum()]
+    if mode == "words":
+        return re.findall(r"[\w']+", text.lower())
+    raise ValueError(f"unknown segmentation {mode!r}; choose auto, chars or words")
+
+
+def build_vocab(texts: Sequence[str], mode: str = "auto", min_count: int = 1) -> dict[str, int]:
+    """Word -> id over the training texts; 0 is padding, 1 unknown."""
+    counts = Counter(w for t in texts for w in segment(t, mode))
+    words = sorted(w for w, c in counts.items() if c >= min_count)
+    return {"<pad>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+
+
+def sentence_vector(states: torch.Tensor, pool: str = "mean") -> torch.Tensor:
+    """The text encoder's sentence vector from its last layer (tokens, dim): the mean over
+    tokens (how all-MiniLM-L6-v2 was trained) or the [CLS] token (BERT)."""
+    if pool == "mean":
+        return states.mean(0)
+    if pool == "cls":
+        return states[0]
+    raise ValueError(f"unknown sentence pooling {pool!r}; choose mean or cls")
+
+
+def word_vectors(states0: torch.Tensor, max_tokens: int) -> torch.Tensor:
+    """Non-contextual input embeddings (hidden state 0) without [CLS] and [SEP]."""
+    inner = states0[1:-1] if len(states0) > 2 else states0
+    return inner[:max_tokens]
+
+
+def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence[str],
+                       batch_size: int = 32) -> Callable[[Sequence[str]], list[torch.Tensor]]:
+    """Encode `texts` the features stage did not (e.g. the Mandarin variant) into our own
+    cache; returns a lookup texts -> every hidden state (layers + 1, tokens, dim)."""
+    from mmser.encode.encoders import TextEncoder
+    from mmser.encode.features import text_digest, text_features
+
+    encoder = TextEncoder(encoder_name)
+    cache = FeatureCache(cache_dir, encoder.key)
+    text_features(cache, encoder, list(texts), batch_size=batch_size)
+
+    def lookup(batch: Sequence[str]) -> list[torch.Tensor]:
+        return [cache.load(text_digest(t))["hidden"].float() for t in batch]
+    return lookup
+
+
+# ------------------------------------------------------------------ systems
 
 
 @dataclass(frozen=True)
@@ -68,7 +245,7 @@ SYSTEMS = {
 def ablation_name(modalities: Sequence[str]) -> str:
     """The paper's Table 3 row name (its order: embeddings, BERT, acoustic)."""
     order = ("words", "bert", "acoustic")
-    return " + ".join(V.SHORT[m] for m in order if m in modalities)
+    return " + ".join(SHORT[m] for m in order if m in modalities)
 
 
 def ablation_systems() -> list[System]:
@@ -114,16 +291,16 @@ class Experiment:
             raise ValueError(f"vcemo.text_source={cfg.text_source!r} is empty for some "
                              f"utterances (e.g. {missing}); run the transcribe stage, or "
                              "use text_source: text")
-        self.mel_cfg = V.MelConfig(cfg.n_mels, cfg.hop_ms)
+        self.mel_cfg = MelConfig(cfg.n_mels, cfg.hop_ms)
         paths = manifest.resolve_paths(rows, corpus.audio_root)
-        views = V.mel_views(paths, mel_dir, self.mel_cfg, cfg.n_augment, seed,
-                            snr_db=cfg.snr_db, max_semitones=cfg.max_semitones,
-                            max_stretch=cfg.max_stretch)
+        views = mel_views(paths, mel_dir, self.mel_cfg, cfg.n_augment, seed,
+                          snr_db=cfg.snr_db, max_semitones=cfg.max_semitones,
+                          max_stretch=cfg.max_stretch)
         self.mels = dict(zip(rows["utt_id"], views))
         unique = sorted(set(texts))
         states = dict(zip(unique, text_states(unique)))
-        self.words = {t: V.word_vectors(s[0], cfg.max_tokens) for t, s in states.items()}
-        self.sent = {t: V.sentence_vector(s[-1], cfg.sentence_pool) for t, s in states.items()}
+        self.words = {t: word_vectors(s[0], cfg.max_tokens) for t, s in states.items()}
+        self.sent = {t: sentence_vector(s[-1], cfg.sentence_pool) for t, s in states.items()}
         self.word_dim = next(iter(self.words.values())).shape[-1]
         self.vocab: dict[str, int] | None = None
 
@@ -137,7 +314,7 @@ class Experiment:
                 index=False), labels):
             item = {"sent": self.sent[text], "label": int(label)}
             if cfg.word_vectors == "learned":
-                ids = [self.vocab.get(w, 1) for w in V.segment(text, cfg.segmenter)]
+                ids = [self.vocab.get(w, 1) for w in segment(text, cfg.segmenter)]
                 item["tokens_seq"] = torch.tensor(ids[: cfg.max_tokens] or [1])
             else:
                 item["words"] = self.words[text]
@@ -164,8 +341,8 @@ class Experiment:
     def make_task(self, spec: System) -> Callable[[Fold, int], Task]:
         def make(fold: Fold, seed: int) -> Task:
             if self.cfg.word_vectors == "learned":
-                self.vocab = V.build_vocab(fold.train()[self.cfg.text_source].tolist(),
-                                           self.cfg.segmenter)
+                self.vocab = build_vocab(fold.train()[self.cfg.text_source].tolist(),
+                                         self.cfg.segmenter)
             return Task(self.model(spec), kind="classification", lr=self.cfg.lr,
                         weight_decay=self.cfg.weight_decay, optimizer="adam")
         return make
