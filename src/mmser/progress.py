@@ -60,6 +60,10 @@ def quiet_report() -> None:
     if not in_report():
         return
     warnings.showwarning = _to_log
+    # Hugging Face's own bars (e.g. "Loading weights") follow this switch at import time
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     handler = logging.StreamHandler(log_stream())
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers",
