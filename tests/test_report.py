@@ -233,7 +233,7 @@ def test_missing_stages_give_not_run_rows(tmp_path):
 
 
 def test_paper_numbers_come_from_the_paper_modules(synthetic):
-    from mmser.papers import clap, lemer, vcemo as vcemo_run
+    from mmser.papers import clap, lemer, vcemo
 
     beside = R.paper_vs_ours(R.load_all(synthetic))
     cl = beside[(beside.paper == "clap") & (beside["our system"] == "full")].iloc[0]
@@ -242,7 +242,7 @@ def test_paper_numbers_come_from_the_paper_modules(synthetic):
     le = beside[(beside.paper == "lemer") & (beside["paper system"] == "C1")]
     assert set(le["paper value"]) == {f"{v:.2f}" for v in lemer.PAPER["C1"]}
     vc = beside[(beside.paper == "vcemo") & (beside["paper system"] == "VCEMO (SupCon)")]
-    assert f"{vcemo_run.PAPER_IEMOCAP['VCEMO (SupCon)'][1]:.2f}" in set(vc["paper value"])
+    assert f"{vcemo.PAPER_IEMOCAP['VCEMO (SupCon)'][1]:.2f}" in set(vc["paper value"])
     tw = beside[beside.paper == "tokenwise"]
     assert {"random 70/20/10 (speaker-dependent)", PROTOCOL} <= set(tw["our protocol"])
     assert "Ours (Multi)" not in set(tw["paper system"])  # our text encoder is monolingual
