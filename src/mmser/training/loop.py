@@ -6,9 +6,11 @@ per dimension). `Task` wraps it: optimiser and schedule, validation score, loggi
 `fit` trains with checkpoint selection on the validation score only, resumes an
 interrupted run from its last checkpoint (exactly: the random states travel with it), and
 skips a run that already finished with the same fingerprint. More than one device
-(`training.devices`) trains with DDP in processes of `python -m mmser.training.launch`, never
-inside the calling (notebook) process. `cross_validate` runs every fold and seed and
-records each choice with `Fold.select` before the fold's test part is opened.
+(`training.devices`) trains with DDP in processes of `python -m mmser.training.launch`
+(`launch` here writes the job and starts them), never inside the calling (notebook)
+process. `fold_loop` is the one loop over seeds and folds: it records each fold's choice
+with `Fold.select` before the fold's test part is opened; `cross_validate` is that loop
+with one `Task` per fold (tokenwise's classifier grid uses `fold_loop` directly).
 """
 
 from __future__ import annotations
