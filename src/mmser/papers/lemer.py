@@ -27,7 +27,7 @@ from torch import nn
 from mmser.config import Lemer
 from mmser.training.data import label_ids
 from mmser.models.layers import Adapter
-from mmser.models.lemer import FUSIONS, LEMER, Branch, Unimodal
+from mmser.models.lemer import LEMER, Branch, Unimodal
 from mmser.training.loop import Task
 
 # ------------------------------------------------------------------------------ systems
@@ -46,7 +46,7 @@ class System:
     context: bool = False  # previous turns spliced before the text
     text_init: str | None = None  # see TEXT_INITS; None = no text label embedding
     speech_init: str | None = None  # see SPEECH_INITS; None = no speech label embedding
-    fusion: str = "constraint"  # see FUSIONS
+    fusion: str = "constraint"  # see mmser.models.lemer.FUSIONS
     speech_k: int | None = None  # overrides lemer.speech_k (the Figure 3 sweep)
 
 
