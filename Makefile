@@ -45,7 +45,7 @@ repro-timed: setup  ## dvc repro stage by stage under /usr/bin/time, then the fi
 
 SEEDS ?= 1 2 3
 sweep: setup  ## one queued dvc experiment per training seed, one at a time, then mean ± std over seeds
-	for seed in $(SEEDS); do dvc exp run --queue -S "training.seeds=[$$seed]"; done
+	for seed in $(SEEDS); do dvc exp run --queue -S "training.seeds=[$$seed]" -S "training.claim_seeds=[$$seed]"; done
 	dvc queue start -j 1
 	while dvc queue status | grep -qE 'Queued|Running'; do sleep 30; done
 	dvc queue status

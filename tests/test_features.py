@@ -4,6 +4,7 @@ import torch
 
 from mmser.encode import features as F
 from mmser.encode.encoders import TextEncoder, encoder_key
+from tiny_models import tiny_models
 
 
 class CountingEncoder:
@@ -48,10 +49,67 @@ def test_changed_audio_or_encoder_is_a_miss(tmp_path):
     assert other.stats.misses == 2
 
 
-def test_key_covers_name_and_cut():
-    keys = {encoder_key("whisper-tiny.en", None), encoder_key("whisper-tiny.en", 2),
-            encoder_key("openai/whisper-base", None)}
-    assert len(keys) == 3
+def test_key_covers_name_cut_weights_vocabulary_and_code(monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    keys = {encoder_key("whisper-tiny.en", None, model), encoder_key("whisper-tiny.en", 2, model),
+            encoder_key("openai/whisper-base", None, model),
+            encoder_key("whisper-tiny.en", None, model, {"a": 0}),
+            encoder_key("whisper-tiny.en", None, torch.nn.Linear(3, 2))}
+    assert len(keys) == 5
+    assert encoder_key("whisper-tiny.en", None, model) == encoder_key("whisper-tiny.en", None,
+                                                                       model)
+    # the code that encodes is part of the key: another source digest, another key
+    from mmser.encode import encoders
+
+    before = encoder_key("whisper-tiny.en", None, model)
+    monkeypatch.setattr(encoders, "code_digest", lambda *modules: "edited")
+    assert encoder_key("whisper-tiny.en", None, model) != before
+
+
+def test_new_encoder_weights_miss_the_cache(tmp_path):
+    """The same model name with new weights (a new revision in the Hugging Face cache, a
+    re-trained local folder) gets its own entries: the old weights' states are not served."""
+    from transformers import BertModel
+
+    _, text = tiny_models(tmp_path / "models")
+    old = TextEncoder(text)
+    F.text_features(F.FeatureCache(tmp_path, old.key), old, ["hello there"])
+    torch.manual_seed(1)
+    BertModel(BertModel.config_class.from_pretrained(text)).save_pretrained(text)
+    new = TextEncoder(text)
+    assert new.name == old.name and new.key != old.key
+    cache = F.FeatureCache(tmp_path, new.key)
+    F.text_features(cache, new, ["hello there"])
+    assert (cache.stats.hits, cache.stats.misses) == (0, 1)
+    assert TextEncoder(text).key == new.key  # and the same weights hit again
+
+
+def test_a_truncated_entry_is_set_aside_and_encoded_again(tmp_path, caplog):
+    enc = CountingEncoder()
+    cache = F.FeatureCache(tmp_path, "enc-a")
+    digests = F.speech_features(cache, enc, _waves([0.1, 0.2]))
+    path = cache.path(digests[0])
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a copy cut short, a full disk
+    again = F.FeatureCache(tmp_path, "enc-a")
+    with caplog.at_level("WARNING", logger="mmser"):
+        F.speech_features(again, enc, _waves([0.1, 0.2]))
+    assert (again.stats.hits, again.stats.misses) == (1, 1)
+    assert path.read_bytes() == whole  # encoded again, whole
+    assert path.with_name(path.name + ".corrupt").is_file()  # nothing lost
+    assert str(path) in caplog.text and "truncated" in caplog.text
+    path.write_bytes(b"not safetensors")
+    assert not F.FeatureCache(tmp_path, "enc-a").has(digests[0])
+    assert "not a safetensors file" in caplog.text or "unreadable" in caplog.text
+
+
+def test_prune_keeps_only_the_encoders_the_index_names(tmp_path):
+    enc = CountingEncoder()
+    digests = F.speech_features(F.FeatureCache(tmp_path, "old-weights"), enc, _waves([0.1]))
+    F.speech_features(F.FeatureCache(tmp_path, "new-weights"), enc, _waves([0.1]))
+    F.write_index(tmp_path, ["u1"], digests, speech={"main": "new-weights"})
+    assert F.prune(tmp_path) == ["old-weights"]
+    assert (tmp_path / "new-weights").is_dir() and not (tmp_path / "old-weights").exists()
 
 
 def test_text_features_store_every_layer_and_token_ids(tmp_path):
@@ -105,3 +163,16 @@ def test_feature_store_reads_back_by_utterance_and_text(tmp_path):
         store.text(["never encoded"])
     with pytest.raises(FileNotFoundError, match="features stage"):
         F.FeatureStore(tmp_path / "empty")
+
+
+def test_an_unreadable_entry_read_by_a_paper_stage_names_the_file(tmp_path):
+    enc = CountingEncoder()
+    digests = F.speech_features(F.FeatureCache(tmp_path, "speech-key"), enc, _waves([0.1]))
+    F.write_index(tmp_path, ["u1"], digests, speech={"main": "speech-key"})
+    path = F.FeatureCache(tmp_path, "speech-key").path(digests[0])
+    path.write_bytes(path.read_bytes()[:40])
+    import pytest
+
+    with pytest.raises(RuntimeError, match="unreadable cache entry.*dvc repro features") as err:
+        F.FeatureStore(tmp_path).speech(["u1"])
+    assert str(path) in str(err.value) and "'u1'" in str(err.value)

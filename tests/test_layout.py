@@ -53,50 +53,19 @@ def test_progress_goes_to_the_log_in_a_report(monkeypatch):
     assert not P.in_report()
 
 
-def _module_file(name: str) -> Path | None:
-    """src/mmser/... file of a dotted project module name (None when not a file)."""
-    parts = name.split(".")[1:]
-    base = SRC.joinpath(*parts) if parts else SRC
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _project_imports(code: str, package: str = "mmser") -> set[str]:
-    """Dotted project modules imported by `code` (`from mmser.x import y` counts y when
-    it is a module itself)."""
-    out = set()
-    for node in ast.walk(ast.parse(code)):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] == "mmser"}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "mmser":
-            out.add(node.module)
-            out |= {f"{node.module}.{a.name}" for a in node.names
-                    if _module_file(f"{node.module}.{a.name}") is not None}
-    return {n for n in out if _module_file(n) is not None}
-
-
 def stage_modules(notebook: Path) -> set[Path]:
     """Every project file a notebook's code imports, transitively (package __init__ files
-    included, since importing a module runs them)."""
+    included, since importing a module runs them): `mmser.fingerprint.module_closure`,
+    which also fingerprints the code of a training run."""
     import json
+
+    from mmser.fingerprint import module_closure, project_imports
 
     cells = json.loads(notebook.read_text())["cells"]
     code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     code = "\n".join(line for line in code.splitlines()
                      if not line.lstrip().startswith(("%", "!")))
-    todo, seen = list(_project_imports(code)), set()
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # parent packages run too
-            path = _module_file(".".join(parts[:i]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.extend(_project_imports(path.read_text()))
-    return seen
+    return module_closure(project_imports(code))
 
 
 def _stages() -> dict:

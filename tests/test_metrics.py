@@ -56,3 +56,42 @@ def test_paired_bootstrap_scores_every_resample_as_scikit_learn_does():
     for metric, score in (("UA", balanced_accuracy_score), ("WA", accuracy_score)):
         expected = [score(y[i], pred[i]) for i in idx]
         np.testing.assert_allclose(_resampled(y, pred == y, idx, metric), expected)
+
+
+def test_grouped_bootstrap_keeps_an_utterances_seeds_together():
+    """Several seeds' predictions of the same utterances: resampling utterances (groups)
+    gives the interval of the seeds' pooled evidence; resampling rows would pretend the test
+    set had grown (a narrower interval from copies of the same utterances)."""
+    from mmser.report.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    a = np.where(rng.random(60) < 0.7, y, (y + 1) % 3)
+    b = np.where(rng.random(60) < 0.6, y, (y + 2) % 3)
+    one = paired_bootstrap(y, a, b, n=400, seed=1)
+    utts = np.tile(np.arange(60), 3)  # three seeds that predicted alike
+    grouped = paired_bootstrap(np.tile(y, 3), np.tile(a, 3), np.tile(b, 3), n=400, seed=1,
+                               groups=utts)
+    rows = paired_bootstrap(np.tile(y, 3), np.tile(a, 3), np.tile(b, 3), n=400, seed=1)
+    width = {k: r["high"] - r["low"] for k, r in (("one", one), ("grouped", grouped),
+                                                  ("rows", rows))}
+    assert grouped["diff"] == pytest.approx(one["diff"])
+    assert width["grouped"] == pytest.approx(width["one"], rel=0.25)
+    assert width["rows"] < 0.75 * width["grouped"]
+    # an utterance tested by some seeds only (a seed-dependent random split) still counts
+    part = paired_bootstrap(np.r_[y, y[:30]], np.r_[a, a[:30]], np.r_[b, b[:30]], n=400,
+                            seed=1, groups=np.r_[np.arange(60), np.arange(30)])
+    assert part["low"] <= part["diff"] <= part["high"]
+
+
+def test_weighted_resamples_score_as_scikit_learn_does():
+    from mmser.report.metrics import _weighted
+
+    rng = np.random.default_rng(3)
+    y, pred = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    counts = rng.integers(0, 3, (5, 40))
+    got = {m: _weighted(y, pred == y, counts, m) for m in ("UA", "WA")}
+    for i, c in enumerate(counts):
+        rows = np.repeat(np.arange(40), c)
+        assert got["WA"][i] == pytest.approx(accuracy_score(y[rows], pred[rows]))
+        assert got["UA"][i] == pytest.approx(balanced_accuracy_score(y[rows], pred[rows]))

@@ -1,8 +1,11 @@
 """The whole dvc pipeline on tiny parameters: the shared stages, the five paper stages and
 the report each run their notebook under papermill; a second `dvc repro` does nothing; a
-changed parameter re-runs only its readers; the exported default model predicts a clip.
-Each paper's own notebook test (tests/test_<paper>.py) checks its tables in detail."""
+changed parameter re-runs only its readers; the exported default model predicts a clip; a
+run is shared through a DVC remote and a Git clone; `dvc exp apply` and `dvc checkout` bring
+back an experiment's and a commit's outputs. Each paper's own notebook test
+(tests/test_<paper>.py) checks its tables in detail."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +33,7 @@ TINY = {
                   "ours_batch_sizes": [8], "ours_lrs": [1e-3], "val_fraction": 0.25,
                   "pretrain_val_fraction": 0.25, "bootstrap_n": 20},
     "report": {"bootstrap_n": 50},
+    "training": {"claim_seeds": [0, 1]},  # the claims' extra seeds, end to end
 }
 pytestmark = pytest.mark.notebook
 PAPERS = ("distil", "lemer", "clap", "vcemo", "tokenwise")
@@ -127,6 +131,92 @@ def test_second_repro_does_nothing(project):
     out = _run(["dvc", "repro"], project).stdout
     assert "Running stage" not in out
     assert _status(project) == {}
+
+
+
+def _git_repo(src: Path, dst: Path) -> Path:
+    """A copy of the reproduced project (up to date: these tests run before one changes it)
+    as a Git repository with DVC using Git (the fixture runs without), every file .gitignore
+    lets through committed: a clone of the real repository after `dvc repro`, with data.dvc's
+    folder (empty on the default) cached."""
+    shutil.copytree(src, dst, symlinks=True)
+    _run(["dvc", "config", "--unset", "core.no_scm"], dst)
+    _run(["git", "init", "-q"], dst)
+    _run(["git", "config", "user.name", "mmser test"], dst)
+    _run(["git", "config", "user.email", "test@mmser.invalid"], dst)
+    (dst / "data").mkdir(exist_ok=True)
+    tracked = (dst / "data.dvc").read_text() if (dst / "data.dvc").is_file() else None
+    _run(["dvc", "add", "data"], dst)  # README: `mkdir -p data && dvc add data`
+    if tracked is not None:  # the same empty folder: data.dvc is unchanged
+        assert (dst / "data.dvc").read_text() == tracked
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "commit", "-q", "-m", "a run"], dst)
+    return dst
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_run_is_shared_through_a_remote(project, tmp_path):
+    """README "Sharing a run": push from the machine that ran the pipeline; on another,
+    `git clone` + `dvc pull` give a workspace with nothing to re-run. Git holds only the
+    metrics of results/; every other output and data/ come from the remote."""
+    gpu = _git_repo(project, tmp_path / "gpu")
+    tracked = _run(["git", "ls-files", "results", "interim", "reports", "models"], gpu).stdout
+    assert tracked.split() == [f"results/{s}/metrics.json" for s in sorted(STAGES)]
+    _run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "store")], gpu)
+    (gpu / "data" / "corpus").mkdir()  # a corpus of one's own travels too
+    (gpu / "data" / "corpus" / "manifest.csv").write_text("path,label\n")
+    _run(["dvc", "add", "data"], gpu)
+    _run(["dvc", "push"], gpu)
+    _run(["git", "add", "-A"], gpu)
+    _run(["git", "commit", "-q", "-m", "its remote and corpus"], gpu)
+
+    laptop = tmp_path / "laptop"
+    _run(["git", "clone", "-q", str(gpu), str(laptop)], tmp_path)
+    for absent in ("interim", "models", "reports", "results/clap/tables", "results/clap/figures"):
+        assert not (laptop / absent).exists(), absent
+    _run(["dvc", "pull"], laptop)
+    assert json.loads(_run(["dvc", "status", "--json"], laptop).stdout or "{}") == {}
+    for stage in STAGES:
+        assert (laptop / f"reports/{stage}.ipynb").read_bytes() == \
+            (project / f"reports/{stage}.ipynb").read_bytes()
+    for path in ("models/clap/full/seed0/fold0/best.pt", "results/clap/figures/confusion_full.png",
+                 "results/report/tables/comparison.csv", "reports/html/report.html",
+                 "interim/manifest.csv", "data/corpus/manifest.csv"):
+        assert (laptop / path).is_file(), path
+    assert "Running stage" not in _run(["dvc", "repro"], laptop).stdout
+    # every output is ignored by Git: DVC wrote no .gitignore, nothing shows as untracked
+    assert _run(["git", "status", "--porcelain"], laptop).stdout == ""
+
+
+def test_exp_apply_brings_back_an_experiments_outputs(project, tmp_path):
+    """README "Teaching": an experiment overwrites the workspace's outputs; `dvc exp apply`
+    brings back its checkpoints, figures and reports, and `git checkout ... && dvc checkout`
+    the commit's, from the DVC cache, without re-running anything."""
+    lab = _git_repo(project, tmp_path / "lab")
+    files = ("models/clap/full/seed0/fold0/best.pt", "results/clap/figures/confusion_full.png",
+             "reports/clap.ipynb")
+
+    def digests():
+        return [_digest(lab / f) for f in files]
+
+    committed = digests()
+    out = _run(["dvc", "exp", "run", "-n", "first", "-S", "clap.head_lr=0.002", "clap"], lab).stdout
+    assert "Running stage 'clap'" in out and "Running stage 'features'" not in out
+    first = digests()
+    assert all(a != b for a, b in zip(first, committed))  # the parameter changed all three
+
+    _run(["git", "checkout", "--", "params.yaml", "dvc.lock", "results", "README.md"], lab)
+    _run(["dvc", "checkout"], lab)
+    assert digests() == committed
+    assert _status(lab) == {}
+
+    _run(["dvc", "exp", "apply", "first"], lab)
+    assert digests() == first
+    assert "clap" not in _status(lab)  # with the experiment's params.yaml and dvc.lock
+    assert yaml.safe_load((lab / "params.yaml").read_text())["clap"]["head_lr"] == 0.002
 
 
 def test_changed_parameter_reruns_only_its_readers(project):

@@ -335,3 +335,35 @@ def test_notebook_runs_under_papermill_and_renders_to_html(synthetic, tmp_path):
     assert [p.name for p in html] == ["report.html"]
     text = html[0].read_text()
     assert "data:image/png;base64" in text and "central claim" in text
+
+
+def test_claimed_systems_train_on_the_claim_seeds_too():
+    from mmser.config import Training
+    from mmser.report.claims import claim_seeds
+
+    training = Training(seeds=[0], claim_seeds=[0, 1, 2])
+    assert claim_seeds("lemer", "C1", training) == [0, 1, 2]
+    assert claim_seeds("lemer", "C4", training) == [0, 1, 2]
+    assert claim_seeds("lemer", "C2", training) == [0]  # in no claim
+    assert claim_seeds("lemer", "A5", training) == [0]  # only a fall-back pair
+    assert claim_seeds("tokenwise", "speech whisper-tiny.en", training) == [0, 1, 2]
+    assert claim_seeds("clap", "full", Training(seeds=[3], claim_seeds=[])) == [3]
+
+
+def test_a_claim_pools_the_seeds_both_systems_ran(synthetic):
+    """A claim system with extra seeds is compared on the seeds both ran, and the claim
+    row says how many."""
+    from mmser.report.results import bootstrap
+
+    stages = R.load_all(synthetic)
+    main = stages["clap"].main
+    extra = main[main["system"] == "full"].assign(seed=7)
+    stages["clap"].main = pd.concat([main, extra], ignore_index=True)
+    row = R.claims(stages, n=100, seed=0).set_index("paper").loc["clap"]
+    assert row["seeds"] == 1 and row["note"].endswith("seeds 0")
+    both = pd.concat([stages["clap"].main, main[main["system"] == "none"].assign(seed=7)],
+                     ignore_index=True)
+    stages["clap"].main = both
+    row = R.claims(stages, n=100, seed=0).set_index("paper").loc["clap"]
+    assert row["seeds"] == 2 and row["note"].endswith("seeds 0, 7")
+    assert bootstrap(both, "full", "none", n=100)["seeds"] == [0, 7]

@@ -89,7 +89,7 @@ def test_ddp_two_cpu_processes_train_and_load_in_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("bucket_by", ["", "x"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bucket_by):
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bucket_by, monkeypatch):
     reference = T.fit(task(), items(96, 0), items(24, 1), tmp_path / "ref", QUIET,
                       bucket_by=bucket_by or None, **FIT)
     run = tmp_path / "run"
@@ -103,8 +103,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, bucket_by):
     assert (run / "last.ckpt").is_file() and not (run / "done.json").exists()
     # resumes from the end of epoch 1 (checkpoints are written at epoch ends): epoch 2 is
     # redone from its start with the same batches and random state
-    resumed = T.fit(task(seed=1), items(96, 0), items(24, 1), run, QUIET,
+    resumed_from = []
+    fit = T.L.Trainer.fit
+    monkeypatch.setattr(T.L.Trainer, "fit", lambda self, *a, ckpt_path=None, **k: (
+        resumed_from.append(ckpt_path), fit(self, *a, ckpt_path=ckpt_path, **k))[1])
+    resumed = T.fit(task(), items(96, 0), items(24, 1), run, QUIET,  # the same task, rebuilt
                     bucket_by=bucket_by or None, **FIT)
+    assert resumed_from == [str(run / "last.ckpt")]
     assert (resumed.best_epoch, resumed.best_score) == (reference.best_epoch,
                                                         reference.best_score)
     pd.testing.assert_frame_equal(resumed.history, reference.history)

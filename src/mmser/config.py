@@ -97,6 +97,8 @@ class Training:
     num_workers: int = 0  # DataLoader workers
     threads: int = 0  # torch intra-op threads per process; 0 = torch's default
     seeds: list = field(default_factory=lambda: [0])  # every seed is run; tables give mean ± std
+    # more seeds for the systems a paper's claim compares (mmser.report.claims.claim_seeds)
+    claim_seeds: list = field(default_factory=list)
     progress: bool = True  # progress bars
 
 

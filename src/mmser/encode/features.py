@@ -1,15 +1,18 @@
 """Frozen-encoder features, computed once and cached on disk.
 
 One safetensors file per (encoder, input): `<root>/<encoder key>/<digest>.safetensors`, where
-the encoder key covers the model name and layer cut, and the digest covers the audio
-samples (speech) or the exact string (text). A changed clip or text gets a new entry; an
-unchanged one is never encoded twice.
+the encoder key covers the model name, layer cut, weights (and tokenizer) and the code that
+encodes (`mmser.encode.encoders.encoder_key`), and the digest covers the audio samples
+(speech) or the exact string (text). A changed clip, text, weight, encoding function or
+library version gets a new entry; an unchanged one is never encoded twice. Entries are
+written atomically; a truncated one is set aside and encoded again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,8 +22,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmser.progress import progress
 from mmser.corpus.audio import wave_digest
+from mmser.fingerprint import atomic_write, set_aside, write_text
+from mmser.progress import progress
 
 
 @dataclass
@@ -54,13 +58,23 @@ class FeatureCache:
     def load(self, digest: str) -> dict[str, torch.Tensor]:
         return load_file(str(self.path(digest)))
 
+    def has(self, digest: str) -> bool:
+        """Whether a whole entry is on disk; a truncated or unreadable one is set aside."""
+        path = self.path(digest)
+        if not path.is_file():
+            return False
+        problem = entry_problem(path)
+        if problem:
+            set_aside(path, problem)
+        return not problem
+
     def fill(self, digests: Sequence[str], items: Sequence, sizes: Sequence[float],
              compute: Callable[[list], list[dict[str, torch.Tensor]]], batch_size: int,
              desc: str = "encoding") -> None:
         """Compute the entries not yet on disk, in batches of similar size (less padding)."""
         todo = {}
         for digest, item, size in zip(digests, items, sizes):
-            if self.path(digest).is_file() or digest in todo:
+            if digest in todo or self.has(digest):
                 self.stats.hits += 1
             else:
                 todo[digest] = (size, item)
@@ -74,9 +88,37 @@ class FeatureCache:
             with torch.inference_mode():
                 outputs = compute([todo[d][1] for d in chunk])
             for digest, tensors in zip(chunk, outputs):
-                tmp = self.path(digest).with_suffix(".tmp")
-                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-                tmp.replace(self.path(digest))  # atomic: an interrupted run leaves no half file
+                atomic_write(self.path(digest), lambda tmp: save_file(
+                    {k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
+
+
+def entry_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file, read from its header alone (cheap: the cache
+    holds thousands): None, or why it cannot be whole (truncated, not safetensors)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                return f"not a safetensors file ({size} bytes, header length {n})"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as err:
+        return f"unreadable safetensors header ({err})"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    expected = 8 + n + max(ends, default=0)
+    return None if size == expected else f"truncated: {size} of {expected} bytes"
+
+
+def prune(root: str | Path) -> list[str]:
+    """Remove the entries of encoders the index no longer names (other weights, code or
+    cut): the cache holds what the current run reads, not every run's. Returns them."""
+    root = Path(root)
+    known = json.loads((root / KEYS).read_text()) if (root / KEYS).is_file() else {}
+    keep = {key for cuts in known.values() for key in cuts.values()}
+    gone = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in keep)
+    for name in gone:
+        shutil.rmtree(root / name)
+    return gone
 
 
 def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
@@ -117,7 +159,7 @@ def pooled(cache: FeatureCache, digests: Sequence[str], layer: int = -1) -> np.n
 def write_stats(path: str | Path, stats: dict[str, CacheStats]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: v.as_dict() for k, v in stats.items()}, indent=2))
+    write_text(path, json.dumps({k: v.as_dict() for k, v in stats.items()}, indent=2))
 
 
 # ------------------------------------------------------------------------- reading back
@@ -143,11 +185,11 @@ def write_index(root: str | Path, utt_ids: Sequence[str] | None = None,
     if utt_ids is not None:
         import pandas as pd
 
-        pd.DataFrame({"utt_id": list(utt_ids), "speech": list(digests)}).to_csv(
-            root / INDEX, index=False)
+        table = pd.DataFrame({"utt_id": list(utt_ids), "speech": list(digests)})
+        atomic_write(root / INDEX, lambda tmp: table.to_csv(tmp, index=False))
     known = json.loads((root / KEYS).read_text()) if (root / KEYS).is_file() else {}
     known.update(keys)
-    (root / KEYS).write_text(json.dumps(known, indent=2))
+    write_text(root / KEYS, json.dumps(known, indent=2))
 
 
 # This process's live encoder forwards (inputs encoded) and cache reads; paper stages report
@@ -188,7 +230,12 @@ class FeatureStore:
             raise KeyError(f"{what} has no entry in {cache.dir}; run the features stage on "
                            "its split")
         ENCODER_USE["cache_reads"] += 1
-        return cache.load(digest)[name]
+        try:
+            return cache.load(digest)[name]
+        except Exception as err:  # noqa: BLE001 - say which file, and how it is made again
+            raise RuntimeError(
+                f"{cache.path(digest)} ({what}): unreadable cache entry ({err}); `dvc repro "
+                "features` sets it aside and encodes it again") from err
 
     def speech_digest(self, utt_id: str) -> str:
         if utt_id not in self._speech:

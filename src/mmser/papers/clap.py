@@ -33,6 +33,7 @@ from mmser.config import Training
 from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureStore
 from mmser.models.clap import ClapModel, Side, SpeechClassifier
+from mmser.report.claims import claim_seeds
 
 FRAMES_PER_SECOND = 50  # Whisper and HuBERT/wav2vec 2.0 encoders both emit 50 frames/s
 SYSTEMS = {  # Table 1 rows: system key -> (text cut used for pre-training, readable name)
@@ -297,7 +298,8 @@ def run_system(corpus: D.Corpus, bank: Bank, system: str, p: ClapParams, encoder
     runner = Runner(bank, system, corpus.classes, p, encoders, cfg, out_dir, read,
                     fingerprint)
     preds = T.cross_validate(corpus, runner.items, runner, Path(out_dir) / system, cfg,
-                             seeds=cfg.seeds, fingerprint={**fingerprint, "system": system},
+                             seeds=claim_seeds("clap", system, cfg),
+                             fingerprint={**fingerprint, "system": system},
                              max_epochs=p.finetune_epochs, batch_size=p.batch_size)
     return preds.assign(system=system), runner
 

@@ -33,6 +33,7 @@ from mmser.training import loop as T
 from mmser.models.distil import DistilModel, Frozen, LayerWeights, n_params, n_trainable
 from mmser.models.layers import Adapter, TopLayers
 from mmser.encode.features import FeatureStore
+from mmser.report.claims import claim_seeds
 
 FEATURES = "features:"
 SCENARIOS = ("seen", "unseen")
@@ -308,9 +309,9 @@ class Builder:
                       param_groups=param_groups)
 
     def fingerprint(self, system: System) -> dict:
+        """The parameters of a system's runs (`fit` adds its code, data and weights)."""
         return {"system": asdict(system), "distil": asdict(self.cfg),
-                "encoders": asdict(self.encoders), "corpus": self.corpus.name,
-                "utterances": len(self.corpus.labelled), "version": 1}
+                "encoders": asdict(self.encoders)}
 
 
 def seen_split(labelled: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
@@ -341,7 +342,7 @@ def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.Data
     """Cross-validate one system; one prediction row per test utterance with `system` and
     `scenario`. With `official` partitions test1 is seen and test2 unseen; otherwise the
     held-out fold is unseen and `seen` rows of the fold's training speakers are seen."""
-    seeds = list(training.seeds)
+    seeds = claim_seeds("distil", system.name, training)
     make_items = builder.items(system)
     out_dir = builder.run_dir / system.slug
     preds = T.cross_validate(

@@ -36,6 +36,7 @@ from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureCache
 from mmser.models import vcemo as V
 from mmser.training.data import Corpus, label_ids
+from mmser.fingerprint import code_digest
 from mmser.training.loop import Task, cross_validate, predict
 
 CMN_TEXT = Path(__file__).with_name("vcemo_cmn.yaml")
@@ -83,7 +84,8 @@ class MelConfig:
 
     @property
     def key(self) -> str:
-        return f"logmel-n{self.n_mels}-h{self.hop_ms}"
+        """Cache key: the settings and the code that computes (and augments) the log-mels."""
+        return f"logmel-n{self.n_mels}-h{self.hop_ms}-{code_digest('mmser.papers.vcemo')[:12]}"
 
 
 def _stft(wave: np.ndarray, cfg: MelConfig) -> torch.Tensor:
@@ -348,8 +350,9 @@ class Experiment:
         return make
 
     def fingerprint(self, spec: System) -> dict:
+        """The parameters of a system's runs (`fit` adds its code, data and weights)."""
         return {"system": asdict(spec), "vcemo": asdict(self.cfg),
-                "classes": self.corpus.classes, "n": len(self.corpus.labelled)}
+                "classes": self.corpus.classes}
 
     def run(self, spec: System, out_dir: str | Path, training: Training,
             seeds: Sequence[int]) -> pd.DataFrame:

@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmser.report.claims import CLAIMS, GAIN, Claim, find_system
 from mmser.report.metrics import ccc
+from mmser.report.results import paired_rows
 
 STAGES = ("clap", "lemer", "distil", "vcemo", "tokenwise")
 TITLES = {
@@ -171,19 +173,6 @@ def stage_context(metrics: dict, slice_label: str = "") -> dict:
 # ------------------------------------------------------------------------- summaries
 
 
-def find_system(systems: Sequence[str], candidates: Sequence[str]) -> str | None:
-    """The first candidate present (`name*` matches a prefix)."""
-    systems = [str(s) for s in dict.fromkeys(systems)]
-    for cand in candidates:
-        if cand.endswith("*"):
-            hit = next((s for s in systems if s.startswith(cand[:-1])), None)
-        else:
-            hit = cand if cand in systems else None
-        if hit is not None:
-            return hit
-    return None
-
-
 def summarise(preds: pd.DataFrame) -> pd.DataFrame:
     """mmser.report.results.summary of mmser.report.results.fold_metrics (mean ± std over folds, seeds)."""
     from mmser.report.results import fold_metrics, summary
@@ -281,14 +270,6 @@ def verdict(low: float, high: float, direction: int = 1) -> str:
     return INCONCLUSIVE
 
 
-def _aligned(preds: pd.DataFrame, a: str, b: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    pa, pb = (preds[preds["system"] == s].set_index(["seed", "fold", "utt_id"]).sort_index()
-              for s in (a, b))
-    if not pa.index.equals(pb.index):
-        raise ValueError(f"{a!r} and {b!r} were not tested on the same utterances")
-    return pa, pb
-
-
 def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence",
                        less: str = "arousal", n: int = 1000, seed: int = 0,
                        level: float = 0.95) -> dict[str, float]:
@@ -296,10 +277,11 @@ def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence
     what `a` adds to `b` help `more` (valence) more than `less` (arousal)?
 
     CCC is computed per (seed, fold) and averaged, as the tables report it; utterances are
-    resampled within each (seed, fold), the same indices for both systems. (A CCC pooled
+    resampled within each fold, the same indices for both systems and for every seed (an
+    utterance keeps all its seeds' predictions, as in `paired_bootstrap`). (A CCC pooled
     over folds mixes each fold's offset and scale into the score and can even reverse the
     sign of a per-fold difference.)"""
-    pa, pb = _aligned(preds, a, b)
+    pa, pb = paired_rows(preds, a, b)
     cols = {d: (pa[f"true_{d}"].to_numpy(float), pa[f"pred_{d}"].to_numpy(float),
                 pb[f"pred_{d}"].to_numpy(float)) for d in (more, less)}
     runs = pa.index.droplevel("utt_id")  # (seed, fold) of each utterance
@@ -309,8 +291,12 @@ def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence
         gain = {d: ccc(t[idx], x[idx]) - ccc(t[idx], y[idx]) for d, (t, x, y) in cols.items()}
         return gain[more] - gain[less]
 
+    folds = [key[1] for key in runs.unique()]
+
     def resample(rng):
-        return np.mean([stat(g[rng.integers(0, len(g), len(g))]) for g in groups])
+        draws = {}  # one draw per fold, shared by its seeds (their rows are in utt_id order)
+        return np.mean([stat(g[draws.setdefault((f, len(g)), rng.integers(0, len(g), len(g)))])
+                        for f, g in zip(folds, groups)])
 
     rng = np.random.default_rng(seed)
     draws = np.array([resample(rng) for _ in range(n)])
@@ -326,42 +312,6 @@ def bootstrap_metric(preds: pd.DataFrame, a: str, b: str, metric: str = "UA", n:
 
     out = bootstrap(preds, a, b, metric=metric, n=n, seed=seed)
     return {k: out[k] for k in ("diff", "low", "high")}
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One paper's central claim: system a versus system b on `metric`, claimed sign."""
-
-    key: str  # its name in metrics.json
-    stage: str
-    text: str
-    pairs: tuple[tuple[str, str], ...]  # alternatives (a, b), first present wins
-    metric: str  # UA | WA | valence-gain - arousal-gain
-    direction: int  # +1: a > b claimed; -1: a < b claimed
-
-
-GAIN = "CCC gain (valence − arousal)"
-
-CLAIMS = (
-    Claim("clap", "clap", "Contrastive audio-text pre-training beats no pre-training",
-          (("full", "none"), ("small", "none")), "UA", 1),
-    Claim("lemer", "lemer", "The full model (label-guided fusion with the attention constraint) "
-          "beats vanilla cross-attention fusion; label embeddings help",
-          (("C1", "C4"), ("A5", "A2"), ("A5", "A1")), "UA", 1),
-    Claim("distil", "distil", "Adding text helps valence more than arousal",
-          (("distilled · A+T · FT", "distilled · A · FT"),
-           ("base · A+T · FT", "base · A · FT")),
-          GAIN, 1),
-    Claim("vcemo", "vcemo",
-          "Supervised contrastive regulation (SupCon) beats cross-entropy alone",
-          (("VCEMO (SupCon)", "VCEMO"),), "UA", 1),
-    Claim("tokenwise_vs_speech", "tokenwise",
-          "Tokenwise multimodal features trail speech-only features",
-          (("ours B_s", "speech *"),), "UA", -1),
-    Claim("tokenwise_vs_text", "tokenwise",
-          "Tokenwise multimodal features beat text-only (BERT) features",
-          (("ours B_s", "text *"),), "UA", 1),
-)
 
 
 def paper_difference(key: str) -> str:
@@ -403,7 +353,7 @@ def _claim_row(claim: Claim, st: Stage, n: int, seed: int) -> dict:
            "claimed": f"a {'>' if claim.direction > 0 else '<'} b", "comparison (a − b)": "—",
            "metric": claim.metric, "paper's difference": paper_difference(claim.key),
            "protocol": st.context.get("protocol", ""), "ours": "—", "95% CI": "—",
-           "verdict": NOT_RUN, "diff": np.nan, "low": np.nan, "high": np.nan}
+           "verdict": NOT_RUN, "diff": np.nan, "low": np.nan, "high": np.nan, "seeds": 0}
     if not st.ran:
         row["note"] = st.missing
         return row
@@ -431,8 +381,12 @@ def _claim_row(claim: Claim, st: Stage, n: int, seed: int) -> dict:
     row["ours"] = f"{res['diff']:+.3f}"
     row["95% CI"] = f"[{res['low']:+.3f}, {res['high']:+.3f}]"
     row["verdict"] = verdict(res["low"], res["high"], claim.direction)
+    seeds = sorted(set(st.main.loc[st.main["system"] == a, "seed"])
+                   & set(st.main.loc[st.main["system"] == b, "seed"]))
+    row["seeds"] = len(seeds)
     row["note"] = ("CCC per fold, mean over folds and seeds; resampled within folds"
-                   if claim.metric == GAIN else "pooled over folds and seeds")
+                   if claim.metric == GAIN else "pooled over folds and seeds") + \
+        f"; seeds {', '.join(map(str, seeds))}"
     if (a, b) != claim.pairs[0] and not any(x.endswith("*") for x in claim.pairs[0]):
         first = " vs ".join(claim.pairs[0])
         row["note"] += f"; {first} not run, fell back to this pair"
@@ -641,7 +595,7 @@ def metrics_json(comp: pd.DataFrame, claim_table: pd.DataFrame) -> dict:
         out["comparison"][r["paper"]] = entry or {"status": NOT_RUN}
     for r in claim_table.to_dict("records"):
         key = r.get("key", r["paper"])
-        entry = {"verdict": r["verdict"]}
+        entry = {"verdict": r["verdict"], "seeds": int(r.get("seeds") or 0)}
         if pd.notna(r.get("diff")):
             entry.update({"diff": round(float(r["diff"]), 4), "low": round(float(r["low"]), 4),
                           "high": round(float(r["high"]), 4)})
@@ -653,7 +607,7 @@ COMPARISON_COLUMNS = ["paper", "system", "corpus", "protocol", "profile", "folds
                       "UA", "WA", "macro_F1", "CCC_arousal", "CCC_valence", "CCC_dominance",
                       "same design"]
 CLAIM_COLUMNS = ["paper", "claim", "comparison (a − b)", "metric", "paper's difference",
-                 "ours", "95% CI", "verdict"]
+                 "ours", "95% CI", "verdict", "seeds"]
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -678,7 +632,9 @@ def readme_block(report_dir: str | Path = "results/report") -> str:
              comp.to_markdown(index=False, disable_numparse=True),
              "",
              "Each paper's central claim, measured here: the difference a − b over the pooled "
-             "test utterances with its 95% paired bootstrap interval. *agrees*: the interval "
+             "test utterances of the `seeds` both systems ran (the compared systems also train "
+             "on `training.claim_seeds`), with its 95% paired bootstrap interval (utterances "
+             "resampled with all their seeds' predictions). *agrees*: the interval "
              "excludes 0 on the side the paper claims; *does not agree*: it excludes 0 on the "
              "other side; *inconclusive*: it contains 0.",
              "",

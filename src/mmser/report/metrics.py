@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
                              f1_score, recall_score)
 
@@ -46,20 +47,45 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
 
 def paired_bootstrap(y_true: Sequence, pred_a: Sequence, pred_b: Sequence,
                      metric: str = "UA", n: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, float]:
+                     level: float = 0.95, groups: Sequence | None = None) -> dict[str, float]:
     """Difference metric(a) - metric(b) on the same utterances, with a bootstrap CI.
 
     Utterances are resampled with replacement, the same indices for both systems, so the
-    interval reflects the paired design. All resamples are scored at once (per-class
-    counts with `bincount`): the same values as scikit-learn's scores, far faster.
+    interval reflects the paired design. With `groups` (e.g. utterance ids, when the rows
+    hold several seeds' predictions of each utterance) whole groups are resampled: an
+    utterance's predictions by every seed stay together (each row weighs as often as its
+    group is drawn; an utterance may be in the test part of some seeds only), so more seeds
+    average out training noise without pretending the test set grew. All resamples are
+    scored at once: the same values as scikit-learn's scores.
     """
     score = {"UA": balanced_accuracy_score, "WA": accuracy_score}[metric]
     t, a, b = (np.asarray(x) for x in (y_true, pred_a, pred_b))
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(t), (n, len(t)))
-    diffs = _resampled(t, a == t, idx, metric) - _resampled(t, b == t, idx, metric)
+    if groups is None:
+        idx = rng.integers(0, len(t), (n, len(t)))
+        diffs = _resampled(t, a == t, idx, metric) - _resampled(t, b == t, idx, metric)
+    else:  # each row weighs as often as its group was drawn (groups may differ in size)
+        codes = pd.factorize(np.asarray(groups))[0]
+        k = codes.max() + 1
+        weights = rng.multinomial(k, np.full(k, 1 / k), size=n)[:, codes]
+        diffs = _weighted(t, a == t, weights, metric) - _weighted(t, b == t, weights, metric)
     low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return {"diff": float(score(t, a) - score(t, b)), "low": float(low), "high": float(high)}
+
+
+def _weighted(y_true: np.ndarray, correct: np.ndarray, weights: np.ndarray,
+              metric: str) -> np.ndarray:
+    """WA or UA of each resample given as row weights (n, rows): UA is the mean recall over
+    the classes present in that resample."""
+    if metric == "WA":
+        return (weights * correct).sum(1) / weights.sum(1)
+    recalls, present = [], []
+    for label in np.unique(y_true):
+        w = weights * (y_true == label)
+        total = w.sum(1)
+        recalls.append(np.where(total > 0, (w * correct).sum(1) / np.maximum(total, 1), 0))
+        present.append(total > 0)
+    return np.sum(recalls, 0) / np.sum(present, 0)
 
 
 def _resampled(y_true: np.ndarray, correct: np.ndarray, idx: np.ndarray,

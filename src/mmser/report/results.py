@@ -64,16 +64,30 @@ def formatted(table: pd.DataFrame, metrics: Sequence[str], digits: int = 3) -> p
 def bootstrap(preds: pd.DataFrame, system_a: str, system_b: str, metric: str = "UA",
               n: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap CI of metric(a) - metric(b) over the pooled test predictions of all
-    folds and seeds (the same utterances for both systems)."""
-    preds = _with_system(preds)
-    a = preds[preds["system"] == system_a].set_index(["seed", "fold", "utt_id"]).sort_index()
-    b = preds[preds["system"] == system_b].set_index(["seed", "fold", "utt_id"]).sort_index()
-    if not a.index.equals(b.index):
+    folds and of the seeds both systems ran (the same utterances for both systems); an
+    utterance is resampled with all its seeds' predictions (`paired_bootstrap`'s groups).
+    `seeds` in the result: the seeds pooled."""
+    a, b = paired_rows(_with_system(preds), system_a, system_b)
+    seeds = sorted(a.index.unique("seed"))
+    groups = a.index.get_level_values("utt_id")
+    result = paired_bootstrap(a["label"].to_numpy(), a["pred"].to_numpy(),
+                              b["pred"].to_numpy(), metric=metric, n=n, seed=seed,
+                              groups=groups if len(seeds) > 1 else None)
+    return {"a": system_a, "b": system_b, "metric": metric, **result, "seeds": seeds}
+
+
+def paired_rows(preds: pd.DataFrame, system_a: str, system_b: str
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both systems' prediction rows on the seeds both ran, indexed and ordered by
+    (seed, fold, utt_id); an error when they were not tested on the same utterances."""
+    a, b = (preds[preds["system"] == s] for s in (system_a, system_b))
+    common = set(a["seed"]) & set(b["seed"])
+    a, b = (x[x["seed"].isin(common)].set_index(["seed", "fold", "utt_id"]).sort_index()
+            for x in (a, b))
+    if not common or not a.index.equals(b.index):
         raise ValueError(f"systems {system_a!r} and {system_b!r} were not tested on the same "
                          "utterances; a paired comparison needs the same test sets")
-    result = paired_bootstrap(a["label"].to_numpy(), a["pred"].to_numpy(),
-                              b["pred"].to_numpy(), metric=metric, n=n, seed=seed)
-    return {"a": system_a, "b": system_b, "metric": metric, **result}
+    return a, b
 
 
 def write_table(table: pd.DataFrame, stem: str | Path, floatfmt: str = ".3f") -> str:

@@ -4,7 +4,7 @@
 runs DDP inside the calling process (a notebook kernel, a test runner: neither can be
 re-executed per device). It writes a job into `<out_dir>/launch/` and starts this module
 as a subprocess (`mmser.training.loop.launch`; this module imports the loop, never the
-other way round), which calls `fit` again; Lightning's own launcher then re-executes
+other way round), which runs `train_run`; Lightning's own launcher then re-executes
 `python -m mmser.training.launch <job dir>` once per further device (`torchrun --nproc_per_node N
 -m mmser.training.launch <job dir>` works the same, for several nodes). Process 0 writes
 `best.pt`, `history.csv` and `done.json` as a single-process run does; the caller reads
@@ -25,7 +25,6 @@ A job is three files:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -36,14 +35,13 @@ from mmser.training import loop as training
 
 
 def run(job: str | Path) -> None:
-    """Run the `fit` call written into `job` (in this process; DDP as configured)."""
+    """Run the training written into `job` (in this process; DDP as configured)."""
     job = Path(job)
-    os.environ[training.LAUNCHED] = "1"  # inherited by the processes Lightning starts
     options = json.loads((job / "options.json").read_text())
     items = torch.load(job / "items.pt", weights_only=True)
     task = torch.load(job / "task.pt", weights_only=False)  # our own file: see above
     cfg = Training(**options.pop("cfg"))
-    training.fit(task, items["train"], items["val"], options.pop("out_dir"), cfg, **options)
+    training.train_run(task, items["train"], items["val"], options.pop("out_dir"), cfg, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ A paper's model is a plain `nn.Module` whose `forward(batch)` returns a dict wit
 per dimension). `Task` wraps it: optimiser and schedule, validation score, logging.
 `fit` trains with checkpoint selection on the validation score only, resumes an
 interrupted run from its last checkpoint (exactly: the random states travel with it), and
-skips a run that already finished with the same fingerprint. More than one device
+reuses a finished run only when its fingerprint (`run_fingerprint`: code, parameters,
+data, initial weights) is this run's. More than one device
 (`training.devices`) trains with DDP in processes of `python -m mmser.training.launch`
 (`launch` here writes the job and starts them), never inside the calling (notebook)
 process. `fold_loop` is the one loop over seeds and folds: it records each fold's choice
@@ -16,6 +17,7 @@ with one `Task` per fold (tokenwise's classifier grid uses `fold_loop` directly)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -33,13 +35,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mmser import fingerprint as F
 from mmser.config import Training
 from mmser.corpus.protocols import Fold
+from mmser.fingerprint import code_digest, value_digest
 from mmser.progress import in_report, progress
 from mmser.report.metrics import ccc
 from mmser.training import data as D
 
-LAUNCHED = "MMSER_LAUNCHED"  # set by `python -m mmser.training.launch`: DDP may run in this process
+log = logging.getLogger("mmser")
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
@@ -189,7 +193,7 @@ class FitResult:
     history: pd.DataFrame  # one row per epoch: train_loss, val_loss, val_score
 
 
-DONE, FINGERPRINT, BEST = "done.json", "fingerprint.json", "best.pt"
+DONE, FINGERPRINT, BEST, HISTORY = "done.json", "fingerprint.json", "best.pt", "history.csv"
 
 
 class RunState(L.Callback):
@@ -263,6 +267,32 @@ def _multi_device(cfg: Training) -> bool:
     return cfg.devices != 1 or cfg.strategy not in ("auto", "single_device")
 
 
+def _calling_modules() -> set[str]:
+    """The project modules on the call stack (the paper module that builds the run)."""
+    frame, names = sys._getframe(1), set()
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith("mmser."):
+            names.add(name)
+        frame = frame.f_back
+    return names
+
+
+def run_fingerprint(task: Task, train: Sequence[dict], val: Sequence[dict], cfg: Training,
+                    options: dict, params: dict | None = None) -> dict:
+    """What a finished run must share with this one to be reused: the code of the modules
+    that build and define it (the callers on the stack and the classes inside `task`, with
+    everything they import), the caller's parameters (its whole parameter section), the
+    training settings and `fit`'s options, the training and validation items, and the
+    task's initial weights (pretrained layers included)."""
+    classes = {type(m).__module__ for m in task.modules()} | {type(task).__module__}
+    modules = {m for m in classes | _calling_modules() if m.startswith("mmser.")}
+    return {"code": code_digest(*modules), "params": value_digest(params or {}),
+            "training": asdict(cfg), "options": options,
+            "data": value_digest([list(train), list(val)]),
+            "initial_weights": value_digest(task.state_dict())}
+
+
 def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path,
         cfg: Training | None = None, *, max_epochs: int, batch_size: int, seed: int = 0,
         patience: int | None = None, bucket_by: str | None = None,
@@ -271,11 +301,13 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
 
     `out_dir` holds the run: `last.ckpt` while training (an interrupted run resumes from
     it, see `RunState`), then `best.pt` (weights only), `history.csv` and `done.json`
-    (best epoch and score, optimiser steps, training seconds). A run whose `done.json` and
-    fingerprint match is not trained again; a different fingerprint (other parameters,
-    data or code version) starts the run afresh. With more than one device the run goes
-    to `python -m mmser.training.launch` processes (DDP; `batch_size` is per device) and this
-    process reads the result back.
+    (best epoch and score, optimiser steps, training seconds), each written atomically.
+    A finished run is reused, and an interrupted one resumed, only when its
+    `fingerprint.json` equals `run_fingerprint` of this call (`fingerprint` is the caller's
+    parameter section); otherwise the folder is cleared and the run starts afresh. A run
+    file that cannot be read is set aside (named in the log) and its work redone. With more
+    than one device the run goes to `python -m mmser.training.launch` processes (DDP;
+    `batch_size` is per device) and this process reads the result back.
     """
     cfg = cfg or Training()
     if cfg.threads > 0:
@@ -285,19 +317,51 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
         raise ValueError(f"{out_dir}: {len(train)} training and {len(val)} validation items; "
                          "both must be non-empty (too few speakers or utterances per class "
                          "for this protocol's validation split?)")
-    stamp = json.dumps(fingerprint or {}, sort_keys=True, default=str)
-    if (out_dir / FINGERPRINT).is_file() and (out_dir / FINGERPRINT).read_text() != stamp:
+    options = dict(max_epochs=max_epochs, batch_size=batch_size, seed=seed,
+                   patience=patience, bucket_by=bucket_by)
+    stamp = json.dumps(run_fingerprint(task, train, val, cfg, options, fingerprint),
+                       sort_keys=True, default=str)
+    _clear_unless(out_dir, stamp)
+    if (out_dir / DONE).is_file():
+        finished = _finished(task, out_dir)
+        if finished is not None:
+            return finished
+    _resumable(out_dir / "last.ckpt")
+    if _multi_device(cfg):
+        launch(task, train, val, out_dir, cfg, **options)
+    else:
+        train_run(task, train, val, out_dir, cfg, **options)
+    return _finished(task, out_dir)
+
+
+def _clear_unless(out_dir: Path, stamp: str) -> None:
+    """Keep `out_dir`'s run files only when they were made with the fingerprint `stamp`."""
+    marker = out_dir / FINGERPRINT
+    if out_dir.exists() and (not marker.is_file() or marker.read_text(errors="replace") != stamp):
+        if any(out_dir.iterdir()):
+            log.info("%s: made by other code, parameters, data or weights; training afresh",
+                     out_dir)
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / FINGERPRINT).write_text(stamp)
-    if (out_dir / DONE).is_file():
-        return _finished(task, out_dir)
-    if _multi_device(cfg) and not os.environ.get(LAUNCHED):
-        launch(task, train, val, out_dir, cfg, fingerprint=json.loads(stamp),
-                      max_epochs=max_epochs, batch_size=batch_size, seed=seed,
-                      patience=patience, bucket_by=bucket_by)
-        return _finished(task, out_dir)
+    if not marker.is_file():
+        F.write_text(marker, stamp)
 
+
+def _resumable(path: Path) -> None:
+    """Set aside a `last.ckpt` that does not load (truncated, corrupt): the run restarts."""
+    if path.is_file():
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)  # our own run's file
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is started over
+            F.set_aside(path, f"unreadable checkpoint ({type(err).__name__}: {err})")
+
+
+def train_run(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path,
+              cfg: Training, *, max_epochs: int, batch_size: int, seed: int = 0,
+              patience: int | None = None, bucket_by: str | None = None) -> None:
+    """The Lightning run behind `fit` (in this process; DDP processes when launched):
+    resumes from `last.ckpt`, then writes `best.pt`, `history.csv` and `done.json`."""
+    out_dir = Path(out_dir)
     seed_everything(seed)
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -321,24 +385,23 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
     val_loader = D.loader(val, batch_size, bucket_by=bucket_by, num_workers=cfg.num_workers)
     state = RunState(train_loader)
     trainer.callbacks.append(state)
-    resume = out_dir / "last.ckpt"
+    resume = out_dir / "last.ckpt"  # checked by `fit` before this run started
     trainer.fit(task, train_loader, val_loader,
                 ckpt_path=str(resume) if resume.is_file() else None)
     if trainer.global_rank != 0:
-        return None  # type: ignore[return-value]
+        return
 
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-    torch.save(best["state_dict"], out_dir / BEST)
+    F.atomic_write(out_dir / BEST, lambda tmp: torch.save(best["state_dict"], tmp))
     history = pd.DataFrame(task.history)
-    history.to_csv(out_dir / "history.csv", index=False)
+    F.atomic_write(out_dir / HISTORY, lambda tmp: history.to_csv(tmp, index=False))
     best_epoch = int(best["epoch"])
     best_score = float(history.loc[history["epoch"] == best_epoch, "val_score"].iloc[0])
-    (out_dir / DONE).write_text(json.dumps({
+    F.write_text(out_dir / DONE, json.dumps({
         "best_epoch": best_epoch, "best_score": best_score, "steps": state.steps,
         "train_seconds": round(state.seconds, 3), "devices": trainer.world_size}))
     for stale in ("last.ckpt", "best.ckpt"):
         (out_dir / stale).unlink(missing_ok=True)  # resumable state is no longer needed
-    return _finished(task, out_dir)
 
 
 # ------------------------------------------------------------------ multi-device jobs
@@ -379,12 +442,40 @@ def launch(task, train: Sequence[dict], val: Sequence[dict], out_dir: str | Path
     shutil.rmtree(job)
 
 
-def _finished(task: Task, out_dir: Path) -> FitResult:
-    task.load_state_dict(torch.load(out_dir / BEST, map_location="cpu", weights_only=True))
+def _read_done(path: Path) -> dict:
+    done = json.loads(path.read_text())
+    return {"best_epoch": int(done["best_epoch"]), "best_score": float(done["best_score"])}
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    history = pd.read_csv(path)
+    if history.empty or not {"epoch", "val_score"} <= set(history.columns):
+        raise ValueError(f"no epochs with a validation score (columns {list(history.columns)})")
+    return history
+
+
+RUN_FILES = {DONE: _read_done, HISTORY: _read_history,
+             BEST: lambda path: torch.load(path, map_location="cpu", weights_only=True)}
+
+
+def _finished(task: Task, out_dir: Path) -> FitResult | None:
+    """The finished run in `out_dir`, loaded into `task`; None when one of its files cannot
+    be read (that file is set aside, the run's other results removed: it is trained again)."""
+    files = {}
+    for name, read in RUN_FILES.items():
+        try:
+            files[name] = read(out_dir / name)
+            if name == BEST:
+                task.load_state_dict(files[name])
+        except Exception as err:  # noqa: BLE001 - whatever is unreadable is made again
+            F.set_aside(out_dir / name, f"unreadable run file ({type(err).__name__}: {err})")
+            for other in RUN_FILES:
+                (out_dir / other).unlink(missing_ok=True)
+            return None
     task.eval()
-    done = json.loads((out_dir / DONE).read_text())
+    done = files[DONE]
     return FitResult(str(out_dir / BEST), done["best_score"], done["best_epoch"],
-                     pd.read_csv(out_dir / "history.csv"))
+                     files[HISTORY])
 
 
 @torch.no_grad()
