@@ -16,7 +16,7 @@ from mmser import fingerprint as F
 from mmser.config import Training
 from mmser.training import loop as T
 from test_clap import make_fixture
-from test_training import MeanPool, _corpus, _features, _make_items
+from test_training import Interrupt, MeanPool, Stop, _corpus, _features, _make_items
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = Training(progress=False)
@@ -121,14 +121,6 @@ def test_an_unreadable_run_file_is_set_aside_and_the_run_redone(tmp_path, caplog
 
 
 def test_a_truncated_checkpoint_is_set_aside_and_training_restarts(tmp_path, caplog):
-    class Stop(Exception):
-        pass
-
-    class Interrupt(T.Task):
-        def on_train_epoch_end(self):
-            if self.current_epoch == 1:
-                raise Stop()
-
     reference = _fit(tmp_path / "reference")
     run = tmp_path / "run"
     torch.manual_seed(0)

@@ -151,19 +151,23 @@ def test_the_test_fold_cannot_choose_after_it_was_opened():
         fold.select(epoch=2)
 
 
+class Stop(Exception):
+    pass
+
+
+class Interrupt(T.Task):
+    """Stops training at the end of epoch 1, after its checkpoint (a killed run)."""
+
+    def on_train_epoch_end(self):
+        if self.current_epoch == 1:
+            raise Stop()
+
+
 def test_interrupted_fit_resumes_from_last_checkpoint(tmp_path, monkeypatch):
     corpus = _corpus()
     make_items = _make_items(corpus, _features(corpus))
     fold = next(corpus.folds())
     train, val = make_items(fold.train()), make_items(fold.val())
-
-    class Stop(Exception):
-        pass
-
-    class Interrupt(T.Task):
-        def on_train_epoch_end(self):
-            if self.current_epoch == 1:
-                raise Stop()
 
     torch.manual_seed(0)  # the rerun builds the same task, as a stage rerun does
     with pytest.raises(Stop):
