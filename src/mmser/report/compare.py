@@ -295,8 +295,10 @@ def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence
 
     def resample(rng):
         draws = {}  # one draw per fold, shared by its seeds (their rows are in utt_id order)
-        return np.mean([stat(g[draws.setdefault((f, len(g)), rng.integers(0, len(g), len(g)))])
-                        for f, g in zip(folds, groups)])
+        for f, g in zip(folds, groups):
+            if (f, len(g)) not in draws:
+                draws[f, len(g)] = rng.integers(0, len(g), len(g))
+        return np.mean([stat(g[draws[f, len(g)]]) for f, g in zip(folds, groups)])
 
     rng = np.random.default_rng(seed)
     draws = np.array([resample(rng) for _ in range(n)])
