@@ -124,6 +124,45 @@ def test_same_seed_same_predictions_and_changed_fingerprint_retrains(tmp_path):
     assert after["params"] != before["params"] and after["data"] == before["data"]
 
 
+def test_runs_trained_side_by_side_in_processes_match_a_serial_run(tmp_path):
+    """`training.workers: 2` trains the runs in two processes, a run that needs another one
+    (fine-tuning after pre-training) in a later pass, and gives the serial run's results."""
+    corpus = _corpus()
+    make_items = _make_items(corpus, _features(corpus))
+
+    def two_stage(out_dir, cfg):
+        def train_fold(fold, seed):
+            run = out_dir / f"seed{seed}" / f"fold{fold.index}"
+            first = T.Task(MeanPool(), lr=0.05)
+            T.fit(first, make_items(fold.train()), make_items(fold.val()), run / "pre", cfg,
+                  max_epochs=2, batch_size=16, seed=seed)
+            task = T.Task(MeanPool(), lr=0.01)
+            task.model.load_state_dict(first.model.state_dict())
+            result = T.fit(task, make_items(fold.train()), make_items(fold.val()), run / "ft",
+                           cfg, max_epochs=2, batch_size=16, seed=seed)
+            return ({"checkpoint": result.best_path},
+                    lambda test: T.predictions(task, test, make_items(test), corpus, seed,
+                                               fold.index))
+        return T.fold_loop(corpus, train_fold, seeds=[0, 1], cfg=cfg)
+
+    serial = two_stage(tmp_path / "serial", QUIET)
+    parallel = two_stage(tmp_path / "parallel", Training(progress=False, workers=2))
+    pd.testing.assert_frame_equal(serial, parallel)
+    for run in ("seed0/fold0/pre", "seed1/fold3/ft"):
+        for name in ("done.json", "fingerprint.json", "history.csv"):
+            a, b = (tmp_path / side / run / name for side in ("serial", "parallel"))
+            if name == "done.json":  # all but the seconds
+                a, b = (json.loads(f.read_text()) for f in (a, b))
+                assert a.pop("train_seconds") > 0 and b.pop("train_seconds") > 0
+                assert a == b
+            else:
+                assert a.read_text() == b.read_text(), run + "/" + name
+    # the processes' runs are reused by a serial rerun: nothing trains again
+    mtime = (tmp_path / "parallel/seed1/fold3/ft/done.json").stat().st_mtime_ns
+    pd.testing.assert_frame_equal(two_stage(tmp_path / "parallel", QUIET), serial)
+    assert (tmp_path / "parallel/seed1/fold3/ft/done.json").stat().st_mtime_ns == mtime
+
+
 def test_training_never_sees_the_test_fold(tmp_path):
     corpus = _corpus()
     seen = []

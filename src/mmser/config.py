@@ -96,6 +96,7 @@ class Training:
     strategy: str = "auto"  # more than one device: ddp (`python -m mmser.training.launch` processes)
     num_workers: int = 0  # DataLoader workers
     threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    workers: int = 1  # CPU: a stage's runs trained side by side in this many processes
     seeds: list = field(default_factory=lambda: [0])  # every seed is run; tables give mean ± std
     # more seeds for the systems a paper's claim compares (mmser.report.claims.claim_seeds)
     claim_seeds: list = field(default_factory=list)

@@ -118,11 +118,11 @@ def _update(digest, value) -> None:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().contiguous()
         digest.update(f"tensor{value.dtype}{tuple(value.shape)}".encode())
-        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes()
-                      if value.numel() else b"")
+        if value.numel():  # a view of the bytes, not a copy (twice as fast)
+            digest.update(memoryview(value.view(-1).view(torch.uint8).numpy()))
     elif isinstance(value, np.ndarray):
         digest.update(f"array{value.dtype}{value.shape}".encode())
-        digest.update(np.ascontiguousarray(value).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
     elif isinstance(value, dict):
         digest.update(b"{")
         for key in sorted(value, key=str):

@@ -11,13 +11,18 @@ data, initial weights) is this run's. More than one device
 (`launch` here writes the job and starts them), never inside the calling (notebook)
 process. `fold_loop` is the one loop over seeds and folds: it records each fold's choice
 with `Fold.select` before the fold's test part is opened; `cross_validate` is that loop
-with one `Task` per fold (tokenwise's classifier grid uses `fold_loop` directly).
+with one `Task` per fold (tokenwise's classifier grid uses `fold_loop` directly). With
+`training.workers` > 1 on one CPU device, `fold_loop` first trains the runs that its folds
+need side by side in that many worker processes (`train_ahead`), then makes its choices
+and predictions in order from the finished runs, as it would after a serial run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import random
 import shutil
@@ -26,7 +31,8 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -284,11 +290,13 @@ def run_fingerprint(task: Task, train: Sequence[dict], val: Sequence[dict], cfg:
     that build and define it (the callers on the stack and the classes inside `task`, with
     everything they import), the caller's parameters (its whole parameter section), the
     training settings and `fit`'s options, the training and validation items, and the
-    task's initial weights (pretrained layers included)."""
+    task's initial weights (pretrained layers included). How the runs are shown and
+    scheduled (`progress`, `workers`) does not change a run, and is left out."""
     classes = {type(m).__module__ for m in task.modules()} | {type(task).__module__}
     modules = {m for m in classes | _calling_modules() if m.startswith("mmser.")}
+    training = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "workers")}
     return {"code": code_digest(*modules), "params": value_digest(params or {}),
-            "training": asdict(cfg), "options": options,
+            "training": training, "options": options,
             "data": value_digest([list(train), list(val)]),
             "initial_weights": value_digest(task.state_dict())}
 
@@ -327,6 +335,10 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
         if finished is not None:
             return finished
     _resumable(out_dir / "last.ckpt")
+    if _ahead is not None:  # `train_ahead` collects this run for its worker processes
+        _ahead.append(_pool(cfg.workers).submit(_train_in_worker, task, list(train), list(val),
+                                                str(out_dir), cfg, options))
+        raise _TrainingAhead
     if _multi_device(cfg):
         launch(task, train, val, out_dir, cfg, **options)
     else:
@@ -402,6 +414,75 @@ def train_run(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: s
         "train_seconds": round(state.seconds, 3), "devices": trainer.world_size}))
     for stale in ("last.ckpt", "best.ckpt"):
         (out_dir / stale).unlink(missing_ok=True)  # resumable state is no longer needed
+
+
+# ------------------------------------------------------------ runs side by side on the CPU
+
+class _TrainingAhead(BaseException):
+    """`fit` handed its run to the worker processes (a BaseException: no paper's code
+    catches it on the way back to `train_ahead`)."""
+
+
+_ahead: list[Future] | None = None  # the runs `train_ahead`'s current pass submitted
+_pools: dict[int, ProcessPoolExecutor] = {}  # started once, kept for the process's life
+
+
+def _quiet_worker() -> None:
+    """A worker's own output would land in a notebook's cells (a kernel captures file
+    descriptors 1 and 2) or interleave with the caller's bars: it goes to /dev/null in a
+    report. Its errors still reach the caller with `Future.result`."""
+    if in_report():
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+    warnings.filterwarnings("ignore")
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    if workers not in _pools:  # spawn: a forked kernel with torch's thread pools can hang
+        _pools[workers] = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
+                                              initializer=_quiet_worker)
+    return _pools[workers]
+
+
+def _train_in_worker(task: Task, train: list, val: list, out_dir: str, cfg: Training,
+                     options: dict) -> None:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    train_run(task, train, val, out_dir, replace(cfg, progress=False), **options)
+
+
+def _can_train_ahead(cfg: Training | None) -> bool:
+    return (cfg is not None and cfg.workers > 1 and cfg.accelerator == "cpu"
+            and not _multi_device(cfg))
+
+
+def train_ahead(runs: Sequence[tuple[int, Fold]], train_fold: Callable, workers: int,
+                desc: str) -> None:
+    """Train every run that `train_fold` would start, `workers` at a time in processes.
+
+    A pass calls `train_fold(fold, seed)` for every run, with `fit` collecting each run it
+    has not finished instead of training it (its fingerprint is taken as usual), then
+    waits for the collected runs. Runs that need an earlier one (fine-tuning after
+    pre-training) are collected by the next pass. Nothing here opens a test part or
+    records a choice: `fold_loop` does both afterwards, from the finished runs."""
+    global _ahead
+    for step in range(1, 100):
+        submitted: list[Future] = []
+        _ahead = submitted
+        try:
+            for seed, fold in runs:
+                seed_everything(seed)
+                with contextlib.suppress(_TrainingAhead):
+                    train_fold(fold, seed)
+        finally:
+            _ahead = None
+        if not submitted:
+            return
+        for future in progress(as_completed(submitted), total=len(submitted), unit="run",
+                               desc=f"{desc}: pass {step}, {workers} processes"):
+            future.result()
+    raise RuntimeError(f"{desc}: runs still unfinished after 99 passes")
 
 
 # ------------------------------------------------------------------ multi-device jobs
@@ -497,16 +578,20 @@ def predict(task: Task | nn.Module, items: Sequence[dict], batch_size: int = 32,
 
 def fold_loop(corpus: D.Corpus, train_fold: Callable[[Fold, int], tuple[dict, Callable]],
               *, seeds: Sequence[int] = (0,), val_fraction: float = 0.1,
-              desc: str = "folds") -> pd.DataFrame:
+              desc: str = "folds", cfg: Training | None = None) -> pd.DataFrame:
     """The one fold loop of every paper stage: for each seed and fold,
     `train_fold(fold, seed)` trains and chooses on the fold's training and validation parts
     and returns `(choice, predict)`; the choice is recorded with `Fold.select` before the
     test part is opened, then `predict(test_rows)` gives the fold's prediction rows.
-    Each fold starts from `seed_everything(seed)`. Returns the rows of every fold."""
+    Each fold starts from `seed_everything(seed)`. Returns the rows of every fold.
+    With `cfg.workers` > 1 (one CPU device), the `fit` runs are trained ahead in processes
+    (`train_ahead`)."""
     if not seeds:
         raise ValueError("no seeds given")
     runs = [(seed, fold) for seed in seeds
             for fold in corpus.folds(seed=seed, val_fraction=val_fraction)]
+    if _can_train_ahead(cfg):
+        train_ahead(runs, train_fold, cfg.workers, desc)
     rows = []
     for seed, fold in progress(runs, desc=desc, unit="fold"):
         seed_everything(seed)
@@ -549,7 +634,7 @@ def cross_validate(corpus: D.Corpus, make_items: Callable[[pd.DataFrame], list[d
                                                  fold.index)
 
     return fold_loop(corpus, train_fold, seeds=seeds, val_fraction=val_fraction,
-                     desc=f"{Path(out_dir).name} folds")
+                     desc=f"{Path(out_dir).name} folds", cfg=cfg)
 
 
 def predictions(task: Task, test: pd.DataFrame, items: list[dict], corpus: D.Corpus,
