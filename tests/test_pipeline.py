@@ -33,7 +33,8 @@ TINY = {
                   "ours_batch_sizes": [8], "ours_lrs": [1e-3], "val_fraction": 0.25,
                   "pretrain_val_fraction": 0.25, "bootstrap_n": 20},
     "report": {"bootstrap_n": 50},
-    "training": {"claim_seeds": [0, 1]},  # the claims' extra seeds, end to end
+    "training": {"claim_seeds": [0, 1],  # the claims' extra seeds, end to end
+                 "workers": 1},  # tiny runs: starting worker processes costs more than it saves
 }
 pytestmark = pytest.mark.notebook
 PAPERS = ("distil", "lemer", "clap", "vcemo", "tokenwise")
