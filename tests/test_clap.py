@@ -176,9 +176,14 @@ def test_pretraining_never_sees_the_test_fold_and_is_repeatable(fixture, tmp_pat
         assert any(u.startswith("r") for u in pool)  # and used the read split
     assert all(0 <= r["R@1"] <= 1 and r["chance@5"] > 0 for r in runner.records)
     assert runner.histories[0]["val_score"].between(0, 1).all()
-    again, _ = C.run_system(corpus, bank, "full", p, Encoders(), cfg, tmp_path / "b",
-                            use_read=True, fingerprint={})
+    # trained ahead in two processes (pre-training, then fine-tuning, in passes): the
+    # same predictions, and one pre-training record per run however often a fold is built
+    again, ahead = C.run_system(corpus, bank, "full", p, Encoders(),
+                                Training(progress=False, workers=2), tmp_path / "b",
+                                use_read=True, fingerprint={})
     pd.testing.assert_frame_equal(preds, again)
+    assert pd.DataFrame(ahead.records).equals(pd.DataFrame(runner.records))
+    assert len(ahead.histories) == 2
 
 
 def _tiny_whisper(path):

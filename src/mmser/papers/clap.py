@@ -248,7 +248,8 @@ def pretrain(bank: Bank, rows: pd.DataFrame, role: str, p: ClapParams, encoders,
 class Runner:
     """Builds the fine-tuning task of one system per fold for `training.cross_validate`,
     pre-training first (on the fold's training rows and optionally the read split) when the
-    system uses pre-training. Pre-training records land in `self.records`."""
+    system uses pre-training. Pre-training records land in `self.records`, one per run
+    (a fold is built more than once when runs train ahead in processes)."""
 
     def __init__(self, bank: Bank, system: str, classes: Sequence[str], p: ClapParams,
                  encoders, cfg: Training, out_dir: str | Path, read: pd.DataFrame | None,
@@ -258,8 +259,16 @@ class Runner:
         self.bank, self.system, self.classes, self.p = bank, system, list(classes), p
         self.encoders, self.cfg, self.out_dir = encoders, cfg, Path(out_dir)
         self.read, self.fingerprint = read, fingerprint
-        self.records: list[dict] = []
-        self.histories: list[pd.DataFrame] = []
+        self._records: dict[str, dict] = {}  # by pre-training run folder
+        self._histories: dict[str, pd.DataFrame] = {}
+
+    @property
+    def records(self) -> list[dict]:
+        return list(self._records.values())
+
+    @property
+    def histories(self) -> list[pd.DataFrame]:
+        return list(self._histories.values())
 
     def items(self, rows: pd.DataFrame) -> list[dict]:
         return self.bank.labelled(rows, self.classes)
@@ -285,8 +294,8 @@ class Runner:
                               - set(train_rows["session"]))
             tag = {"system": self.system, "seed": seed, "run": run.name,
                    "sessions_not_in_train": ", ".join(map(str, held_out))}
-            self.records.append({**tag, "best_epoch": result.best_epoch, **scores})
-            self.histories.append(result.history.assign(**tag))
+            self._records[run.name] = {**tag, "best_epoch": result.best_epoch, **scores}
+            self._histories[run.name] = result.history.assign(**tag)
         return self.task(model)
 
 
