@@ -64,3 +64,71 @@ def test_profile_merges_into_params_and_a_bad_profile_changes_nothing(tmp_path):
     bad.write_text(yaml.safe_dump({"training": {"precison": "bf16-mixed"}}))
     assert main(["--apply", str(bad), str(params)]) == 2
     assert params.read_text() == before
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("dataset", "name", "emodbb", "is not one of"),
+    ("dataset", "protocol", "losoo", "is not one of"),
+    ("training", "precision", "64-true", "is not one of"),
+    ("transcribe", "backend", "whisperx", "is not one of"),
+    ("vcemo", "batch_size", 0, "must be >= 1"),
+    ("dataset", "max_lost_fraction", -1, "must be >= 0"),
+    ("clap", "dropout", 1.5, "must be < 1"),
+    ("clap", "temperature", 0, "must be > 0"),
+    ("training", "seeds", [0, "one"], r"training\.seeds\[1\]: expected int"),
+    ("tokenwise", "pretrain_lrs", [1e-4, -1e-3], r"pretrain_lrs\[1\]: -0\.001 must be > 0"),
+    ("lemer", "systems", ["A1", 2], r"lemer\.systems\[1\]: expected str"),
+])
+def test_every_entry_point_refuses_a_bad_value(tmp_path, capsys, section, key, value, message):
+    """The bug this guards: key paths once began with the file's name, whose dot shifted
+    every key, so no choice or range was ever checked from a file."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    bad = {**base, section: {**base[section], key: value}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(ParamsError, match=message) as err:
+        load(path)
+    assert f"{path}.{section}.{key}" in str(err.value)  # names the file and the key
+    assert main([str(path)]) == 2
+    assert f"{section}.{key}" in capsys.readouterr().err
+    params = tmp_path / "target.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(yaml.safe_dump({section: {key: value}}))
+    before = params.read_text()
+    assert main(["--apply", str(profile), str(params)]) == 2
+    assert params.read_text() == before
+
+
+def test_numbers_and_lists_that_fit_are_kept():
+    params = Params.from_dict({"synthetic": {"snr_db": [5, 20.5]},
+                               "training": {"claim_seeds": [0, 1]},
+                               "clap": {"min_lr": 0, "dropout": 0}})
+    assert params.synthetic.snr_db == [5.0, 20.5] and params.clap.min_lr == 0.0
+    assert params.training.claim_seeds == [0, 1]
+
+
+def test_applying_a_profile_keeps_the_comments_and_writes_nothing_else(tmp_path):
+    params = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    params.write_text(original)
+    profile = tmp_path / "gpu.yaml"
+    profile.write_text("training:\n  precision: bf16-mixed\n  seeds: [0, 1, 2]\n")
+    assert main(["--apply", str(profile), str(params)]) == 0
+    after = params.read_text()
+    changed = [(a, b) for a, b in zip(original.splitlines(), after.splitlines()) if a != b]
+    assert len(original.splitlines()) == len(after.splitlines())
+    assert [b.split("#")[0].strip() for _, b in changed] == ["precision: bf16-mixed",
+                                                             "seeds: [0, 1, 2]"]
+    assert all("#" in b for a, b in changed if "#" in a)  # their comments stay
+    assert load(params).training.seeds == [0, 1, 2]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_every_paper_profile_applies_cleanly(tmp_path):
+    for profile in sorted((ROOT / "profiles").rglob("*.yaml")):
+        params = tmp_path / "params.yaml"
+        params.write_text((ROOT / "params.yaml").read_text())
+        assert main(["--apply", str(profile), str(params)]) == 0, profile
+        assert params.read_text().count("#") >= (ROOT / "params.yaml").read_text().count("#") - \
+            5, profile  # comments kept (a profile may replace a commented list)

@@ -7,8 +7,11 @@ before its notebook, and notebooks build their typed view with `Params.from_dict
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import io
+import os
 import sys
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -33,6 +36,60 @@ CHOICES = {
     "training.accelerator": {"cpu", "gpu", "cuda", "mps", "auto"},
     "training.precision": {"32-true", "bf16-mixed", "16-mixed", "bf16-true"},
 }
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Allowed range of a number (of each number, for a list); None = unbounded."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # low itself not allowed
+    open_high: bool = False
+
+    def problem(self, value: float) -> str | None:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return f"must be {'>' if self.open_low else '>='} {self.low}"
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
+            return f"must be {'<' if self.open_high else '<='} {self.high}"
+        return None
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Bound(0), Bound(1), Bound(0, open_low=True)
+# Ranges by key path ("section.key", shell-style patterns); the first match applies.
+BOUNDS: list[tuple[str, Bound]] = [
+    ("seed", AT_LEAST_0), ("training.seeds", AT_LEAST_0), ("training.claim_seeds", AT_LEAST_0),
+    ("dataset.*classes", Bound(2)), ("dataset.read_max", AT_LEAST_1),
+    ("synthetic.n_speakers", Bound(2)), ("synthetic.n_read", AT_LEAST_0),
+    ("synthetic.n_*", AT_LEAST_1), ("*.workers", AT_LEAST_1),
+    ("training.devices", AT_LEAST_1), ("training.threads", AT_LEAST_0),
+    ("training.num_workers", AT_LEAST_0),
+    ("*batch_size", AT_LEAST_1), ("*batch_sizes", AT_LEAST_1), ("*epochs", AT_LEAST_1),
+    ("*patience", AT_LEAST_0), ("*dropout", Bound(0, 1, open_high=True)),
+    ("*fraction", Bound(0, 1)), ("*.momentum", Bound(0, 1)),
+    ("*.min_lr", AT_LEAST_0), ("*lr", POSITIVE), ("*lrs", POSITIVE),
+    ("*temperature", POSITIVE), ("*.tau", POSITIVE), ("*.max_seconds", POSITIVE),
+    ("*weight_decay", AT_LEAST_0), ("*.alpha", AT_LEAST_0), ("*.mu", AT_LEAST_0),
+    ("*bootstrap_n", AT_LEAST_1), ("*compare_n", AT_LEAST_0),
+    ("*adapter_dim", AT_LEAST_0), ("*dim", AT_LEAST_1), ("*.head_hidden", AT_LEAST_1),
+    ("*.hidden", AT_LEAST_1), ("*.heads", AT_LEAST_1), ("vcemo.layers", AT_LEAST_1),
+    ("*top_layers", AT_LEAST_0), ("*ft_layers", AT_LEAST_0),
+    ("encoders.*_layers", AT_LEAST_1), ("*_cuts", AT_LEAST_1),
+    ("lemer.*_k", AT_LEAST_1), ("lemer.k_grid", AT_LEAST_1), ("lemer.n_units", Bound(2)),
+    ("lemer.kmeans_frames", AT_LEAST_1), ("lemer.context_turns", AT_LEAST_0),
+    ("lemer.context_tokens", AT_LEAST_1), ("*warmup_steps", AT_LEAST_0),
+    ("*queue_size", AT_LEAST_0), ("vcemo.n_mels", AT_LEAST_1), ("vcemo.hop_ms", POSITIVE),
+    ("vcemo.n_augment", AT_LEAST_0), ("vcemo.max_semitones", AT_LEAST_0),
+    ("vcemo.max_stretch", Bound(0, 1, open_high=True)), ("vcemo.max_tokens", AT_LEAST_1),
+    ("vcemo.mandarin_*", AT_LEAST_1), ("vcemo.tsne_fold", AT_LEAST_0),
+]
+# Element types of lists whose default is empty (others: the default's elements' type).
+ELEMENTS = {"training.claim_seeds": int, "tokenwise.speech_layers": int,
+            "tokenwise.text_layers": int, "tokenwise.extra_speech": str,
+            "synthetic.snr_db": float}
+
+
+def bound(path: str) -> Bound | None:
+    return next((b for pattern, b in BOUNDS if fnmatch.fnmatchcase(path, pattern)), None)
 
 
 @dataclass
@@ -322,14 +379,17 @@ class Params:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "params") -> "Params":
-        """Build from a (partial) dict; sections and keys left out keep their defaults."""
-        return _build(cls, data or {}, source)
+        """Build from a (partial) dict; sections and keys left out keep their defaults.
+        Every value is checked: its type (and its elements' type, for a list), its choices
+        (`CHOICES`) and its range (`BOUNDS`); the error names `source` and the key."""
+        return _build(cls, data or {}, source, ())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _build(kind: type, data: Any, where: str) -> Any:
+def _build(kind: type, data: Any, where: str, path: tuple[str, ...]) -> Any:
+    """`where` names the file for messages; `path` is the key path inside it."""
     if not isinstance(data, dict):
         raise ParamsError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(kind)
@@ -340,15 +400,41 @@ def _build(kind: type, data: Any, where: str) -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {names}"
             raise ParamsError(f"{where}: unknown key '{key}'{hint}")
-        hint = hints[key]
+        hint, inner = hints[key], path + (key,)
         if is_dataclass(hint):
-            values[key] = _build(hint, value, f"{where}.{key}")
+            values[key] = _build(hint, value, f"{where}.{key}", inner)
         else:
-            values[key] = _check_type(value, hint, f"{where}.{key}")
-        path = f"{where.split('.', 1)[1]}.{key}" if "." in where else key
-        if path in CHOICES and values[key] not in CHOICES[path]:
-            raise ParamsError(f"{where}.{key}: {value!r} is not one of {sorted(CHOICES[path])}")
+            values[key] = _check_value(value, hint, kind, key, f"{where}.{key}", ".".join(inner))
     return kind(**values)
+
+
+def _check_value(value: Any, hint: Any, kind: type, key: str, where: str, path: str) -> Any:
+    value = _check_type(value, hint, where)
+    if path in CHOICES and value not in CHOICES[path]:
+        raise ParamsError(f"{where}: {value!r} is not one of "
+                          f"{sorted(CHOICES[path], key=str)}")
+    if isinstance(value, list):
+        element = ELEMENTS.get(path) or _default_element_type(kind, key)
+        if element is not None:
+            value = [_check_type(v, element, f"{where}[{i}]") for i, v in enumerate(value)]
+    limit = bound(path)
+    for i, number in enumerate(value if isinstance(value, list) else [value]):
+        if limit and isinstance(number, (int, float)) and not isinstance(number, bool):
+            problem = limit.problem(number)
+            if problem:
+                at = f"{where}[{i}]" if isinstance(value, list) else where
+                raise ParamsError(f"{at}: {number!r} {problem}")
+    return value
+
+
+def _default_element_type(kind: type, key: str) -> type | None:
+    spec = next(f for f in fields(kind) if f.name == key)
+    default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+    if not isinstance(default, list) or not default:
+        return None
+    types = {type(v) for v in default}
+    return float if types <= {int, float} and float in types else types.pop() \
+        if len(types) == 1 else None
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -359,10 +445,14 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) and bool not in allowed:
-        raise ParamsError(f"{where}: expected {hint}, got a boolean")
+        raise ParamsError(f"{where}: expected {_name(hint)}, got a boolean")
     if not isinstance(value, tuple(a for a in allowed if isinstance(a, type))):
-        raise ParamsError(f"{where}: expected {hint}, got {value!r}")
+        raise ParamsError(f"{where}: expected {_name(hint)}, got {value!r}")
     return value
+
+
+def _name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
 def load(path: str | Path = "params.yaml") -> Params:
@@ -389,16 +479,47 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> Params:
     """Merge a profile file (e.g. profiles/paper/clap.yaml) into params.yaml, validated first.
 
-    params.yaml is rewritten only when the merged result fits the schema.
+    params.yaml is rewritten, atomically, only when the merged result fits the schema; its
+    comments and key order stay (a round trip through ruamel.yaml, which DVC ships).
     """
+    from ruamel.yaml import YAML
+
     params, profile = Path(params), Path(profile)
     if not profile.is_file():
         raise ParamsError(f"{profile}: profile file not found")
+    if not params.is_file():
+        raise ParamsError(f"{params}: parameter file not found")
+    changes = yaml.safe_load(profile.read_text()) or {}
+    if not isinstance(changes, dict):
+        raise ParamsError(f"{profile}: expected a mapping of sections")
     base = yaml.safe_load(params.read_text()) or {}
-    result = merged(base, yaml.safe_load(profile.read_text()) or {})
-    checked = Params.from_dict(result, source=f"{params} + {profile}")
-    params.write_text(yaml.safe_dump(result, sort_keys=False, allow_unicode=True))
+    checked = Params.from_dict(merged(base, changes), source=f"{params} + {profile}")
+    editor = YAML()  # round trip: comments, order and layout are kept
+    editor.preserve_quotes, editor.width = True, 4096
+    editor.representer.add_representer(type(None), lambda r, _: r.represent_scalar(
+        "tag:yaml.org,2002:null", "null"))  # as params.yaml writes it, not an empty value
+    document = editor.load(params.read_text())
+    _merge_into(document, changes)
+    text = io.StringIO()
+    editor.dump(document, text)
+    temporary = params.with_name(f".{params.name}.tmp")
+    temporary.write_text(text.getvalue())
+    os.replace(temporary, params)
     return checked
+
+
+def _merge_into(document: Any, changes: dict[str, Any]) -> None:
+    """`merged`, in place on a ruamel document (so that its comments stay)."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            _merge_into(document[key], value)
+        elif isinstance(value, list):  # written [a, b] on one line, like params.yaml's lists
+            document[key] = CommentedSeq(value)
+            document[key].fa.set_flow_style()
+        else:
+            document[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:
