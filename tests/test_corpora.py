@@ -1,6 +1,7 @@
 """Each corpus loader on a tiny tree built here in the corpus's release layout."""
 
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ SR = 16_000
 
 def wav(path: Path, seconds: float = 0.2, sr: int = SR, fmt: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(len(path.name)).uniform(-0.1, 0.1, int(seconds * sr))
+    seed = zlib.crc32(path.as_posix().encode())  # each file its own audio: copies are refused
+    noise = np.random.default_rng(seed).uniform(-0.1, 0.1, int(seconds * sr))
     sf.write(str(path), noise, sr, format=fmt)
 
 
@@ -124,6 +126,63 @@ def test_unreadable_audio_counts_as_lost(tmp_path):
     bad.write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
     _, summary = corpora.load("iemocap", tmp_path, classes=4, max_lost_fraction=1.0)
     assert summary["dropped"]["unreadable audio"] == 1
+
+
+def _spoil(path: Path, how: str) -> None:
+    """Rewrite one clip with the defect `how`."""
+    import soundfile as sf
+
+    if how == "nan":
+        wave = np.full(16_000, 0.1, dtype=np.float32)
+        wave[100] = np.nan
+        sf.write(str(path), wave, 16_000, subtype="FLOAT")
+    elif how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: 44 + (len(data) - 44) // 2])  # header intact, data cut
+    elif how == "short":
+        sf.write(str(path), np.zeros(80, dtype=np.float32), 16_000)  # 5 ms
+    elif how == "long":
+        sf.write(str(path), np.zeros(31 * 8_000, dtype=np.float32), 8_000)  # 31 s at 8 kHz
+    elif how == "empty":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("nan", "audio holds NaN or infinite samples"), ("truncated", "truncated audio"),
+    ("short", "too short"), ("long", "too long"), ("empty", "audio file is empty"),
+])
+def test_prepare_decodes_every_clip_and_records_what_fails(tmp_path, how, reason):
+    build_iemocap(tmp_path, sessions=(1,))
+    clip = tmp_path / "Session1/sentences/wav/Ses01F_impro01/Ses01F_impro01_F001.wav"
+    before, summary_before = corpora.load("iemocap", tmp_path, classes=4)
+    kept_before = set(before["utt_id"])
+    _spoil(clip, how)
+    df, summary = corpora.load("iemocap", tmp_path, classes=4, max_lost_fraction=0.5)
+    assert summary["dropped"] == {**summary_before["dropped"], reason: 1}
+    assert summary["lost"] == ["Ses01F_impro01_F001"]
+    assert summary["problems"]["Ses01F_impro01_F001"].startswith(f"{clip}: {reason}")
+    assert set(df["utt_id"]) == kept_before - {"Ses01F_impro01_F001"}  # nothing else changes
+    with pytest.raises(CorpusError, match="1 of 4 listed audio files") as err:
+        corpora.load("iemocap", tmp_path, classes=4)  # 25% > 5%: stop, with the list
+    assert err.value.summary["problems"] == summary["problems"]
+
+
+def test_text_files_must_be_utf8_and_may_carry_a_bom(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_bytes(b"\xef\xbb\xbfutt_id,text\nu1,ok\nu2,caf\xe9 latin-1\n")
+    with pytest.raises(CorpusError, match=r"manifest.csv: line 3, column 7: byte 0xe9 is not UTF-8"):
+        corpora.read_table(path)
+    path.write_bytes(b"\xef\xbb\xbfutt_id,text\nu1,ok\nu2,caf\xc3\xa9\n")
+    table = corpora.read_table(path)
+    assert list(table.columns) == ["utt_id", "text"] and table["text"].tolist() == ["ok", "café"]
+
+
+def test_a_non_utf8_iemocap_transcript_is_named_not_replaced(tmp_path):
+    build_iemocap(tmp_path, sessions=(1,))
+    trans = next((tmp_path / "Session1/dialog/transcriptions").glob("*.txt"))
+    trans.write_bytes(trans.read_bytes() + b"Ses01F_impro01_F009 [1.0-2.0]: na\xefve\n")
+    with pytest.raises(CorpusError, match=rf"{trans.name}: line \d+, column \d+: byte 0xef"):
+        corpora.load("iemocap", tmp_path, classes=4)
 
 
 def test_duplicate_utterance_ids_are_an_error(tmp_path):
@@ -297,16 +356,48 @@ def test_csv_with_chinese_text(tmp_path):
     assert len(df4) == 2 and summary4["dropped"] == {"label 'fear' outside the 4-class map": 1}
 
 
-def test_csv_segments(tmp_path):
+def test_csv_segments_are_refused_with_the_way_out(tmp_path):
+    """Every stage reads whole files: a segment would get its whole file's audio."""
     wav(tmp_path / "talk.wav", seconds=1.0)
-    pd.DataFrame({"utt_id": ["a", "b", "c"], "path": ["talk.wav"] * 3,
-                  "label": ["sad", "happy", "sad"], "start": [0.1, 0.5, 0.8],
-                  "end": [0.4, 0.9, 1.5], "dialog_id": ["d"] * 3, "turn_index": [0, 1, 2]}
-                 ).to_csv(tmp_path / "manifest.csv", index=False)
-    df, summary = corpora.load("csv", tmp_path, max_lost_fraction=0.0)
-    assert df["duration"].tolist() == pytest.approx([0.3, 0.4])
-    assert df["turn_index"].tolist() == [0, 1]
-    assert summary["dropped"] == {"segment outside its audio file": 1}
+    for columns in ({"start": [0.1, 0.5], "end": [0.4, 0.9]}, {"start": ["", 0.5]}):
+        pd.DataFrame({"utt_id": ["a", "b"], "path": ["talk.wav"] * 2, "label": ["sad", "happy"],
+                      **columns}).to_csv(tmp_path / "manifest.csv", index=False)
+        with pytest.raises(CorpusError, match=r"manifest.csv: column start is set \(e.g. row "
+                                              r"\d\).*cut each segment into its own file"):
+            corpora.load("csv", tmp_path)
+
+
+def test_the_same_audio_under_two_ids_is_refused(tmp_path):
+    wav(tmp_path / "a.wav")
+    wav(tmp_path / "b.wav")
+    (tmp_path / "copy.wav").write_bytes((tmp_path / "a.wav").read_bytes())
+    pd.DataFrame({"utt_id": ["x", "y"], "path": ["a.wav", "a.wav"], "label": ["sad", "happy"],
+                  "speaker": ["s1", "s2"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(CorpusError, match=r"the same file under 1 group.*x \(a.wav\), y \(a.wav\)"):
+        corpora.load("csv", tmp_path)
+    pd.DataFrame({"utt_id": ["x", "y", "z"], "path": ["a.wav", "copy.wav", "b.wav"],
+                  "label": ["sad", "happy", "sad"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(CorpusError, match=r"identical audio .*x \(a.wav\), y \(copy.wav\)"):
+        corpora.load("csv", tmp_path)
+
+
+def test_label_variants_are_one_class_and_blank_text_is_no_text(tmp_path):
+    for name in ("a", "b", "c", "d"):
+        wav(tmp_path / f"{name}.WAV" if name == "d" else tmp_path / f"{name}.wav")
+    pd.DataFrame({"path": ["a.wav", "b.wav", "c.wav", "d.WAV"],
+                  "label": ["Angry", " angry", "happy ", "HAPPY"],
+                  "text": ["hi", "   ", "", "yes"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    df, _ = corpora.load("csv", tmp_path)
+    assert df["label"].tolist() == ["angry", "angry", "happy", "happy"]
+    assert df["text"].isna().tolist() == [False, True, True, False]
+
+
+def test_upper_case_suffixes_are_audio_too(tmp_path):
+    build_emodb(tmp_path)
+    first = tmp_path / "wav" / "03a01Fa.wav"
+    first.rename(first.with_suffix(".WAV"))
+    df, _ = corpora.load("emodb", tmp_path)
+    assert first.stem in set(df["utt_id"])
 
 
 def test_csv_errors(tmp_path):

@@ -39,8 +39,11 @@ def source(tmp_path) -> Path:
 
 
 def wav_bytes(seconds: float = 0.1, sr: int = 16_000) -> bytes:
+    """A clip of its own noise: `prepare` refuses identical audio under two ids."""
+    wav_bytes.made = getattr(wav_bytes, "made", 0) + 1
+    noise = np.random.default_rng(wav_bytes.made).uniform(-0.1, 0.1, int(seconds * sr))
     buf = io.BytesIO()
-    sf.write(buf, np.zeros(int(seconds * sr)), sr, format="WAV")
+    sf.write(buf, noise, sr, format="WAV")
     return buf.getvalue()
 
 

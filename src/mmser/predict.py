@@ -52,7 +52,6 @@ STAGES = ("tokenwise", "distil")
 DEFAULT_MODEL = Path("models/tokenwise/predictor")
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
                   ".w64", ".caf"}
-MIN_SECONDS, MAX_SECONDS = 0.1, 30.0
 
 
 class PredictorError(RuntimeError):
@@ -203,15 +202,10 @@ def audio_files(folder: str | Path) -> list[Path]:
 
 
 def _load(path: Path) -> np.ndarray:
-    from mmser.corpus.audio import load_audio
+    from mmser.corpus.audio import SAMPLE_RATE, check_length, load_audio
 
     wave = load_audio(path).wave
-    seconds = len(wave) / 16_000
-    if seconds < MIN_SECONDS:
-        raise ValueError(f"{path}: too short ({seconds:.3f} s; at least {MIN_SECONDS} s)")
-    if seconds > MAX_SECONDS:
-        raise ValueError(f"{path}: too long ({seconds:.1f} s; at most {MAX_SECONDS:.0f} s, "
-                         "Whisper's window): cut it into segments first")
+    check_length(len(wave) / SAMPLE_RATE, path)
     return wave
 
 

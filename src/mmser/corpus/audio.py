@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import torch
 import torchaudio.functional as AF
 
 SAMPLE_RATE = 16_000
+# What every stage can use: at least 0.1 s (a few encoder frames), at most Whisper's 30-s
+# window (the encoders refuse longer clips; cut long recordings into segments)
+MIN_SECONDS, MAX_SECONDS = 0.1, 30.0
+
+
+# libsndfile's log line for a WAV whose data chunk is longer than the file
+_TRUNCATED = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
 class AudioError(ValueError):
@@ -48,11 +56,16 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> Audio:
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: audio file is empty (0 bytes)")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as handle:
+            data, sr = handle.read(dtype="float32", always_2d=True), handle.samplerate
+            cut = _TRUNCATED.search(handle.extra_info)
     except Exception as err:  # soundfile raises several types for unreadable input
         raise AudioError(f"{path}: cannot decode audio ({err})") from err
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio file holds no samples")
+    if cut:  # libsndfile reads a cut WAV up to its end and only logs the shortfall
+        raise AudioError(f"{path}: truncated audio (its header lists {cut[1]} bytes of "
+                         f"samples, the file holds {cut[2]})")
     channels = data.shape[1]
     wave = data.mean(axis=1) if channels > 1 else data[:, 0]
     if not np.isfinite(wave).all():
@@ -60,6 +73,15 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> Audio:
     if sr != sample_rate:
         wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), sr, sample_rate).numpy()
     return Audio(np.ascontiguousarray(wave, dtype=np.float32), int(sr), int(channels))
+
+
+def check_length(seconds: float, path: str | Path) -> None:
+    """AudioError unless `seconds` is within [MIN_SECONDS, MAX_SECONDS]."""
+    if seconds < MIN_SECONDS:
+        raise AudioError(f"{path}: too short ({seconds:.3f} s; at least {MIN_SECONDS} s)")
+    if seconds > MAX_SECONDS:
+        raise AudioError(f"{path}: too long ({seconds:.1f} s; at most {MAX_SECONDS:.0f} s, "
+                         "Whisper's window): cut it into segments first")
 
 
 def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

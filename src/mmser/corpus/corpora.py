@@ -13,6 +13,8 @@ the pipeline uses: it also refuses duplicate ids and too much missing audio.
 
 from __future__ import annotations
 
+import codecs
+import io
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import soundfile as sf
 
-from mmser.corpus.audio import SAMPLE_RATE
+from mmser.corpus.audio import AudioError, check_length, load_audio, wave_digest
 
+from mmser.progress import progress
 from mmser.corpus.manifest import EXTRA_PREFIX, ManifestError, conform, validate
 
 FOUR = {"angry", "happy", "neutral", "sad"}
@@ -56,7 +58,8 @@ class _Summary:
     def __init__(self, corpus: str, root: Path, classes: int | None):
         self.corpus, self.root, self.classes = corpus, root, classes
         self.listed_audio = 0
-        self.lost: list[str] = []  # every missing or unreadable audio id, not just examples
+        self.lost: list[str] = []  # every id whose audio is missing or unusable, not just examples
+        self.problems: dict[str, str] = {}  # id -> what is wrong with its audio (file named)
         self.dropped: Counter = Counter()
         self.noted: Counter = Counter()
         self.examples: dict[str, list[str]] = defaultdict(list)
@@ -75,9 +78,29 @@ class _Summary:
 
     def as_dict(self, kept: int) -> dict:
         return {"corpus": self.corpus, "root": str(self.root), "classes": self.classes,
-                "listed_audio": self.listed_audio, "lost": self.lost, "kept": kept,
+                "listed_audio": self.listed_audio, "lost": self.lost,
+                "problems": self.problems, "kept": kept,
                 "dropped": dict(self.dropped), "noted": dict(self.noted),
                 "examples": dict(self.examples)}
+
+
+def read_text(path: Path) -> str:
+    """A corpus text file as UTF-8 (a byte-order mark is accepted); a byte that is not
+    UTF-8 is a CorpusError naming the file, line and column, never a silent U+FFFD."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise CorpusError(f"{path}: line {line}, column {column}: byte "
+                          f"0x{data[err.start]:02x} is not UTF-8; save the file as "
+                          "UTF-8") from None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A corpus CSV file (UTF-8, see `read_text`), every cell a string."""
+    return pd.read_csv(io.StringIO(read_text(path)), dtype=str, keep_default_na=False)
 
 
 def _layout_error(root: Path, missing: str, expected: str) -> CorpusLayoutError:
@@ -118,39 +141,45 @@ def _map_label(raw: str, labels: dict[str, str], classes: int | None, utt_id: st
 
 
 def _with_audio(rows: list[dict], root: Path, summary: _Summary) -> list[dict]:
-    """Keep rows whose audio exists and whose header reads; add duration and rate."""
+    """Keep the rows whose audio every stage can use: each clip is decoded once here (not
+    just its header), so that a missing, empty, corrupt, truncated, NaN-holding, too short
+    or too long clip is dropped and recorded now, not found by a later stage. Adds the
+    duration and the original rate and channels."""
     kept = []
-    for row in rows:
+    for row in progress(rows, desc="checking audio", unit="clip"):
         summary.listed_audio += 1
         path = root / row["path"]
-        if not path.is_file():
-            summary.drop(MISSING, row["utt_id"])
-            summary.lost.append(row["utt_id"])
-            continue
         try:
-            info = sf.info(str(path))
-            readable = info.frames > 0 and info.samplerate > 0
-        except Exception:  # soundfile raises several types for a corrupt or LFS-pointer file
-            readable = False
-        if not readable:
-            summary.drop(UNREADABLE, row["utt_id"])
-            summary.lost.append(row["utt_id"])
+            audio = load_audio(path)
+            length = audio.duration
+            segment = not (pd.isna(row.get("start")) or pd.isna(row.get("end")))
+            if segment and not 0 <= row["start"] < row["end"] <= length + 0.01:
+                raise AudioError(f"{path}: segment outside its audio file (start "
+                                 f"{row['start']}, end {row['end']}, file {length:.2f} s)")
+            row["duration"] = float(row["end"]) - float(row["start"]) if segment else length
+            check_length(row["duration"], path)
+        except AudioError as err:
+            _lose(row["utt_id"], str(err), path, summary)
             continue
-        length = info.frames / info.samplerate
-        if pd.isna(row.get("start")) or pd.isna(row.get("end")):
-            row["duration"] = length
-        elif not 0 <= row["start"] < row["end"] <= length + 0.01:
-            summary.drop("segment outside its audio file", row["utt_id"])
-            continue
-        else:
-            row["duration"] = float(row["end"]) - float(row["start"])
+        row["x_audio_sha256"] = wave_digest(audio.wave)  # the same clip under two ids
         # the original format, recorded: every stage reads mono 16 kHz (mmser.corpus.audio.load_audio)
-        row["sample_rate"] = int(info.samplerate)
-        row["x_channels"] = int(info.channels)
-        row["x_resampled"] = int(info.samplerate) != SAMPLE_RATE
-        row["x_downmixed"] = int(info.channels) > 1
+        row["sample_rate"] = audio.original_sample_rate
+        row["x_channels"] = audio.original_channels
+        row["x_resampled"] = audio.resampled
+        row["x_downmixed"] = audio.downmixed
         kept.append(row)
     return kept
+
+
+def _lose(utt_id: str, message: str, path: Path, summary: _Summary) -> None:
+    """Drop a row for its audio: the reason (the message's kind, e.g. 'truncated audio')
+    is counted, the full message kept per id."""
+    problem = message.removeprefix(f"{path}: ")
+    reason = (MISSING if "not found" in problem else UNREADABLE
+              if problem.startswith("cannot decode") else problem.split(" (")[0])
+    summary.drop(reason, utt_id)
+    summary.lost.append(utt_id)
+    summary.problems[utt_id] = message
 
 
 def _finish(rows: list[dict], corpus: str, summary: _Summary) -> tuple[pd.DataFrame, dict]:
@@ -169,8 +198,10 @@ def _finish(rows: list[dict], corpus: str, summary: _Summary) -> tuple[pd.DataFr
 
 
 def _audio_files(folder: Path, suffix: str) -> list[Path]:
-    # macOS copies of some releases carry "._name" resource-fork files: not audio
-    return sorted(p for p in folder.glob(f"*{suffix}") if not p.name.startswith("._"))
+    """The files of `folder` with `suffix` in any case (.wav, .WAV). macOS copies of some
+    releases carry "._name" resource-fork files: not audio."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == suffix
+                  and not p.name.startswith("._"))
 
 
 def _coded_files(folder: Path, pattern: re.Pattern, corpus: str,
@@ -211,7 +242,7 @@ _IEMOCAP_TRANS = re.compile(r"^(\S+)\s+\[[^\]]*\]:\s*(.*?)\s*$")
 def _iemocap_evaluations(eval_file: Path) -> list[dict]:
     """All rated utterances of one dialogue, with turn_index over all of them."""
     entries = []
-    for line in eval_file.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_text(eval_file).splitlines():
         m = _IEMOCAP_EVAL.match(line)
         if m:
             start, end, utt, raw, val, act, dom = m.groups()
@@ -230,7 +261,7 @@ def _iemocap_transcripts(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     out = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_text(path).splitlines():
         m = _IEMOCAP_TRANS.match(line)
         if m:
             out[m.group(1)] = m.group(2)
@@ -315,7 +346,7 @@ def load_msp_podcast(root: Path, classes: int | None = None) -> tuple[pd.DataFra
     if not csv.is_file():
         raise _layout_error(root, "file 'Labels/labels_consensus.csv' not found", MSP_LAYOUT)
     _require_dir(root, "Audios", MSP_LAYOUT)
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    table = read_table(csv)
     absent = [c for c in _MSP_COLUMNS if c not in table.columns]
     if absent:
         raise _layout_error(root, f"{csv.name} lacks columns {absent}", MSP_LAYOUT)
@@ -328,7 +359,7 @@ def load_msp_podcast(root: Path, classes: int | None = None) -> tuple[pd.DataFra
         if label is None:
             continue
         transcript = root / "Transcripts" / f"{stem}.txt"
-        text = (transcript.read_text(encoding="utf-8").strip()
+        text = (read_text(transcript).strip()
                 if transcript.is_file() else None)
         if text is None:
             summary.note("no transcript (text left empty)", stem)
@@ -509,7 +540,7 @@ def load_librispeech(root: Path, classes: int | None = None) -> tuple[pd.DataFra
     for trans in transcripts:
         chapter_dir = trans.parent
         rel_dir = chapter_dir.relative_to(root).as_posix()
-        for line in trans.read_text(encoding="utf-8").splitlines():
+        for line in read_text(trans).splitlines():
             if not line.strip():
                 continue
             utt, _, text = line.partition(" ")
@@ -548,6 +579,27 @@ def _csv_numbers(table: pd.DataFrame, csv: Path) -> None:
         table[col] = values
 
 
+def _refuse_segments(table: pd.DataFrame, csv: Path) -> None:
+    """Every stage reads whole files, so a `start`/`end` segment would silently get its whole
+    file's audio: refused, with the way out."""
+    for col in ("start", "end"):
+        if col in table.columns and table[col].notna().any():
+            row = int(table.index[table[col].notna()][0]) + 2
+            raise CorpusError(
+                f"{csv}: column {col} is set (e.g. row {row}), but every stage reads whole "
+                "audio files; cut each segment into its own file (e.g. `sox talk.wav "
+                "seg1.wav trim 0.5 =0.9`), list those files, and leave start and end empty")
+
+
+def _normalise_labels(table: pd.DataFrame, csv: Path) -> None:
+    """Labels are names: ' Angry' and 'angry' are one class. Written variants that differ
+    only in case or surrounding spaces are read as the lower-case name; text that is only
+    whitespace is no transcript."""
+    table["label"] = table["label"].str.strip().str.lower()
+    if "text" in table.columns:
+        table["text"] = table["text"].where(table["text"].str.strip() != "", "")
+
+
 def _csv_label_filter(table: pd.DataFrame, classes: int | None, csv: Path) -> pd.Series:
     """Which rows the class choice keeps: all, the four standard names, or an exact count."""
     found = sorted(set(table["label"]) - {""})
@@ -568,7 +620,7 @@ def load_csv(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict
     csv = root / "manifest.csv"
     if not csv.is_file():
         raise _layout_error(root, "file 'manifest.csv' not found", CSV_LAYOUT)
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8")
+    table = read_table(csv)
     absent = [c for c in CSV_REQUIRED if c not in table.columns]
     unknown = [c for c in table.columns
                if c not in CSV_REQUIRED + CSV_OPTIONAL and not c.startswith(EXTRA_PREFIX)]
@@ -577,6 +629,8 @@ def load_csv(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict
             [f"unknown columns {unknown}"] if unknown else [])
         raise CorpusError(f"{csv}: {'; '.join(problems)}. Expected:\n{CSV_LAYOUT}")
     _csv_numbers(table, csv)
+    _refuse_segments(table, csv)
+    _normalise_labels(table, csv)
     keep = _csv_label_filter(table, classes, csv)
     corpus = root.resolve().name
     summary = _Summary(corpus, root, classes)
@@ -620,6 +674,7 @@ def load(name: str, root: str | Path, classes: int | None = None,
     if dup:
         raise CorpusError(f"{root}: {name} lists {len(dup)} utterance ids more than once, "
                           f"e.g. {dup[:EXAMPLES]}")
+    _refuse_shared_audio(df, root, name)
     lost, listed = len(summary["lost"]), summary["listed_audio"]
     if listed and lost / listed > max_lost_fraction:
         err = CorpusError(
@@ -633,6 +688,21 @@ def load(name: str, root: str | Path, classes: int | None = None,
         raise CorpusError(f"{root}: {name} yielded no utterances; summary: {summary}")
     validate(df, root, source=f"{name} at {root}")
     return df, summary
+
+
+def _refuse_shared_audio(df: pd.DataFrame, root: Path, name: str) -> None:
+    """One recording under two ids could land in a training and a test fold (a leak), or
+    carry two labels: refused, naming the ids and their files."""
+    for column, what in (("path", "the same file"), ("x_audio_sha256", "identical audio")):
+        if column not in df.columns or df.empty:
+            continue
+        shared = df[df[column].duplicated(keep=False)]
+        if not shared.empty:
+            first = shared[shared[column] == shared[column].iloc[0]]
+            ids = ", ".join(f"{u} ({p})" for u, p in zip(first["utt_id"], first["path"]))
+            raise CorpusError(f"{root}: {name} lists {what} under {shared[column].nunique()} "
+                              f"group(s) of ids, e.g. {ids}; one recording must have one id "
+                              "(remove the copies from the listing)")
 
 
 # ------------------------------------------------------------------- several corpora at once
