@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmser.config import Params, ParamsError, load, main
+from mmser.config import Params, ParamsError, load, main, merged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,5 +130,9 @@ def test_every_paper_profile_applies_cleanly(tmp_path):
         params = tmp_path / "params.yaml"
         params.write_text((ROOT / "params.yaml").read_text())
         assert main(["--apply", str(profile), str(params)]) == 0, profile
+        # what was written reads back as what was checked (1e-05 is a string to YAML 1.1)
+        expected = Params.from_dict(merged(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                                           yaml.safe_load(profile.read_text())))
+        assert load(params) == expected, profile
         assert params.read_text().count("#") >= (ROOT / "params.yaml").read_text().count("#") - \
             5, profile  # comments kept (a profile may replace a commented list)

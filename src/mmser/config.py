@@ -202,7 +202,7 @@ class Clap:
     text_source: str = "text"  # transcripts to align with: text (reference) | asr_text
     use_read: bool = False  # also pre-train on the unlabelled read-speech split
     speech_top_layers: int = 0  # trainable top speech layers on cached states (0 = none)
-    text_top_layers: int = 0  # trainable top text layers (0 = frozen cached states)
+    text_top_layers: int = 0  # trainable top text layers, at most each model's depth (0 = frozen)
     text_pool: str = "mean"  # mean (sentence-transformer MiniLM) | cls (BERT)
     max_seconds: float = 8.0  # audio cut (paper: 8 s)
     proj_dim: int = 256  # projection width (paper: not given)
@@ -498,6 +498,7 @@ def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> Pa
     editor.preserve_quotes, editor.width = True, 4096
     editor.representer.add_representer(type(None), lambda r, _: r.represent_scalar(
         "tag:yaml.org,2002:null", "null"))  # as params.yaml writes it, not an empty value
+    editor.representer.add_representer(float, _yaml11_float)
     document = editor.load(params.read_text())
     _merge_into(document, changes)
     text = io.StringIO()
@@ -506,6 +507,15 @@ def apply_profile(profile: str | Path, params: str | Path = "params.yaml") -> Pa
     temporary.write_text(text.getvalue())
     os.replace(temporary, params)
     return checked
+
+
+def _yaml11_float(representer: Any, value: float) -> Any:
+    """A float that PyYAML (YAML 1.1, which DVC and this module read with) reads back as a
+    float: `1e-05` is a string there, `1.0e-05` a number."""
+    text = repr(value)
+    if "e" in text and "." not in text.split("e")[0]:
+        text = text.replace("e", ".0e", 1)
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
 
 def _merge_into(document: Any, changes: dict[str, Any]) -> None:
