@@ -3,11 +3,13 @@
 second corpus. The corpora are tiny trees in the release layout built here."""
 
 import json
+import os
+import subprocess
 
 import pytest
 import yaml
 from test_corpora import build_emodb, build_iemocap
-from test_pipeline import _copy_project, _run, _set_params
+from test_pipeline import BIN, _copy_project, _run, _set_params
 
 pytestmark = pytest.mark.notebook
 
@@ -56,3 +58,21 @@ def test_cross_corpus_iemocap_to_emodb(project):
     assert list(features["probe_folds"]["audio"]) == ["0"]  # one test fold: EmoDB
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["dataset"]["test_corpus"] == "emodb"
+
+
+def test_a_stopped_prepare_leaves_the_list_of_bad_files(project):
+    """Too much bad audio stops `dvc repro`, and summary.json names every bad file."""
+    build_emodb(project / "data" / "emodb_bad")
+    (project / "data/emodb_bad/wav/03a01Fa.wav").write_bytes(b"")
+    (project / "data/emodb_bad/wav/08b10Tb.wav").write_bytes(b"RIFF0000WAVEjunk")
+    _set_params(project, dataset={"name": "emodb", "root": "data/emodb_bad", "classes": 4,
+                                  "protocol": "loso_speaker", "test_corpus": None,
+                                  "max_lost_fraction": 0.05})
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["dvc", "repro", "prepare"], cwd=project, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "max_lost_fraction" in done.stdout + done.stderr
+    summary = json.loads((project / "results/prepare/summary.json").read_text())
+    assert sorted(summary["lost"]) == ["03a01Fa", "08b10Tb"]
+    assert "audio file is empty" in summary["problems"]["03a01Fa"]
+    assert "cannot decode" in summary["problems"]["08b10Tb"]
