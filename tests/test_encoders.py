@@ -115,6 +115,26 @@ def test_top_layers_reproduce_the_last_layer_from_cached_states(tmp_path):
         _top_matches_full(ssl, states, mask, 2)
 
 
+def test_local_distilbert_cuts_and_its_top_layers_match(tmp_path):
+    """DistilBERT keeps its blocks in `transformer.layer` (BERT: `encoder.layer`); the
+    HuBERT-CLAP profile's small text model is one."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    from mmser.encode.encoders import bundled_text_dir
+
+    torch.manual_seed(0)
+    DistilBertModel(DistilBertConfig(vocab_size=30522, dim=32, n_layers=3, n_heads=2,
+                                     hidden_dim=64)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(tmp_path)
+    assert TextEncoder(str(tmp_path)).n_layers == 3
+    enc = TextEncoder(str(tmp_path), layers=2)
+    assert enc.n_layers == 2 and enc.dim == 32
+    with torch.no_grad():
+        states, mask, _ = enc(["so happy to see you", "no"])
+    assert states.shape[:2] == (3, 2)
+    _top_matches_full(enc, states, mask.bool(), 2)
+
+
 def test_cutting_the_bundled_whisper_leaves_the_shared_model_whole():
     assert SpeechEncoder(layers=2).n_layers == 2
     assert SpeechEncoder().n_layers == 4

@@ -148,14 +148,20 @@ class TextEncoder(nn.Module):
         source = str(bundled_text_dir()) if name == BUNDLED_TEXT else name
         self.tokenizer = _from_pretrained(AutoTokenizer, source)
         self.model = _from_pretrained(AutoModel, source)
-        _cut(self.model.encoder.layer, layers, name)
-        self.model.config.num_hidden_layers = len(self.model.encoder.layer)
+        _cut(self.layers(), layers, name)
+        self.model.config.num_hidden_layers = len(self.layers())
         self.model.eval()
         self.key = encoder_key(name, layers, self.model, self.tokenizer.get_vocab())
 
+    def layers(self) -> nn.ModuleList:
+        """The transformer blocks: BERT-like models keep them in `encoder.layer`,
+        DistilBERT in `transformer.layer`."""
+        body = self.model.transformer if hasattr(self.model, "transformer") else self.model.encoder
+        return body.layer
+
     @property
     def n_layers(self) -> int:
-        return len(self.model.encoder.layer)
+        return len(self.layers())
 
     @property
     def dim(self) -> int:
@@ -181,7 +187,7 @@ def top_layers(encoder: SpeechEncoder | TextEncoder, k: int) -> TopLayers:
         raise ValueError(f"{encoder.name}: cannot train the top {k} of "
                          f"{encoder.n_layers} layers")
     if isinstance(encoder, TextEncoder):
-        layers, norm = encoder.model.encoder.layer, None
+        layers, norm = encoder.layers(), None
     elif encoder.kind == "whisper":
         layers, norm = encoder.model.layers, encoder.model.layer_norm
     else:

@@ -98,13 +98,14 @@ def _text_states(store: FeatureStore, texts: list[str], role: str, p: ClapParams
     if role == "main" or p.small_text is None:
         cut = "main" if role == "main" else p.small_text_layers
         n_layers = len(store.text(texts[:1], layer=None, cut=cut)[0]) - 1
-        return store.text(texts, layer=_below_top(n_layers, p.text_top_layers), cut=cut)
+        return store.text(texts, layer=_below_top(n_layers, min(p.text_top_layers, n_layers)),
+                          cut=cut)
     from mmser.encode.features import FeatureCache, text_features
 
     encoder = _encoder("text", p.small_text, p.small_text_layers)
     cache = FeatureCache(cache_root, encoder.key)
     digests = text_features(cache, encoder, texts)
-    layer = _below_top(encoder.n_layers, p.text_top_layers)
+    layer = _below_top(encoder.n_layers, min(p.text_top_layers, encoder.n_layers))
     return [cache.load(d)["hidden"][layer].float() for d in digests]
 
 
@@ -184,8 +185,9 @@ def text_side(p: ClapParams, encoders, dim: int, role: str) -> Side:
         layers = p.small_text_layers
     else:
         name, layers = encoders.text, encoders.text_layers
-    top = top_layers("text", name, layers, p.text_top_layers)
-    return Side(dim, p.proj_dim, p.dropout, top, pool=p.text_pool)
+    k = p.text_top_layers and min(p.text_top_layers, _encoder("text", name, layers).n_layers)
+    return Side(dim, p.proj_dim, p.dropout, top_layers("text", name, layers, k),
+                pool=p.text_pool)
 
 
 def param_groups(model: nn.Module, p: ClapParams) -> list[dict]:
