@@ -79,6 +79,12 @@ def text_key(text: str) -> int:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:12], 16)
 
 
+def _text_top(p: ClapParams, n_layers: int) -> int:
+    """clap.text_top_layers for a text model of `n_layers`: at most all of them (the paper
+    trains every block of BERT, 12, and of DistilBERT, 6, with one setting)."""
+    return min(p.text_top_layers, n_layers)
+
+
 def _below_top(n_layers: int, k: int) -> int:
     """Index of the cached hidden state that feeds the top `k` layers (-1: the last)."""
     if not 0 <= k <= n_layers:
@@ -98,14 +104,13 @@ def _text_states(store: FeatureStore, texts: list[str], role: str, p: ClapParams
     if role == "main" or p.small_text is None:
         cut = "main" if role == "main" else p.small_text_layers
         n_layers = len(store.text(texts[:1], layer=None, cut=cut)[0]) - 1
-        return store.text(texts, layer=_below_top(n_layers, min(p.text_top_layers, n_layers)),
-                          cut=cut)
+        return store.text(texts, layer=_below_top(n_layers, _text_top(p, n_layers)), cut=cut)
     from mmser.encode.features import FeatureCache, text_features
 
     encoder = _encoder("text", p.small_text, p.small_text_layers)
     cache = FeatureCache(cache_root, encoder.key)
     digests = text_features(cache, encoder, texts)
-    layer = _below_top(encoder.n_layers, min(p.text_top_layers, encoder.n_layers))
+    layer = _below_top(encoder.n_layers, _text_top(p, encoder.n_layers))
     return [cache.load(d)["hidden"][layer].float() for d in digests]
 
 
@@ -185,7 +190,7 @@ def text_side(p: ClapParams, encoders, dim: int, role: str) -> Side:
         layers = p.small_text_layers
     else:
         name, layers = encoders.text, encoders.text_layers
-    k = p.text_top_layers and min(p.text_top_layers, _encoder("text", name, layers).n_layers)
+    k = p.text_top_layers and _text_top(p, _encoder("text", name, layers).n_layers)
     return Side(dim, p.proj_dim, p.dropout, top_layers("text", name, layers, k),
                 pool=p.text_pool)
 
