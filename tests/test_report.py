@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from mmser.encode.probe import BASELINE, BASELINE_AVD
 from mmser.report import compare as R
+from mmser.report.results import load_baseline, with_baseline
 from mmser.report.metrics import ccc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +106,23 @@ def make_results(root: Path, skip: tuple[str, ...] = ()) -> Path:
                {"corpus": "synthetic", "protocols": [PROTOCOL, "random 70/20/10 "
                                                      "(speaker-dependent)"],
                 "profile": "default (bundled encoders, CPU)"})
+    if "features" not in skip:
+        _write_baseline(root, base)
     return root
+
+
+def _write_baseline(root: Path, base: pd.DataFrame) -> None:
+    """The features stage's frozen probes: a classifier between the papers' systems, and an
+    A/V/D ridge with noisy valence and arousal as good as distil's (seed 0 only)."""
+    tables = root / "features" / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    _classifier(base, BASELINE, 0.7, 20).to_csv(tables / "predictions.csv", index=False)
+    ridge = _distil(base)
+    ridge = ridge[(ridge["scenario"] == "unseen") & (ridge["system"] == "distilled · A+T · FT")]
+    noise = np.random.default_rng(21).normal(size=len(ridge))
+    ridge = ridge.drop(columns="scenario").assign(
+        system=BASELINE_AVD, pred_valence=ridge["true_valence"] + 1.5 * noise)
+    ridge.to_csv(tables / "predictions_avd.csv", index=False)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +166,39 @@ def test_comparison_on_synthetic_predictions(synthetic):
     # tokenwise's main slice is its speaker-independent protocol, so every stage agrees
     assert (comp["same design"] == "yes").all(), comp["same design"]
     assert comp.loc["clap", "folds"] == FOLDS and comp.loc["clap", "protocol"] == PROTOCOL
+
+
+def test_each_paper_is_set_against_the_frozen_baseline(synthetic):
+    comp = R.comparison(R.load_all(synthetic), load_baseline(synthetic / "features"),
+                        n=200).set_index("paper")
+    # clap's full (95 % right) beats the probe (70 %), vcemo's SupCon row (30 %) does not
+    assert comp.loc["clap", "against baseline"] == "beats"
+    assert comp.loc["clap", "vs frozen baseline"].startswith("UA +")
+    assert comp.loc["vcemo", "against baseline"] == "falls below"
+    # distil: better valence than the ridge, the same arousal predictions
+    assert comp.loc["distil", "vs frozen baseline"].startswith("CCC_valence +")
+    assert "CCC_arousal +0.000" in comp.loc["distil", "vs frozen baseline"]
+    assert comp.loc["distil", "against baseline"] == "is mixed against"
+    base = comp.loc["frozen baseline"]
+    assert base["system"] == BASELINE and base["same design"].startswith("yes")
+    assert base["seeds"] == "—" and "±" in base["UA"]
+    ridge = comp.loc["frozen baseline (A/V/D)"]
+    assert "distil" in ridge["same design"] and "±" in ridge["CCC_valence"]
+    assert R.comparison(R.load_all(synthetic)).loc[0, "vs frozen baseline"].startswith(
+        R.NOT_RUN)
+
+
+def test_the_baseline_stands_for_every_seed_and_must_cover_the_test_set():
+    base = _base()
+    baseline = _classifier(base, BASELINE, 0.7, 1)
+    preds = pd.concat([_classifier(_base(seeds=(0, 1, 2)), "C1", 0.6, 2)])
+    paired = with_baseline(preds, baseline, "C1", BASELINE)
+    rows = paired[paired["system"] == BASELINE]
+    assert sorted(rows["seed"].unique()) == [0, 1, 2] and len(rows) == 3 * N
+    one = rows[rows["seed"] == 2].set_index("utt_id")["pred"]
+    assert one.equals(baseline.set_index("utt_id")["pred"].loc[one.index])
+    with pytest.raises(ValueError, match="no prediction for 1 test utterances"):
+        with_baseline(preds, baseline.iloc[1:], "C1", BASELINE)
 
 
 def test_comparison_flags_a_stage_with_other_folds_or_seeds(tmp_path):
@@ -350,7 +401,11 @@ def test_notebook_runs_under_papermill_and_renders_to_html(synthetic, tmp_path):
         assert (out / "figures" / f"{name}.png").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["claims"]["clap"]["verdict"] == R.AGREES
-    assert set(metrics["comparison"]) == set(R.STAGES)
+    assert set(metrics["comparison"]) == {*R.STAGES, "frozen baseline",
+                                          "frozen baseline (A/V/D)"}
+    reading = json.dumps(json.loads((reports / "report.ipynb").read_text())["cells"][-1])
+    assert "**beats** the frozen linear baseline" in reading  # clap
+    assert "**falls below** the frozen linear baseline" in reading  # vcemo
     # the README block reads the notebook's tables
     assert "| clap " in R.readme_block(out)
     html = R.to_html(reports)

@@ -38,7 +38,8 @@ import pandas as pd
 
 from mmser.report.claims import CLAIMS, GAIN, Claim, find_system
 from mmser.report.metrics import ccc
-from mmser.report.results import paired_rows
+from mmser.encode.probe import BASELINE, BASELINE_AVD
+from mmser.report.results import paired_rows, with_baseline
 
 STAGES = ("clap", "lemer", "distil", "vcemo", "tokenwise")
 TITLES = {
@@ -202,10 +203,83 @@ def test_sets(stages: dict) -> dict[str, dict]:
     return out
 
 
-def comparison(stages: dict) -> pd.DataFrame:
+def against_baseline(main: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
+                     n: int = 1000, seed: int = 0) -> list[dict] | str:
+    """`system` minus the frozen-feature baseline on the same test utterances, folds and
+    seeds, with 95% paired bootstrap intervals: UA for a classifier, CCC of valence and of
+    arousal for a regressor (one dict each: metric, diff, low, high); a sentence saying why
+    when they cannot be paired."""
+    if baseline is None:
+        return f"{NOT_RUN}: no results/features/tables/predictions.csv"
+    part = main.loc[main["system"] == system]
+    regression = "pred" not in part.columns or part["pred"].isna().all()
+    base = BASELINE_AVD if regression else BASELINE
+    if base not in set(baseline["system"]):
+        return f"{NOT_RUN}: the features stage wrote no {base!r} rows"
+    try:
+        paired = with_baseline(main, baseline, system, base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # resamples that miss a class
+            if regression:
+                return [{"metric": f"CCC_{dim}", **bootstrap_ccc_gain(
+                    paired, system, base, more=dim, less=None, n=n, seed=seed)}
+                    for dim in ("valence", "arousal")]
+            return [{"metric": "UA", **bootstrap_metric(paired, system, base, "UA", n=n,
+                                                        seed=seed)}]
+    except (ValueError, KeyError) as err:
+        return f"not comparable: {err}"
+
+
+def baseline_verdict(diffs: list[dict] | str) -> str:
+    """In words, where a system stands against the frozen baseline (`against_baseline`)."""
+    if isinstance(diffs, str):
+        return diffs
+    found = {verdict(d["low"], d["high"]) for d in diffs}
+    if found == {AGREES}:
+        return "beats"
+    if found == {DISAGREES}:
+        return "falls below"
+    return "does not clearly differ from" if found == {INCONCLUSIVE} else "is mixed against"
+
+
+def _format_diffs(diffs: list[dict] | str) -> str:
+    if isinstance(diffs, str):
+        return diffs
+    return "; ".join(f"{d['metric']} {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                     for d in diffs)
+
+
+def baseline_rows(baseline: pd.DataFrame | None, designs: dict[str, dict]) -> list[dict]:
+    """The frozen-feature baseline as comparison rows (classifier and A/V/D ridge); `same
+    design` names the stages whose test utterances and folds it shares."""
+    rows = []
+    for paper, system in (("frozen baseline", BASELINE), ("frozen baseline (A/V/D)", BASELINE_AVD)):
+        if baseline is None or system not in set(baseline["system"]):
+            continue
+        part = baseline[baseline["system"] == system]
+        summ = summarise(part).iloc[0]
+        folds = tuple(sorted(part.drop_duplicates("utt_id").set_index("utt_id")["fold"]
+                             .astype(str).items()))
+        row = {"paper": paper, "system": system, "corpus": "", "protocol": "",
+               "profile": "", "folds": int(summ["folds"]), "seeds": "—",
+               "test utterances": len(folds), "vs frozen baseline": "—"}
+        row.update({m: (_pm(summ[m], summ[f"{m}_std"]) if m in summ.index and pd.notna(summ[m])
+                        else "—") for m in CLASSIFICATION_METRICS + CCC_METRICS})
+        same = [name for name, d in designs.items() if d["folds"] == folds]
+        row["same design"] = (f"yes: the test utterances of {', '.join(same)}; deterministic, "
+                              "so one run stands for every seed" if same
+                              else "NO: different test folds/utterances")
+        rows.append(row)
+    return rows
+
+
+def comparison(stages: dict, baseline: pd.DataFrame | None = None, n: int = 1000,
+               seed: int = 0) -> pd.DataFrame:
     """One row per stage: its main system on its main slice, mean ± std over folds and
     seeds; `same design` says whether its test folds, seeds and protocol match the
-    majority of the stages (the reference), and what differs when they do not."""
+    majority of the stages (the reference), and what differs when they do not;
+    `vs frozen baseline` is the system minus the features stage's linear probe on the same
+    utterances (`against_baseline`), and the baseline's own rows come last."""
     designs = test_sets(stages)
     ref_folds = Counter(d["folds"] for d in designs.values()).most_common(1)
     ref_folds = ref_folds[0][0] if ref_folds else None
@@ -249,7 +323,11 @@ def comparison(stages: dict) -> pd.DataFrame:
         if "speaker-dependent" in row["protocol"]:
             differs.append("speaker-dependent split")
         row["same design"] = "yes" if not differs else "NO: " + "; ".join(differs)
+        diffs = against_baseline(st.main, system, baseline, n, seed)
+        row["vs frozen baseline"] = _format_diffs(diffs)
+        row["against baseline"] = baseline_verdict(diffs)
         rows.append(row)
+    rows += baseline_rows(baseline, designs)
     return pd.DataFrame(rows)
 
 
@@ -271,10 +349,11 @@ def verdict(low: float, high: float, direction: int = 1) -> str:
 
 
 def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence",
-                       less: str = "arousal", n: int = 1000, seed: int = 0,
+                       less: str | None = "arousal", n: int = 1000, seed: int = 0,
                        level: float = 0.95) -> dict[str, float]:
     """Paired bootstrap of [CCC_more(a) - CCC_more(b)] - [CCC_less(a) - CCC_less(b)]: does
-    what `a` adds to `b` help `more` (valence) more than `less` (arousal)?
+    what `a` adds to `b` help `more` (valence) more than `less` (arousal)? With
+    `less=None`, of CCC_more(a) - CCC_more(b) alone.
 
     CCC is computed per (seed, fold) and averaged, as the tables report it; utterances are
     resampled within each fold, the same indices for both systems and for every seed (an
@@ -283,13 +362,13 @@ def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence
     sign of a per-fold difference.)"""
     pa, pb = paired_rows(preds, a, b)
     cols = {d: (pa[f"true_{d}"].to_numpy(float), pa[f"pred_{d}"].to_numpy(float),
-                pb[f"pred_{d}"].to_numpy(float)) for d in (more, less)}
+                pb[f"pred_{d}"].to_numpy(float)) for d in (more, less) if d}
     runs = pa.index.droplevel("utt_id")  # (seed, fold) of each utterance
     groups = [np.flatnonzero(runs == key) for key in runs.unique()]
 
     def stat(idx):
         gain = {d: ccc(t[idx], x[idx]) - ccc(t[idx], y[idx]) for d, (t, x, y) in cols.items()}
-        return gain[more] - gain[less]
+        return gain[more] - gain[less] if less else gain[more]
 
     folds = [key[1] for key in runs.unique()]
 
@@ -547,12 +626,14 @@ def plot_comparison(table: pd.DataFrame, path: str | Path):
                 items.append((f"{r['paper']}\n{metric.replace('CCC_', 'CCC ')}", m, s))
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(items) + 1), 3.5))
     if items:
+        colors = ["0.6" if i[0].startswith("frozen baseline") else "C0" if "CCC" not in i[0]
+                  else "C1" for i in items]
         ax.bar(range(len(items)), [i[1] for i in items], yerr=[i[2] for i in items], capsize=3,
-               color=["C0" if "CCC" not in i[0] else "C1" for i in items])
+               color=colors)
         ax.set_xticks(range(len(items)), [i[0] for i in items], fontsize=8)
     else:
         ax.text(0.5, 0.5, "no stage has run", ha="center", va="center", transform=ax.transAxes)
-    ax.set(ylim=(0, 1), ylabel="UA (blue) / CCC (orange)",
+    ax.set(ylim=(0, 1), ylabel="UA (blue) / CCC (orange); grey: frozen baseline",
            title="Main system of each paper (mean ± std over folds and seeds)")
     return _save(fig, path)
 
@@ -607,7 +688,7 @@ def metrics_json(comp: pd.DataFrame, claim_table: pd.DataFrame) -> dict:
 
 COMPARISON_COLUMNS = ["paper", "system", "corpus", "protocol", "profile", "folds", "seeds",
                       "UA", "WA", "macro_F1", "CCC_arousal", "CCC_valence", "CCC_dominance",
-                      "same design"]
+                      "same design", "vs frozen baseline"]
 CLAIM_COLUMNS = ["paper", "claim", "comparison (a − b)", "metric", "paper's difference",
                  "ours", "95% CI", "verdict", "seeds"]
 
@@ -629,7 +710,11 @@ def readme_block(report_dir: str | Path = "results/report") -> str:
              "",
              "Each paper's main system on this repository's default run (mean ± std over folds "
              "and seeds; UA/WA/macro-F1 for classification, CCC for `distil`). `same design` "
-             "flags a stage whose test folds, seeds or protocol differ from the others.",
+             "flags a stage whose test folds, seeds or protocol differ from the others. "
+             "`vs frozen baseline`: the system minus a linear probe on the frozen, pooled "
+             "audio + text features (the features stage; a ridge for A/V/D) on the same test "
+             "utterances, with its 95% paired bootstrap interval; the baseline's own rows "
+             "come last.",
              "",
              comp.to_markdown(index=False, disable_numparse=True),
              "",

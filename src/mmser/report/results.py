@@ -90,6 +90,43 @@ def paired_rows(preds: pd.DataFrame, system_a: str, system_b: str
     return a, b
 
 
+BASELINE_TABLES = ("predictions.csv", "predictions_avd.csv")
+
+
+def load_baseline(features_results: str | Path = "results/features") -> pd.DataFrame | None:
+    """The frozen-feature probes' per-utterance predictions written by the features stage
+    (classification rows, and the A/V/D ridge's rows); None when the stage has not run."""
+    parts = [pd.read_csv(Path(features_results, "tables", name), dtype={"utt_id": str})
+             for name in BASELINE_TABLES if Path(features_results, "tables", name).is_file()]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def with_baseline(preds: pd.DataFrame, baseline: pd.DataFrame, system: str,
+                  baseline_system: str) -> pd.DataFrame:
+    """`preds` plus `baseline_system`'s rows on exactly the (seed, fold, utt_id) test rows of
+    `system`, so the two pair in `bootstrap` and `fold_metrics` like any two systems.
+
+    The frozen-feature baseline is deterministic (fixed regularisation, a convex fit), so
+    its one run stands for every seed of `system`: an utterance is then resampled with all
+    its seeds, as for any other pair. An error names the test utterances it lacks."""
+    keys = _with_system(preds)
+    keys = keys.loc[keys["system"] == system, ["seed", "fold", "utt_id"]].drop_duplicates()
+    base = baseline[baseline["system"] == baseline_system].drop(columns="seed")
+    base = base.assign(fold=base["fold"].astype(str)).drop_duplicates(["fold", "utt_id"])
+    rows = keys.assign(_fold=keys["fold"].astype(str)).merge(
+        base.rename(columns={"fold": "_fold"}), on=["_fold", "utt_id"], how="left",
+        indicator=True)
+    lacking = rows.loc[rows["_merge"] == "left_only", "utt_id"].unique()
+    if len(lacking):
+        raise ValueError(f"the frozen baseline {baseline_system!r} has no prediction for "
+                         f"{len(lacking)} test utterances of {system!r} in the same fold "
+                         f"(e.g. {list(lacking[:3])}); it was made on another manifest")
+    rows = rows.drop(columns=["_fold", "_merge"]).assign(system=baseline_system)
+    return pd.concat([preds, rows[[c for c in rows.columns if c in preds.columns]]],
+                     ignore_index=True)
+
+
 def write_table(table: pd.DataFrame, stem: str | Path, floatfmt: str = ".3f") -> str:
     """Write `stem`.csv and `stem`.md; return the Markdown."""
     stem = Path(stem)
