@@ -201,6 +201,21 @@ def test_the_baseline_stands_for_every_seed_and_must_cover_the_test_set():
         with_baseline(preds, baseline.iloc[1:], "C1", BASELINE)
 
 
+def test_a_papers_table_and_reading_get_the_baseline(synthetic):
+    from mmser.report.results import add_baseline
+
+    baseline = load_baseline(synthetic / "features")
+    clap = R.load_stage(synthetic, "clap").main
+    rows = add_baseline(clap, "full", baseline)
+    assert set(rows["system"]) == {"none", "small", "full", BASELINE}
+    distil = R.load_stage(synthetic, "distil").main
+    assert BASELINE_AVD in set(add_baseline(distil, "distilled · A+T · FT", baseline)["system"])
+    assert add_baseline(clap, "full", None) is clap
+    said = R.baseline_sentence(clap, "full", baseline, n=100)
+    assert said.startswith("full **beats** the frozen linear baseline") and "UA +" in said
+    assert "falls below" in R.baseline_sentence(clap, "none", baseline, n=100)
+
+
 def test_comparison_flags_a_stage_with_other_folds_or_seeds(tmp_path):
     root = make_results(tmp_path, skip=("vcemo",))
     moved = _base(shift=1, seeds=(0, 1))  # other folds and a second seed

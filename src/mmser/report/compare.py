@@ -242,11 +242,24 @@ def baseline_verdict(diffs: list[dict] | str) -> str:
     return "does not clearly differ from" if found == {INCONCLUSIVE} else "is mixed against"
 
 
-def _format_diffs(diffs: list[dict] | str) -> str:
+def format_diffs(diffs: list[dict] | str) -> str:
+    """`against_baseline`'s differences as "UA +0.012 [-0.004, +0.029]" (or its reason)."""
     if isinstance(diffs, str):
         return diffs
     return "; ".join(f"{d['metric']} {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
                      for d in diffs)
+
+
+def baseline_sentence(main: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
+                      n: int = 1000, seed: int = 0) -> str:
+    """For a paper's reading: where `system` stands against the frozen-feature baseline."""
+    diffs = against_baseline(main, system, baseline, n, seed)
+    if isinstance(diffs, str):
+        return f"{system} against the frozen linear baseline: {diffs}."
+    return (f"{system} **{baseline_verdict(diffs)}** the frozen linear baseline on the same "
+            f"test utterances (a logistic regression or ridge on the time-averaged frozen "
+            f"audio + text features; difference and 95% paired bootstrap interval: "
+            f"{format_diffs(diffs)}).")
 
 
 def baseline_rows(baseline: pd.DataFrame | None, designs: dict[str, dict]) -> list[dict]:
@@ -324,7 +337,7 @@ def comparison(stages: dict, baseline: pd.DataFrame | None = None, n: int = 1000
             differs.append("speaker-dependent split")
         row["same design"] = "yes" if not differs else "NO: " + "; ".join(differs)
         diffs = against_baseline(st.main, system, baseline, n, seed)
-        row["vs frozen baseline"] = _format_diffs(diffs)
+        row["vs frozen baseline"] = format_diffs(diffs)
         row["against baseline"] = baseline_verdict(diffs)
         rows.append(row)
     rows += baseline_rows(baseline, designs)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from mmser.training.data import DIMENSIONS
 from mmser.encode.features import ENCODER_USE
+from mmser.encode.probe import BASELINE, BASELINE_AVD
 from mmser.report.metrics import ccc, classification_report, mean_std, paired_bootstrap
 
 CLASSIFICATION = ("WA", "UA", "macro_F1", "weighted_F1")
@@ -125,6 +126,19 @@ def with_baseline(preds: pd.DataFrame, baseline: pd.DataFrame, system: str,
     rows = rows.drop(columns=["_fold", "_merge"]).assign(system=baseline_system)
     return pd.concat([preds, rows[[c for c in rows.columns if c in preds.columns]]],
                      ignore_index=True)
+
+
+def add_baseline(preds: pd.DataFrame, system: str, baseline: pd.DataFrame | None
+                 ) -> pd.DataFrame:
+    """`preds` with the frozen-feature baseline's row paired with `system`, for a paper's
+    own table: the classifier probe, or the A/V/D ridge when `system` is a regressor.
+    Unchanged when the features stage wrote no baseline."""
+    part = preds[preds["system"] == system]
+    regression = "pred" not in part.columns or part["pred"].isna().all()
+    base = BASELINE_AVD if regression else BASELINE
+    if baseline is None or base not in set(baseline["system"]):
+        return preds
+    return with_baseline(preds, baseline, system, base)
 
 
 def write_table(table: pd.DataFrame, stem: str | Path, floatfmt: str = ".3f") -> str:
