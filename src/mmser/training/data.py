@@ -4,8 +4,9 @@
 recorded with it; `Corpus.folds` yields `mmser.corpus.protocols.Fold` objects whose test part
 opens only after the final choice is recorded. Categorical stages split the `labelled`
 rows; a regression stage (`rows="rated"`) splits every row with arousal, valence and
-dominance, also those without a category, into the same session or speaker folds. Batches are lists of per-utterance dicts
-padded by `collate`, so each paper builds its items from the feature cache in a few lines.
+dominance, also those without a category, into the same session or speaker folds.
+Batches are lists of per-utterance dicts padded by `collate`, so each paper builds its
+items from the feature cache in a few lines.
 """
 
 from __future__ import annotations
