@@ -60,10 +60,12 @@ def test_iemocap_four_classes(tmp_path):
     build_iemocap(tmp_path)
     df, summary = corpora.load("iemocap", tmp_path, classes=4)
     assert list(df.columns[:len(manifest.COLUMNS)]) == manifest.COLUMNS
-    assert len(df) == 8 and summary["kept"] == 8
-    assert summary["dropped"] == {"label 'fru' outside the 4-class map": 2,
-                                  "label 'xxx' outside the 4-class map": 2,
-                                  "label 'oth' outside the 4-class map": 2}
+    # every turn stays; the 6 outside the 4-class map have no label, their category kept
+    assert len(df) == 14 and summary["kept"] == 14 and summary["dropped"] == {}
+    assert df["label"].notna().sum() == 8
+    uncategorised = df[df["label"].isna()].set_index("utt_id")
+    assert sorted(uncategorised["x_raw_label"]) == ["fru", "fru", "oth", "oth", "xxx", "xxx"]
+    assert uncategorised.loc["Ses01F_impro01_M001", "arousal"] == 3.5  # A/V/D kept
     row = df.set_index("utt_id").loc["Ses01F_impro01_M002"]
     assert row["label"] == "happy"  # exc merged into happy
     assert (row["valence"], row["arousal"], row["dominance"]) == (4.5, 4.0, 3.5)
@@ -76,11 +78,15 @@ def test_iemocap_four_classes(tmp_path):
     # turn order counts the dropped 'fru' utterance that came before in time
     turns = df[df["session"] == "Ses01"].set_index("utt_id")["turn_index"]
     assert turns["Ses01F_impro01_F000"] == 0 and turns["Ses01F_impro01_F001"] == 2
-    assert set(df["label"]) == {"neutral", "happy", "sad"}
+    assert set(df["label"].dropna()) == {"neutral", "happy", "sad"}
     # missing transcript: kept with empty text, counted
     no_text = df.set_index("utt_id").loc["Ses01F_impro01_M003"]
     assert pd.isna(no_text["text"]) and no_text["label"] == "sad"
-    assert summary["noted"] == {"no transcript (text left empty)": 2}
+    assert summary["noted"] == {
+        "no transcript (text left empty)": 2,
+        "kept without a category (label 'fru' outside the 4-class map)": 2,
+        "kept without a category (label 'xxx': no agreed category)": 2,
+        "kept without a category (label 'oth': no agreed category)": 2}
     assert summary["examples"]["no transcript (text left empty)"][0].endswith("M003")
     assert df["corpus"].eq("iemocap").all()
 
@@ -115,8 +121,8 @@ def test_missing_audio_listed_and_too_much_fails(tmp_path):
     assert summary["examples"]["missing audio"] == ["Ses01F_impro01_F000"]
     assert "Ses01F_impro01_F000" not in set(df["utt_id"])
     assert summary["lost"] == ["Ses01F_impro01_F000"]
-    with pytest.raises(CorpusError, match=r"1 of 4 listed audio files .*_F000") as err:
-        corpora.load("iemocap", tmp_path, classes=4)  # 25% > 5%
+    with pytest.raises(CorpusError, match=r"1 of 7 listed audio files .*_F000") as err:
+        corpora.load("iemocap", tmp_path, classes=4)  # 14% > 5%
     assert err.value.summary["lost"] == ["Ses01F_impro01_F000"]
 
 
@@ -162,8 +168,8 @@ def test_prepare_decodes_every_clip_and_records_what_fails(tmp_path, how, reason
     assert summary["lost"] == ["Ses01F_impro01_F001"]
     assert summary["problems"]["Ses01F_impro01_F001"].startswith(f"{clip}: {reason}")
     assert set(df["utt_id"]) == kept_before - {"Ses01F_impro01_F001"}  # nothing else changes
-    with pytest.raises(CorpusError, match="1 of 4 listed audio files") as err:
-        corpora.load("iemocap", tmp_path, classes=4)  # 25% > 5%: stop, with the list
+    with pytest.raises(CorpusError, match="1 of 7 listed audio files") as err:
+        corpora.load("iemocap", tmp_path, classes=4)  # 14% > 5%: stop, with the list
     assert err.value.summary["problems"] == summary["problems"]
 
 
@@ -218,11 +224,12 @@ def build_msp(root: Path) -> None:
 def test_msp_podcast(tmp_path):
     build_msp(tmp_path)
     df, summary = corpora.load("msp_podcast", tmp_path, classes=4)
-    assert sorted(df["label"]) == ["angry", "happy", "neutral", "sad"]
-    assert summary["dropped"] == {"label 'X' outside the 4-class map": 1,
-                                  "label 'U' outside the 4-class map": 1}
+    assert sorted(df["label"].dropna()) == ["angry", "happy", "neutral", "sad"]
+    assert summary["dropped"] == {}  # X (no agreement) and U (surprise) stay, unlabelled
     by_id = df.set_index("utt_id")
-    assert set(df["split"]) == {"train", "development", "test1"}
+    assert by_id.loc["MSP-PODCAST_0004_0002", "x_raw_label"] == "U"
+    assert pd.isna(by_id.loc["MSP-PODCAST_0004_0002", "label"])
+    assert set(df["split"]) == {"train", "development", "test1", "test2"}
     row = by_id.loc["MSP-PODCAST_0001_0002"]
     assert (row["arousal"], row["valence"], row["dominance"]) == (5.2, 2.0, 5.0)
     assert row["speaker"] == "127" and row["path"] == "Audios/MSP-PODCAST_0001_0002.wav"
@@ -230,8 +237,10 @@ def test_msp_podcast(tmp_path):
     assert row["turn_index"] == 1 and by_id.loc["MSP-PODCAST_0001_0001", "turn_index"] == 0
     assert pd.isna(by_id.loc["MSP-PODCAST_0003_0001", "speaker"])  # SpkrID "Unknown"
     assert pd.isna(by_id.loc["MSP-PODCAST_0002_0001", "text"])
-    assert summary["noted"] == {"no transcript (text left empty)": 1,
-                                "speaker unknown (speaker left empty)": 1}
+    assert summary["noted"] == {
+        "no transcript (text left empty)": 1, "speaker unknown (speaker left empty)": 1,
+        "kept without a category (label 'X': no agreed category)": 1,
+        "kept without a category (label 'U' outside the 4-class map)": 1}
 
     df_all, summary = corpora.load("msp_podcast", tmp_path)
     assert len(df_all) == 6 and summary["dropped"] == {}
@@ -269,10 +278,13 @@ def test_emodb_seven_and_four_classes(tmp_path):
     assert row["text"] == "Der Lappen liegt auf dem Eisschrank."
     assert row["path"] == "wav/03a01Fa.wav"
     df4, summary4 = corpora.load("emodb", tmp_path, classes=4)
-    assert set(df4["label"]) == {"angry", "happy", "neutral", "sad"} and len(df4) == 5
-    assert summary4["dropped"] == {"label 'L' outside the 4-class map": 1,
-                                   "label 'E' outside the 4-class map": 1,
-                                   "label 'A' outside the 4-class map": 1}
+    assert set(df4["label"].dropna()) == {"angry", "happy", "neutral", "sad"}
+    assert len(df4) == 8 and df4["label"].notna().sum() == 5 and summary4["dropped"] == {}
+    assert summary4["noted"] == {
+        "kept without a category (label 'L' outside the 4-class map)": 1,
+        "kept without a category (label 'E' outside the 4-class map)": 1,
+        "kept without a category (label 'A' outside the 4-class map)": 1}
+    assert df4.set_index("utt_id").loc["10b03La", "x_raw_label"] == "L"
     with pytest.raises(CorpusError, match="classes=5 is not offered"):
         corpora.load("emodb", tmp_path, classes=5)
 
@@ -292,8 +304,8 @@ def test_ravdess_speech_only(tmp_path):
     assert row["speaker"] == "Actor_02" and row["text"] == "Dogs are sitting by the door"
     assert row["sample_rate"] == 48_000 and row["x_intensity"] == "strong"
     df4, summary4 = corpora.load("ravdess", tmp_path, classes=4)
-    assert "calm" not in set(df4["label"])
-    assert summary4["dropped"]["label '02' outside the 4-class map"] == 1
+    assert "calm" not in set(df4["label"]) and len(df4) == 4
+    assert summary4["noted"]["kept without a category (label '02' outside the 4-class map)"] == 1
 
 
 # ---------------------------------------------------------------------------- CREMA-D
@@ -308,7 +320,8 @@ def test_crema_d(tmp_path):
     assert (row["speaker"], row["label"], row["text"]) == ("1001", "angry",
                                                           "Don't forget a jacket")
     df4, summary4 = corpora.load("crema_d", tmp_path, classes=4)
-    assert len(df4) == 3 and summary4["dropped"] == {"label 'DIS' outside the 4-class map": 1}
+    assert len(df4) == 4 and df4["label"].notna().sum() == 3 and summary4["dropped"] == {}
+    assert summary4["noted"] == {"kept without a category (label 'DIS' outside the 4-class map)": 1}
     with pytest.raises(CorpusLayoutError, match="'AudioWAV' not found"):
         corpora.load("crema_d", tmp_path / "AudioWAV")
 
@@ -353,7 +366,10 @@ def test_csv_with_chinese_text(tmp_path):
     manifest.write(df, tmp_path / "out.csv")
     assert manifest.read(tmp_path / "out.csv")["text"].iloc[0] == "我今天很生气"
     df4, summary4 = corpora.load("csv", root, classes=4)
-    assert len(df4) == 2 and summary4["dropped"] == {"label 'fear' outside the 4-class map": 1}
+    assert len(df4) == 3 and summary4["dropped"] == {}
+    fear = df4.set_index("utt_id").loc["audio/2"]
+    assert pd.isna(fear["label"]) and fear["x_raw_label"] == "fear"
+    assert summary4["noted"] == {"kept without a category (label 'fear' outside the 4-class map)": 1}
 
 
 def test_csv_segments_are_refused_with_the_way_out(tmp_path):
@@ -461,7 +477,7 @@ def test_cross_corpus_and_librispeech_join_one_manifest(tmp_path):
         read_root=str(tmp_path / "libri"), read_max=3)
     assert root == tmp_path.resolve()
     assert set(summaries) == {"main", "test", "read"}
-    assert df.groupby("corpus").size().to_dict() == {"emodb": 5, "iemocap": 8,
+    assert df.groupby("corpus").size().to_dict() == {"emodb": 8, "iemocap": 14,
                                                      "librispeech": 3}
     manifest.validate(manifest.conform(df), root)  # every re-rooted path resolves
     assert df.loc[df.corpus == "emodb", "path"].str.startswith("emodb/wav/").all()
@@ -470,6 +486,7 @@ def test_cross_corpus_and_librispeech_join_one_manifest(tmp_path):
     assert set(tested["corpus"]) == {"emodb"}
     assert set(tested["label"]) <= set(folded.loc[folded.corpus == "iemocap", "label"])
     assert folded.loc[folded.split == "read", "fold"].isna().all()
+    assert folded.loc[folded["label"].isna(), "fold"].isna().all()  # no category, no test
 
 
 def test_extra_corpora_are_checked(tmp_path):

@@ -40,3 +40,10 @@ def test_missing_file_and_duplicate_ids(tmp_path):
 def test_unknown_column_is_refused():
     with pytest.raises(ManifestError, match="outside the schema"):
         manifest.conform(pd.DataFrame({"utt_id": ["a"], "emotion": ["sad"]}))
+
+
+def test_raw_category_codes_stay_strings(tmp_path):
+    """RAVDESS codes its emotions "01".."08": read back as numbers they would lose the 0."""
+    df = _df(["a.wav", "b.wav"]).assign(x_raw_label=["01", "xxx"])
+    manifest.write(df, tmp_path / "m.csv")
+    assert manifest.read(tmp_path / "m.csv")["x_raw_label"].tolist() == ["01", "xxx"]

@@ -206,3 +206,41 @@ def test_fold_table_counts_classes_and_speakers():
     train0 = table[(table["fold"] == 0) & (table["part"] == "train")].iloc[0]
     assert train0["speakers"] == 7
     assert table["protocol"].eq("leave-one-session-out (speaker-independent)").all()
+
+
+def _with_uncategorised(df: pd.DataFrame, every: int = 3) -> pd.DataFrame:
+    """`df` plus a row without a category after every `every`-th row (same speaker and
+    session), and one extra speaker heard only without a category."""
+    extra = df.iloc[::every].assign(label=pd.NA)
+    extra["utt_id"] = extra["utt_id"] + "_x"
+    extra["path"] = extra["path"] + ".x.wav"
+    alone = extra.iloc[:5].assign(speaker="Ses01_X")
+    alone["utt_id"] = alone["utt_id"] + "_alone"
+    return manifest.conform(pd.concat([df, extra, alone]).sort_values("utt_id",
+                                                                     ignore_index=True))
+
+
+@pytest.mark.parametrize("protocol, options", [
+    ("loso", {}), ("speaker_kfold", {"n_folds": 5}), ("random_70_20_10", {}),
+    ("random_8_1_1", {})])
+def test_rows_without_a_category_never_move_the_labelled_rows(protocol, options):
+    """A regression stage splits labelled and uncategorised rows together; its labelled
+    rows fall in the same train/val/test parts as the categorical stages' folds."""
+    df = iemocap_like(per_speaker=8)
+    both = _with_uncategorised(df)
+    alone = both.loc[both["label"].isna(), "utt_id"]
+    pairs = zip(iter_folds(df, protocol, seed=3, **options),
+                iter_folds(both, protocol, seed=3, **options), strict=True)
+    tested = set()
+    for labelled, rated in pairs:
+        for fold in (labelled, rated):
+            fold.select(checkpoint="x")
+        for part in ("train", "val", "test"):
+            ours = getattr(rated, part)()
+            assert set(getattr(labelled, part)()["utt_id"]) == set(
+                ours.loc[ours["label"].notna(), "utt_id"]), (protocol, part)
+        tested |= set(rated.test()["utt_id"])
+    if protocol != "random_70_20_10" and protocol != "random_8_1_1":
+        assert set(alone) <= tested  # every uncategorised row is tested in some fold
+    assigned = assign_folds(both, protocol, seed=3, **options)
+    assert assigned["fold"].notna().all()  # every row of the protocol has a fold

@@ -5,9 +5,12 @@ mmser.corpus.manifest (audio paths relative to `root`); the summary says how man
 kept and, per reason, how many were dropped or noted, with a few example ids, so a
 reader can see what the label map and the files on disk removed.
 
-`classes=None` keeps every category a corpus has (rows whose annotators did not agree
-stay, with an empty label, for the dimensional values); an integer picks a documented
-subset, e.g. 4 = angry, happy, neutral, sad. `load(name, root, ...)` is the entry point
+`classes=None` keeps every category a corpus has; an integer picks a documented subset,
+e.g. 4 = angry, happy, neutral, sad. A row whose category lies outside the chosen map (or
+whose annotators agreed on none) is kept with an empty label, its own category in
+`x_raw_label`: regression stages still read its arousal/valence/dominance, and dialogue
+context still hears the turn; categorical stages skip it (`Corpus.labelled`). Only a
+category the corpus does not know is dropped. `load(name, root, ...)` is the entry point
 the pipeline uses: it also refuses duplicate ids and too much missing audio.
 """
 
@@ -63,6 +66,8 @@ class _Summary:
         self.dropped: Counter = Counter()
         self.noted: Counter = Counter()
         self.examples: dict[str, list[str]] = defaultdict(list)
+        # id -> why it is kept without a category; noted once its audio proves usable
+        self.uncategorised: dict[str, str] = {}
 
     def drop(self, reason: str, utt_id: str) -> None:
         self.dropped[reason] += 1
@@ -129,15 +134,25 @@ def _label_map(maps: dict, classes: int | None, corpus: str) -> dict[str, str]:
     return maps[classes]
 
 
-def _map_label(raw: str, labels: dict[str, str], classes: int | None, utt_id: str,
-               summary: _Summary) -> str | None:
-    """The label name, '' for a kept row without a category, None when dropped."""
-    if raw in labels:
+def _map_label(raw: str, labels: dict[str, str], known: dict[str, str], classes: int | None,
+               utt_id: str, summary: _Summary) -> str | None:
+    """The label name of `raw` in the chosen map `labels`; '' for a row kept without a
+    category (a category of the corpus, `known`, outside the map, or none agreed); None
+    when dropped (a category the corpus does not have)."""
+    if labels.get(raw):
         return labels[raw]
-    reason = (f"label '{raw}' outside the {classes}-class map" if classes is not None
-              else f"unknown label '{raw}'")
-    summary.drop(reason, utt_id)
+    if raw in known:
+        summary.uncategorised[utt_id] = _without_category(raw, known, classes)
+        return ""
+    summary.drop(f"unknown label '{raw}'", utt_id)
     return None
+
+
+def _without_category(raw: str, known: dict[str, str], classes: int | None) -> str:
+    """The summary's reason for a row kept with an empty label."""
+    if not known.get(raw):
+        return f"kept without a category (label '{raw}': no agreed category)"
+    return f"kept without a category (label '{raw}' outside the {classes}-class map)"
 
 
 def _with_audio(rows: list[dict], root: Path, summary: _Summary) -> list[dict]:
@@ -184,6 +199,9 @@ def _lose(utt_id: str, message: str, path: Path, summary: _Summary) -> None:
 
 def _finish(rows: list[dict], corpus: str, summary: _Summary) -> tuple[pd.DataFrame, dict]:
     rows = _with_audio(rows, summary.root, summary)
+    for row in rows:  # counted among the rows kept, not those lost for their audio
+        if row["utt_id"] in summary.uncategorised:
+            summary.note(summary.uncategorised[row["utt_id"]], row["utt_id"])
     df = pd.DataFrame(rows)
     if df.empty:
         df = pd.DataFrame(columns=["utt_id", "path"])
@@ -249,8 +267,8 @@ def _iemocap_evaluations(eval_file: Path) -> list[dict]:
             entries.append({"utt_id": utt, "raw": raw, "t0": float(start), "t1": float(end),
                             "valence": float(val), "arousal": float(act),
                             "dominance": float(dom)})
-    # the turn order is the time order over every utterance, also those dropped later,
-    # so that context windows see the whole dialogue
+    # the turn order is the time order over every utterance, also those lost later for
+    # their audio, so that context windows see the whole dialogue
     entries.sort(key=lambda e: (e["t0"], e["utt_id"]))
     for i, entry in enumerate(entries):
         entry["turn_index"] = i
@@ -294,7 +312,8 @@ def load_iemocap(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, 
                 session / "dialog" / "transcriptions" / f"{dialog}.txt")
             for e in _iemocap_evaluations(eval_file):
                 utt = e["utt_id"]
-                label = _map_label(e["raw"], labels, classes, utt, summary)
+                label = _map_label(e["raw"], labels, IEMOCAP_MAPS[None], classes, utt,
+                                   summary)
                 if label is None:
                     continue
                 if utt not in texts:
@@ -307,7 +326,8 @@ def load_iemocap(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, 
                     "session": utt[:5], "split": LABELLED, "text": texts.get(utt),
                     "label": label or None, "arousal": e["arousal"],
                     "valence": e["valence"], "dominance": e["dominance"],
-                    "dialog_id": dialog, "turn_index": e["turn_index"]})
+                    "dialog_id": dialog, "turn_index": e["turn_index"],
+                    "x_raw_label": e["raw"]})
     return _finish(rows, "iemocap", summary)
 
 
@@ -355,7 +375,8 @@ def load_msp_podcast(root: Path, classes: int | None = None) -> tuple[pd.DataFra
     for rec in table.to_dict("records"):
         name = rec["FileName"].strip()
         stem = Path(name).stem
-        label = _map_label(rec["EmoClass"].strip(), labels, classes, stem, summary)
+        raw = rec["EmoClass"].strip()
+        label = _map_label(raw, labels, MSP_MAPS[None], classes, stem, summary)
         if label is None:
             continue
         transcript = root / "Transcripts" / f"{stem}.txt"
@@ -375,7 +396,8 @@ def load_msp_podcast(root: Path, classes: int | None = None) -> tuple[pd.DataFra
             "arousal": _msp_float(rec["EmoAct"], "EmoAct", name, csv),
             "valence": _msp_float(rec["EmoVal"], "EmoVal", name, csv),
             "dominance": _msp_float(rec["EmoDom"], "EmoDom", name, csv),
-            "dialog_id": m.group(1) if m else None, "x_segment": int(m.group(2)) if m else None})
+            "dialog_id": m.group(1) if m else None, "x_segment": int(m.group(2)) if m else None,
+            "x_raw_label": raw})
     df, info = _finish(rows, "msp_podcast", summary)
     # turn order within a podcast from the segment numbers
     df["turn_index"] = (df.groupby("dialog_id")["x_segment"].rank(method="first") - 1
@@ -440,7 +462,8 @@ def _load_coded(root: Path, classes: int | None, spec: _CodedCorpus
     rows = []
     for path, groups in _coded_files(directory, spec.pattern, spec.title, summary):
         coded = dict(zip(spec.fields, groups))
-        label = _map_label(coded["emotion"], labels, classes, path.stem, summary)
+        label = _map_label(coded["emotion"], labels, spec.maps[None], classes, path.stem,
+                           summary)
         if label is None:
             continue
         if coded["text"] not in spec.texts:
@@ -448,7 +471,8 @@ def _load_coded(root: Path, classes: int | None, spec: _CodedCorpus
                          path.stem)
         rows.append({"utt_id": path.stem, "path": f"{spec.folder}/{path.name}",
                      "speaker": coded["speaker"], "split": LABELLED,
-                     "text": spec.texts.get(coded["text"]), "label": label,
+                     "text": spec.texts.get(coded["text"]), "label": label or None,
+                     "x_raw_label": coded["emotion"],
                      **{column: coded[field] for column, field in spec.extra.items()}})
     return _finish(rows, spec.name, summary)
 
@@ -481,12 +505,14 @@ def load_ravdess(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, 
             if channel != "01":
                 summary.drop(f"vocal channel {channel} is song, not speech (01)", path.stem)
                 continue
-            label = _map_label(emotion, labels, classes, path.stem, summary)
+            label = _map_label(emotion, labels, RAVDESS_MAPS[None], classes, path.stem,
+                               summary)
             if label is None:
                 continue
             rows.append({"utt_id": path.stem, "path": f"{actor.name}/{path.name}",
                          "speaker": f"Actor_{actor_id}", "split": LABELLED,
-                         "text": RAVDESS_TEXTS.get(statement), "label": label,
+                         "text": RAVDESS_TEXTS.get(statement), "label": label or None,
+                         "x_raw_label": emotion,
                          "x_intensity": {"01": "normal", "02": "strong"}.get(intensity)})
     return _finish(rows, "ravdess", summary)
 
@@ -601,10 +627,11 @@ def _normalise_labels(table: pd.DataFrame, csv: Path) -> None:
 
 
 def _csv_label_filter(table: pd.DataFrame, classes: int | None, csv: Path) -> pd.Series:
-    """Which rows the class choice keeps: all, the four standard names, or an exact count."""
+    """Which rows keep their label under the class choice: all, the four standard names, or
+    an exact count (the others are kept without a category)."""
     found = sorted(set(table["label"]) - {""})
     if classes is None:
-        return pd.Series(True, index=table.index)
+        return table["label"] != ""
     if classes == 4 and FOUR & set(found):
         return table["label"].isin(FOUR)
     if len(found) != classes:
@@ -641,11 +668,14 @@ def load_csv(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, dict
             raise CorpusError(f"{csv}: row {i + 2} has path {rel!r}; paths must be "
                               f"relative and inside {root}")
         utt = rec.get("utt_id") or str(Path(rel).with_suffix("").as_posix())
-        if not keep[i]:
-            summary.drop(f"label '{rec['label']}' outside the {classes}-class map", utt)
-            continue
         row = {k: (v if v != "" else None) for k, v in rec.items()}
-        row.update(utt_id=utt, path=Path(rel).as_posix(), split=row.get("split") or LABELLED)
+        row.update(utt_id=utt, path=Path(rel).as_posix(), split=row.get("split") or LABELLED,
+                   x_raw_label=row["label"])
+        if not keep[i]:
+            row["label"] = None
+            if rec["label"]:
+                summary.uncategorised[utt] = _without_category(
+                    rec["label"], {rec["label"]: rec["label"]}, classes)
         rows.append(row)
     return _finish(rows, corpus, summary)
 

@@ -69,7 +69,9 @@ def read(path: str | Path) -> pd.DataFrame:
         raise ManifestError(f"{path}: manifest not found (run the prepare stage first)")
     df = pd.read_csv(path, dtype={"utt_id": str, "speaker": str, "session": str,
                                   "dialog_id": str, "text": str, "asr_text": str,
-                                  "label": str, "split": str, "corpus": str},
+                                  "label": str, "split": str, "corpus": str,
+                                  # a corpus's own category code, e.g. RAVDESS "01"
+                                  "x_raw_label": str},
                      keep_default_na=False, na_values=[""])
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:

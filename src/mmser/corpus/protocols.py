@@ -6,6 +6,8 @@
           cross-corpus run, the non-test part of a random split);
   empty   the row is outside the protocol (unlabelled read speech; in cross-corpus runs,
           labels outside the shared set).
+Rows kept without a category (outside the class map) get a fold like every other row of
+their session or speaker; they never change how the labelled rows are split (`_counted`).
 
 `iter_folds` yields `Fold` objects. Validation comes from the training side only, and the
 test set opens only after `select(...)` has recorded the final choice; after that, neither
@@ -78,6 +80,16 @@ def _keys(df: pd.DataFrame, column: str, protocol: str) -> pd.Series:
     return keys
 
 
+def _counted(part: pd.DataFrame) -> pd.Series:
+    """The rows that size folds and validation sets: the labelled ones when there are any.
+    Rows kept without a category (rated only) then never move a speaker to another fold,
+    so a regression stage's folds are those of the categorical stages."""
+    labelled = part["label"].notna() if "label" in part.columns else None
+    if labelled is None or not labelled.any():
+        return pd.Series(True, index=part.index)
+    return labelled
+
+
 def _leave_one_out(part: pd.DataFrame, column: str, protocol: str,
                    n_folds: int | None) -> pd.Series:
     keys = _keys(part, column, protocol)
@@ -94,19 +106,19 @@ def _leave_one_out(part: pd.DataFrame, column: str, protocol: str,
 def _speaker_kfold(part: pd.DataFrame, n_folds: int | None, seed: int) -> pd.Series:
     n_folds = 5 if n_folds is None else n_folds
     keys = _keys(part, "speaker", "speaker_kfold")
-    counts = keys.value_counts()
+    counts = keys[_counted(part)].value_counts()
     if len(counts) < n_folds or n_folds < 2:
         raise ProtocolError(f"speaker_kfold: n_folds={n_folds} needs at least that many "
                             f"speakers (and 2); found {len(counts)}")
     # seeded order breaks ties; largest speakers first onto the lightest fold keeps the
-    # folds' sizes close
+    # folds' sizes close; speakers heard only without a category come last
     order = np.random.default_rng([seed, 0]).permutation(sorted(counts.index))
-    order = sorted(order, key=lambda s: -counts[s])
+    order = sorted(order, key=lambda s: -counts[s]) + sorted(set(keys) - set(counts.index))
     load, fold_of = [0] * n_folds, {}
     for speaker in order:
         k = int(np.argmin(load))
         fold_of[speaker] = k
-        load[k] += counts[speaker]
+        load[k] += counts.get(speaker, 0)
     return keys.map(fold_of)
 
 
@@ -123,10 +135,12 @@ def _official(part: pd.DataFrame) -> pd.Series:
 
 
 def _stratified_pick(part: pd.DataFrame, fraction: float, rng: np.random.Generator) -> list:
-    """Row labels of about `fraction` of each class (empty labels form their own class)."""
+    """Row labels of about `fraction` of each class (empty labels form their own class,
+    drawn last, so that they never change which labelled rows are picked)."""
     strata = part["label"].astype(object).where(part["label"].notna(), "")
     picked = []
-    for _, index in sorted(part.groupby(strata).groups.items()):
+    for _, index in sorted(part.groupby(strata).groups.items(),
+                           key=lambda item: (item[0] == "", item[0])):
         shuffled = rng.permutation(np.asarray(index))
         picked.extend(shuffled[: int(round(fraction * len(shuffled)))].tolist())
     return picked
@@ -262,8 +276,9 @@ def _val_speakers(pool: pd.DataFrame, val_fraction: float,
     if speakers.isna().any() or speakers.nunique() < MIN_SPEAKERS_FOR_DISJOINT_VAL:
         return _stratified_pick(pool, val_fraction, rng), False
     keys = _keys(pool, "speaker", "val")
-    counts = keys.value_counts()
-    chosen, size, target = [], 0, val_fraction * len(pool)
+    counted = _counted(pool)
+    counts = keys[counted].value_counts()
+    chosen, size, target = [], 0, val_fraction * int(counted.sum())
     for speaker in rng.permutation(sorted(counts.index)):
         if size >= target:
             break

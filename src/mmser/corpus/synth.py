@@ -250,7 +250,9 @@ def _sessions(n_speakers: int, n_sessions: int) -> list[list[int]]:
 def _dialogues(n_labelled: int, sessions: list[list[int]], labels: tuple[str, ...],
                rng: np.random.Generator) -> Iterator[dict]:
     """Dialogues of TURNS turns alternating between a session's speakers; each has a
-    dominant emotion (round-robin over dialogues, so classes stay balanced)."""
+    dominant emotion (round-robin over dialogues, so classes stay balanced). Every turn
+    carries one of `labels` (the chosen classes): unlike IEMOCAP with 4 classes, no turn of
+    a dialogue lies outside the class map, so dialogue context never misses one."""
     per_session = np.full(len(sessions), n_labelled // len(sessions))
     per_session[: n_labelled % len(sessions)] += 1
     dialogue = 0

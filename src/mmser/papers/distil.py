@@ -104,7 +104,7 @@ def load_encoder(spec: str, role: str, encoders):
 def encode_own(corpus: D.Corpus, speech_specs: Sequence[str], text_specs: Sequence[str],
                root: str | Path, batch_size: int = 8) -> None:
     """Cache the states of sources that are not `features:` cuts (the paper profile's
-    several encoders) for the labelled utterances and both transcripts, once."""
+    several encoders) for the rated utterances and both transcripts, once."""
     from mmser.encode import features as F
     from mmser.corpus import manifest
     from mmser.corpus.audio import load_audio
@@ -114,7 +114,7 @@ def encode_own(corpus: D.Corpus, speech_specs: Sequence[str], text_specs: Sequen
     text = [s for s in text_specs if not s.startswith(FEATURES)]
     if not speech and not text:
         return
-    rows = corpus.labelled
+    rows = corpus.rated
     keys: dict[str, dict[str, str]] = {"speech": {}, "text": {}}
     digests = None
     if speech:
@@ -213,7 +213,7 @@ class Builder:
         self._encoders: dict[tuple, nn.Module] = {}
         self._n_states: dict[tuple, int] = {}
         self._first = first_key  # an utterance id whose entry gives the number of states
-        self._first_text = str(corpus.labelled["text"].iloc[0])
+        self._first_text = str(corpus.rated["text"].iloc[0])
 
     # -- sources and layers
     def speech_spec(self, size: str) -> str:
@@ -333,7 +333,7 @@ def split_seen(corpus: D.Corpus, fraction: float, seed: int) -> tuple[D.Corpus, 
                          "sets: set distil.seen_fraction to 0")
     if not 0 <= fraction < 1:
         raise ValueError(f"distil.seen_fraction must be in [0, 1), not {fraction}")
-    seen = seen_split(corpus.labelled, fraction, seed)
+    seen = seen_split(corpus.rated, fraction, seed)
     return replace(corpus, df=corpus.df.drop(seen)), corpus.df.loc[seen].reset_index(drop=True)
 
 
@@ -350,7 +350,7 @@ def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.Data
         lambda fold, seed: builder.task(builder.model(system, seed, fold.index)), out_dir, training, seeds=seeds, fingerprint=builder.fingerprint(system),
         max_epochs=max_epochs, batch_size=batch_size, patience=patience, bucket_by="speech")
     if corpus.protocol == "official":
-        tests = sorted(corpus.labelled.loc[corpus.labelled["fold"] >= 0, "split"].unique())
+        tests = sorted(corpus.rated.loc[corpus.rated["fold"] >= 0, "split"].unique())
         preds["scenario"] = [("seen" if tests[int(f)] == "test1" else "unseen")
                              for f in preds["fold"]]
     else:

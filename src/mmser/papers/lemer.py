@@ -108,19 +108,26 @@ def item_keys(system: System) -> tuple[str, ...]:
 def context_texts(df: pd.DataFrame, column: str, turns: int, max_tokens: int,
                   count_tokens: Callable[[str], int], sep: str = " ") -> pd.Series:
     """Each row's text after up to `turns` previous turns of its dialogue (oldest first),
-    dropping the oldest turns until the whole fits in `max_tokens`. Indexed by utt_id."""
+    dropping the oldest turns until the whole fits in `max_tokens`. Indexed by utt_id.
+
+    Pass the whole manifest (`corpus.df`), not only the labelled rows: the history is every
+    transcribed turn of the dialogue in `turn_index` order, whatever its label (IEMOCAP's
+    frustrated or "xxx" turns with 4 classes too), so that which turns a history holds
+    never depends on the neighbours' labels. A turn whose `column` text is missing or
+    blank is skipped in the history; a row without text of its own gets its history only."""
     if "dialog_id" not in df.columns or df["dialog_id"].isna().all():
         raise ValueError("text context needs dialog_id and turn_index in the manifest; this "
                          "corpus has none (leave out the rows with context: A2-A5, C1-C4)")
     out = {}
     for _, dialogue in df[df["dialog_id"].notna()].groupby("dialog_id"):
-        dialogue = dialogue.sort_values("turn_index")
-        said = dialogue[column].fillna("").tolist()
+        dialogue = dialogue.sort_values("turn_index", kind="stable")
+        said = dialogue[column].fillna("").astype(str).tolist()
         for i, utt in enumerate(dialogue["utt_id"]):
-            history = said[max(0, i - turns):i]
-            while history and count_tokens(sep.join([*history, said[i]])) > max_tokens:
+            history = [text for text in said[:i] if text.strip()][-turns:] if turns > 0 else []
+            own = [said[i]] if said[i].strip() else []
+            while history and count_tokens(sep.join([*history, *own])) > max_tokens:
                 history = history[1:]
-            out[utt] = sep.join([*history, said[i]])
+            out[utt] = sep.join([*history, *own])
     alone = df[df["dialog_id"].isna()]
     out.update(zip(alone["utt_id"], alone[column].fillna("")))
     return pd.Series(out)

@@ -2,8 +2,11 @@
 
 `load_corpus` reads the manifest written by `prepare` and `transcribe` and the protocol
 recorded with it; `Corpus.folds` yields `mmser.corpus.protocols.Fold` objects whose test part
-opens only after the final choice is recorded. Batches are lists of per-utterance dicts
-padded by `collate`, so each paper builds its items from the feature cache in a few lines.
+opens only after the final choice is recorded. Categorical stages split the `labelled`
+rows; a regression stage (`rows="rated"`) splits every row with arousal, valence and
+dominance, also those without a category, into the same session or speaker folds.
+Batches are lists of per-utterance dicts padded by `collate`, so each paper builds its
+items from the feature cache in a few lines.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mmser.corpus import manifest, protocols
 DIMENSIONS = ("arousal", "valence", "dominance")
 # rating scale of the dimensional labels; IEMOCAP and the synthesised corpus use 1-5
 DIMENSION_SCALE = {"msp_podcast": (1.0, 7.0)}
+ROWS = ("labelled", "rated")  # what `Corpus.folds` splits
 
 
 @dataclass
@@ -33,11 +37,24 @@ class Corpus:
     protocol: str
     name: str
     test_corpus: str | None = None
+    rows: str = "labelled"  # the rows `folds` splits: "labelled" or "rated" (see ROWS)
+
+    def __post_init__(self) -> None:
+        if self.rows not in ROWS:
+            raise ValueError(f"rows={self.rows!r}: the folds split one of {ROWS}")
 
     @property
     def labelled(self) -> pd.DataFrame:
-        """Rows inside the protocol (they have a label and a fold)."""
+        """Rows inside the protocol with a category (they have a label and a fold)."""
         return self.df[self.df["fold"].notna() & self.df["label"].notna()]
+
+    @property
+    def rated(self) -> pd.DataFrame:
+        """Rows inside the protocol with arousal, valence and dominance, whatever their
+        label: a regression stage needs no category (e.g. MSP-Podcast's "no agreement"
+        rows, IEMOCAP's frustrated turns with 4 classes)."""
+        return self.df[self.df["fold"].notna()
+                       & self.df[list(DIMENSIONS)].notna().all(axis=1)]
 
     @property
     def read(self) -> pd.DataFrame:
@@ -54,18 +71,24 @@ class Corpus:
         return protocols.protocol_info(self.protocol)["label"]
 
     def folds(self, seed: int = 0, val_fraction: float = 0.1) -> Iterator[protocols.Fold]:
-        return protocols.iter_folds(self.labelled, self.protocol, seed=seed,
+        """The protocol's folds over `labelled` or `rated` rows (`rows`). Rows without a
+        category never size a fold or a validation set, so both share their test sessions
+        or speakers and their validation speakers."""
+        split = self.rated if self.rows == "rated" else self.labelled
+        return protocols.iter_folds(split, self.protocol, seed=seed,
                                     val_fraction=val_fraction, test_corpus=self.test_corpus)
 
 
 def load_corpus(corpus_dir: str | Path = "interim/corpus",
-                manifest_path: str | Path = "interim/manifest.csv") -> Corpus:
-    """The manifest (with ASR text when `transcribe` ran) and the protocol of `prepare`."""
+                manifest_path: str | Path = "interim/manifest.csv",
+                rows: str = "labelled") -> Corpus:
+    """The manifest (with ASR text when `transcribe` ran) and the protocol of `prepare`;
+    `rows="rated"` for a regression stage (see `Corpus.rated`)."""
     info = manifest.corpus_info(corpus_dir)
     protocol = info["protocol"]["name"] if isinstance(info.get("protocol"), dict) \
         else str(info.get("protocol", "loso"))
     return Corpus(manifest.read(manifest_path), Path(info["audio_root"]), protocol,
-                  str(info.get("name", "")), info.get("test_corpus"))
+                  str(info.get("name", "")), info.get("test_corpus"), rows)
 
 
 def label_ids(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
