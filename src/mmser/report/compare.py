@@ -370,9 +370,10 @@ def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence
 
     CCC is computed per (seed, fold) and averaged, as the tables report it; utterances are
     resampled within each fold, the same indices for both systems and for every seed (an
-    utterance keeps all its seeds' predictions, as in `paired_bootstrap`). (A CCC pooled
-    over folds mixes each fold's offset and scale into the score and can even reverse the
-    sign of a per-fold difference.)"""
+    utterance keeps all its seeds' predictions, as in `paired_bootstrap`), and the seeds
+    are resampled too, so the interval holds the spread between training runs. (A CCC
+    pooled over folds mixes each fold's offset and scale into the score and can even
+    reverse the sign of a per-fold difference.)"""
     pa, pb = paired_rows(preds, a, b)
     cols = {d: (pa[f"true_{d}"].to_numpy(float), pa[f"pred_{d}"].to_numpy(float),
                 pb[f"pred_{d}"].to_numpy(float)) for d in (more, less) if d}
@@ -384,13 +385,18 @@ def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence
         return gain[more] - gain[less] if less else gain[more]
 
     folds = [key[1] for key in runs.unique()]
+    seeds = [key[0] for key in runs.unique()]
+    distinct = sorted(set(seeds))
 
     def resample(rng):
         draws = {}  # one draw per fold, shared by its seeds (their rows are in utt_id order)
         for f, g in zip(folds, groups):
             if (f, len(g)) not in draws:
                 draws[f, len(g)] = rng.integers(0, len(g), len(g))
-        return np.mean([stat(g[draws[f, len(g)]]) for f, g in zip(folds, groups)])
+        times = Counter(rng.choice(distinct, len(distinct))) if len(distinct) > 1 else None
+        stats = [stat(g[draws[f, len(g)]]) for f, g in zip(folds, groups)]
+        weights = [times[s] if times else 1 for s in seeds]
+        return np.average(stats, weights=weights)
 
     rng = np.random.default_rng(seed)
     draws = np.array([resample(rng) for _ in range(n)])
@@ -734,7 +740,8 @@ def readme_block(report_dir: str | Path = "results/report") -> str:
              "Each paper's central claim, measured here: the difference a − b over the pooled "
              "test utterances of the `seeds` both systems ran (the compared systems also train "
              "on `training.claim_seeds`), with its 95% paired bootstrap interval (utterances "
-             "resampled with all their seeds' predictions). *agrees*: the interval "
+             "resampled with all their seeds' predictions, and the seeds resampled too, so "
+             "the interval holds the spread between training runs). *agrees*: the interval "
              "excludes 0 on the side the paper claims; *does not agree*: it excludes 0 on the "
              "other side; *inconclusive*: it contains 0.",
              "",

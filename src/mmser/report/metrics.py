@@ -47,7 +47,8 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
 
 def paired_bootstrap(y_true: Sequence, pred_a: Sequence, pred_b: Sequence,
                      metric: str = "UA", n: int = 1000, seed: int = 0,
-                     level: float = 0.95, groups: Sequence | None = None) -> dict[str, float]:
+                     level: float = 0.95, groups: Sequence | None = None,
+                     runs: Sequence | None = None) -> dict[str, float]:
     """Difference metric(a) - metric(b) on the same utterances, with a bootstrap CI.
 
     Utterances are resampled with replacement, the same indices for both systems, so the
@@ -55,22 +56,35 @@ def paired_bootstrap(y_true: Sequence, pred_a: Sequence, pred_b: Sequence,
     hold several seeds' predictions of each utterance) whole groups are resampled: an
     utterance's predictions by every seed stay together (each row weighs as often as its
     group is drawn; an utterance may be in the test part of some seeds only), so more seeds
-    average out training noise without pretending the test set grew. All resamples are
-    scored at once: the same values as scikit-learn's scores.
+    average out training noise without pretending the test set grew.
+
+    With `runs` (the training seed of each row) the seeds are resampled too, independently
+    of the utterances (a two-level bootstrap): the interval then holds the spread between
+    training runs as well as between test utterances, so a difference that one run's
+    floating-point rounding can move is not called significant. All resamples are scored
+    at once: the same values as scikit-learn's scores.
     """
     score = {"UA": balanced_accuracy_score, "WA": accuracy_score}[metric]
     t, a, b = (np.asarray(x) for x in (y_true, pred_a, pred_b))
     rng = np.random.default_rng(seed)
-    if groups is None:
+    if groups is None and runs is None:
         idx = rng.integers(0, len(t), (n, len(t)))
         diffs = _resampled(t, a == t, idx, metric) - _resampled(t, b == t, idx, metric)
     else:  # each row weighs as often as its group was drawn (groups may differ in size)
-        codes = pd.factorize(np.asarray(groups))[0]
-        k = codes.max() + 1
-        weights = rng.multinomial(k, np.full(k, 1 / k), size=n)[:, codes]
+        weights = _draws(np.arange(len(t)) if groups is None else groups, n, rng)
+        if runs is not None:
+            weights = weights * _draws(runs, n, rng)
         diffs = _weighted(t, a == t, weights, metric) - _weighted(t, b == t, weights, metric)
     low, high = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return {"diff": float(score(t, a) - score(t, b)), "low": float(low), "high": float(high)}
+
+
+def _draws(labels: Sequence, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, rows): how often each row's label was drawn in each of n resamples of the
+    distinct labels with replacement."""
+    codes = pd.factorize(np.asarray(labels))[0]
+    k = codes.max() + 1
+    return rng.multinomial(k, np.full(k, 1 / k), size=n)[:, codes]
 
 
 def _weighted(y_true: np.ndarray, correct: np.ndarray, weights: np.ndarray,

@@ -66,14 +66,16 @@ def bootstrap(preds: pd.DataFrame, system_a: str, system_b: str, metric: str = "
               n: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap CI of metric(a) - metric(b) over the pooled test predictions of all
     folds and of the seeds both systems ran (the same utterances for both systems); an
-    utterance is resampled with all its seeds' predictions (`paired_bootstrap`'s groups).
-    `seeds` in the result: the seeds pooled."""
+    utterance is resampled with all its seeds' predictions (`paired_bootstrap`'s groups),
+    and the seeds are resampled too (its `runs`), so the interval holds the spread between
+    training runs. `seeds` in the result: the seeds pooled."""
     a, b = paired_rows(_with_system(preds), system_a, system_b)
     seeds = sorted(a.index.unique("seed"))
-    groups = a.index.get_level_values("utt_id")
+    several = len(seeds) > 1
     result = paired_bootstrap(a["label"].to_numpy(), a["pred"].to_numpy(),
                               b["pred"].to_numpy(), metric=metric, n=n, seed=seed,
-                              groups=groups if len(seeds) > 1 else None)
+                              groups=a.index.get_level_values("utt_id") if several else None,
+                              runs=a.index.get_level_values("seed") if several else None)
     return {"a": system_a, "b": system_b, "metric": metric, **result, "seeds": seeds}
 
 
