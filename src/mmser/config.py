@@ -296,6 +296,7 @@ class Distil:
     dropout: float = 0.1  # paper: 0.1 throughout
     pool_norm: bool = False  # LayerNorm on each pooled modality (not in the paper; see params.yaml)
     output: str = "sigmoid"  # linear (the paper's head) | sigmoid (bounded to [0, 1]; ours)
+    pooling: str = "sum"  # mean+max pooling: sum (size d, as the paper's P_A) | concat (2 d)
     lr: float = 1e-3  # Adam (paper: 1e-5 for whole encoders over far more steps)
     batch_size: int = 16  # paper: 16, length-bucketed
     max_epochs: int = 2
@@ -319,7 +320,8 @@ class Distil:
 
 
 CHOICES.update({"distil.profile": {"default", "paper", "tiny"},
-                "distil.output": {"linear", "sigmoid"}})
+                "distil.output": {"linear", "sigmoid"},
+                "distil.pooling": {"sum", "concat"}})
 
 
 @dataclass

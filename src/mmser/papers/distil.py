@@ -1,7 +1,8 @@
 """Audio-textual distilled models for arousal, valence and dominance (the `distil` stage).
 
 The model (de Oliveira et al., Interspeech 2023): a speech encoder, and for audio+text a
-text encoder; average- and max-pooling over each sequence, concatenated; the pooled
+text encoder; average- and max-pooling over each sequence, summed to size d (`pooling`;
+"concat" gives 2 d); the pooled
 vectors of the two modalities concatenated; a head of two linear layers with tanh between;
 three outputs (A, V, D on [0, 1]); loss 1 - CCC averaged over the dimensions (eq. 3).
 The modules and the loss are in `mmser.models.distil`.
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +303,7 @@ class Builder:
         else:
             raise ValueError(f"unknown recipe {system.recipe!r}")
         return DistilModel(branches, dims, self.cfg.head_hidden, 3, self.cfg.dropout,
-                           self.cfg.pool_norm, self.cfg.output)
+                           self.cfg.pool_norm, self.cfg.output, self.cfg.pooling)
 
     def task(self, model: nn.Module, param_groups: list[dict] | None = None) -> T.Task:
         return T.Task(model, kind="regression", lr=self.cfg.lr, optimizer="adam",
@@ -327,14 +328,51 @@ def seen_split(labelled: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
 
 
 def split_seen(corpus: D.Corpus, fraction: float, seed: int) -> tuple[D.Corpus, pd.DataFrame]:
-    """(the corpus the folds are made from, the held-back seen-scenario rows)."""
+    """(the corpus to cross-validate: every labelled row, with the folds every stage uses,
+    the held-back rows kept out of training and validation only; the held-back rows)."""
     if fraction and corpus.protocol == "official":
         raise ValueError("official partitions bring their own seen (test1) and unseen (test2) "
                          "sets: set distil.seen_fraction to 0")
     if not 0 <= fraction < 1:
         raise ValueError(f"distil.seen_fraction must be in [0, 1), not {fraction}")
     seen = seen_split(corpus.labelled, fraction, seed)
-    return replace(corpus, df=corpus.df.drop(seen)), corpus.df.loc[seen].reset_index(drop=True)
+    fields = {name: getattr(corpus, name) for name in corpus.__dataclass_fields__}
+    return HeldBack(**fields, held_back=seen), corpus.df.loc[seen].reset_index(drop=True)
+
+
+@dataclass
+class HeldBack(D.Corpus):
+    """A corpus whose folds are the corpus's own (so each fold's unseen test part is the
+    same as every other stage's), with the `held_back` rows (the seen-scenario test set)
+    left out of each fold's training and validation parts."""
+    held_back: pd.Index = field(default_factory=pd.Index)
+
+    def folds(self, *args, **options) -> Iterator[HeldBackFold]:
+        for fold in super().folds(*args, **options):
+            yield HeldBackFold(fold, self.held_back)
+
+
+class HeldBackFold:
+    """A fold whose train() and val() leave out the held-back rows; test(), select() and
+    the test guard are the fold's own."""
+
+    def __init__(self, fold, held_back: pd.Index):
+        self._fold, self._held_back = fold, held_back
+        self.index = fold.index
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # not yet set (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self._fold, name)
+
+    def _kept(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return rows[~rows.index.isin(self._held_back)]
+
+    def train(self) -> pd.DataFrame:
+        return self._kept(self._fold.train())
+
+    def val(self) -> pd.DataFrame:
+        return self._kept(self._fold.val())
 
 
 def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.DataFrame,
@@ -356,18 +394,24 @@ def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.Data
     else:
         preds["scenario"] = "unseen"
         preds = pd.concat([preds, _seen_predictions(builder, system, corpus, seen, seeds,
-                                                    make_items, out_dir)], ignore_index=True)
+                                                    make_items, out_dir, preds)],
+                          ignore_index=True)
     return preds.assign(system=system.name)
 
 
 def _seen_predictions(builder: Builder, system: System, corpus: D.Corpus, seen: pd.DataFrame,
-                      seeds: Sequence[int], make_items: Callable, out_dir: Path) -> pd.DataFrame:
-    """Each fold's chosen checkpoint on the held-back utterances of its training speakers.
-    The fold's test part is not opened here; its checkpoint was chosen on validation."""
+                      seeds: Sequence[int], make_items: Callable, out_dir: Path,
+                      unseen: pd.DataFrame) -> pd.DataFrame:
+    """Each fold's chosen checkpoint on the held-back utterances of its training speakers
+    that are not in the fold's test part (`unseen`: its test predictions). The fold's test
+    part is not opened here; its checkpoint was chosen on validation."""
     rows = []
     for seed in seeds:
         for fold in corpus.folds(seed=seed):
-            part = seen[seen["speaker"].isin(fold.train()["speaker"])].reset_index(drop=True)
+            tested = unseen.loc[(unseen["seed"] == seed) & (unseen["fold"] == fold.index),
+                                "utt_id"]
+            part = seen[seen["speaker"].isin(fold.train()["speaker"])
+                        & ~seen["utt_id"].isin(tested)].reset_index(drop=True)
             if part.empty:
                 continue
             task = builder.task(builder.model(system, seed, fold.index))
@@ -402,7 +446,8 @@ def layer_importance(builder: Builder, corpus: D.Corpus, size: str, training, *,
                 weights = LayerWeights(n_states)
                 model = DistilModel({"speech": weights}, {"speech": dim},
                                     builder.cfg.head_hidden, 1, builder.cfg.dropout,
-                                    builder.cfg.pool_norm, builder.cfg.output)
+                                    builder.cfg.pool_norm, builder.cfg.output,
+                                    builder.cfg.pooling)
                 out = builder.run_dir / "layers" / size / name / f"seed{seed}" / f"fold{fold.index}"
                 # the mixing weights get their own rate: at the head's rate they barely
                 # leave uniform within the few epochs of the CPU budget
@@ -627,7 +672,8 @@ def predictor_model(spec: dict) -> DistilModel:
         branches[name] = Frozen(inner) if b["frozen"] else inner
     return DistilModel(branches, {k: int(v) for k, v in a["dims"].items()},
                        int(a["head_hidden"]), int(a["n_out"]), float(a["dropout"]),
-                       bool(a["pool_norm"]), a.get("output", "linear"))
+                       bool(a["pool_norm"]), a.get("output", "linear"),
+                       a.get("pooling", "concat"))  # exports before `pooling` concatenated
 
 
 def export_predictor(out_dir: str | Path, builder: Builder, system: System,
@@ -669,7 +715,8 @@ def export_predictor(out_dir: str | Path, builder: Builder, system: System,
     arch = {"branches": {n: _branch_spec(b) for n, b in model.branches.items()},
             "dims": dims, "head_hidden": int(head_in.out_features),
             "n_out": int(model.head[-1].out_features), "dropout": float(builder.cfg.dropout),
-            "pool_norm": bool(builder.cfg.pool_norm), "output": builder.cfg.output}
+            "pool_norm": bool(builder.cfg.pool_norm), "output": builder.cfg.output,
+            "pooling": builder.cfg.pooling}
     low, high = D.DIMENSION_SCALE.get(builder.corpus.name, (1.0, 5.0))
     spec = {
         "stage": "distil", "system": system.name, "kind": "regression", "classes": [],
