@@ -184,6 +184,62 @@ def test_frozen_branch_unchanged_by_a_training_step():
     assert DM.n_trainable(model) == sum(p.numel() for p in model.head.parameters())
 
 
+# ------------------------------------------------------------------------------ reading
+
+
+def _fake_preds(noise: dict[str, dict[str, float]], n: int = 300) -> pd.DataFrame:
+    """Predictions of the named systems on the same utterances: the truth plus noise of
+    the given size per dimension (1 seed, 2 folds, both scenarios)."""
+    rng = np.random.default_rng(0)
+    truth = {d: rng.uniform(0, 1, n) for d in DM_DIMS}
+    rows = []
+    for system, sizes in noise.items():
+        for scenario in ("seen", "unseen"):
+            part = {"utt_id": [f"u{i}" for i in range(n)], "seed": 0,
+                    "fold": np.arange(n) % 2, "label": None, "system": system,
+                    "scenario": scenario}
+            for d in DM_DIMS:
+                part[f"true_{d}"] = truth[d]
+                part[f"pred_{d}"] = truth[d] + rng.normal(0, sizes.get(d, 0.1), n)
+            rows.append(pd.DataFrame(part))
+    return pd.concat(rows, ignore_index=True)
+
+
+DM_DIMS = ("arousal", "valence", "dominance")
+
+
+def test_reading_says_plainly_where_the_run_goes_against_the_paper():
+    good, bad = {"valence": 0.1}, {"valence": 1.0}
+    systems = {"base · A · FT": {"valence": 0.5}, "distilled · A · FT": bad,
+               "base · A+T · FT": good, "distilled · A+T · FT": good,
+               "distilled · A+T · FT [ASR]": bad}
+    preds = _fake_preds(systems)
+    summ = M.summary_table(M.scenario_metrics(preds))
+    weights = pd.DataFrame([{"seed": 0, "fold": 0, "dimension": d, "state": i, "weight": w}
+                            for d, ws in (("arousal", (0.6, 0.3, 0.1)),
+                                          ("valence", (0.1, 0.3, 0.6))) for i, w in enumerate(ws)])
+    lines = M.reading(summ, preds, ["base", "distilled"], frz=False, asr_size="distilled",
+                      wer=0.42, weights=weights)
+    text = "\n".join(lines)
+    asr = [line for line in lines if line.startswith("- ASR")]
+    assert len(asr) == 2 and all(f"valence" in a and M.AGAINST in a for a in asr)
+    assert all("WER 42.0%" in a for a in asr)
+    loses = [line for line in lines if line.startswith("- Audio only, distilled − base")]
+    assert len(loses) == 2 and all("as the paper" in line for line in loses)
+    gains = [line for line in lines if line.startswith("- Valence, A+T − A")]
+    assert len(gains) == 4 and all(": as the paper" in line for line in gains)
+    assert "as the paper (valence deeper than arousal)" in text
+    # the same run with ASR as good as the reference: nothing against the paper there
+    systems["distilled · A+T · FT [ASR]"] = good
+    preds = _fake_preds(systems)
+    summ = M.summary_table(M.scenario_metrics(preds))
+    lines = M.reading(summ, preds, ["base", "distilled"], frz=False, asr_size="distilled",
+                      wer=0.42, weights=weights.assign(dimension=weights["dimension"][::-1].values))
+    asr = [line for line in lines if line.startswith("- ASR")]
+    assert asr and not any(M.AGAINST in a for a in asr)
+    assert f"{M.AGAINST} (valence not deeper than arousal)" in "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------ sources
 
 
@@ -388,6 +444,12 @@ def test_notebook_runs_under_papermill(tiny, tmp_path):
         assert (out / "results/figures" / f"{name}.png").is_file()
     table = pd.read_csv(out / "results/tables/table1_ccc.csv")
     assert {"ours", "paper"} <= set(table["source"])
+    # the reading is computed from the run and shown
+    executed = json.loads((tmp_path / "distil.ipynb").read_text())
+    shown = [o for cell in executed["cells"] for o in cell.get("outputs", [])]
+    markdown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in shown)
+    assert "- ASR − reference transcripts, distilled A+T FT, unseen" in markdown
+    assert "of these lines go against the paper" in markdown
 
 
 def test_sigmoid_output_bounds_predictions_and_unknown_output_is_refused():

@@ -565,15 +565,13 @@ def table2(summ: pd.DataFrame, reference: System, asr: System, wer: float,
 def bootstrap_ccc(preds: pd.DataFrame, system_a: str, system_b: str, dimension: str,
                   scenario: str, n: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap CI of CCC(a) - CCC(b) on one dimension over the pooled test
-    predictions of all folds and seeds (`mmser.report.metrics.paired_bootstrap` covers WA/UA
-    only). Pooled CCC, so it differs slightly from the mean over folds."""
+    predictions of all folds and of the seeds both systems ran (`paired_rows`;
+    `mmser.report.metrics.paired_bootstrap` covers WA/UA only). Pooled CCC, so it differs
+    slightly from the mean over folds."""
     from mmser.report.metrics import ccc
+    from mmser.report.results import paired_rows
 
-    part = preds[preds["scenario"] == scenario]
-    a, b = (part[part["system"] == s].set_index(["seed", "fold", "utt_id"]).sort_index()
-            for s in (system_a, system_b))
-    if not a.index.equals(b.index):
-        raise ValueError(f"{system_a!r} and {system_b!r} were not tested on the same utterances")
+    a, b = paired_rows(preds[preds["scenario"] == scenario], system_a, system_b)
     y, pa, pb = (x.to_numpy() for x in (a[f"true_{dimension}"], a[f"pred_{dimension}"],
                                         b[f"pred_{dimension}"]))
     rng = np.random.default_rng(seed)
@@ -584,6 +582,139 @@ def bootstrap_ccc(preds: pd.DataFrame, system_a: str, system_b: str, dimension: 
     low, high = np.quantile(diffs, [0.025, 0.975])
     return {"a": system_a, "b": system_b, "dimension": dimension, "scenario": scenario,
             "diff": ccc(y, pa) - ccc(y, pb), "low": float(low), "high": float(high)}
+
+
+# ------------------------------------------------------------------------------ reading
+
+AGAINST = "**against the paper**"
+
+
+def _ccc_mean(summ: pd.DataFrame, system: System, scenario: str, dim: str) -> float:
+    hit = summ[(summ["system"] == system.name) & (summ["scenario"] == scenario)]
+    return float(hit[f"CCC_{dim}"].iloc[0]) if len(hit) else float("nan")
+
+
+def _paper(modality: str, size: str, scenario: str, dim: str) -> float:
+    return PAPER_TABLE1[(modality, size)][2 + SCENARIOS.index(scenario)][D.DIMENSIONS.index(dim)]
+
+
+def _ci_verdict(ci: dict, paper_sign: int) -> str:
+    """paper_sign 1 (the paper finds a > b): `as the paper` when the CI lies above 0,
+    against it below 0, `not shown` when it includes 0. paper_sign 0 (the paper finds a no
+    worse than b: on par, no loss): against it only when the CI lies below 0."""
+    side = 1 if ci["low"] > 0 else -1 if ci["high"] < 0 else 0
+    if side == -1:
+        return AGAINST
+    return "as the paper" if side >= paper_sign else "not shown (CI includes 0)"
+
+
+def _ci(ci: dict) -> str:
+    return f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+
+
+def reading(summ: pd.DataFrame, preds: pd.DataFrame, sizes: Sequence[str], *,
+            frz: bool, asr_size: str | None, wer: float | None, weights: pd.DataFrame,
+            seed: int = 0) -> list[str]:
+    """Markdown lines: each finding of the paper next to this run's number and whether the
+    run agrees, computed from the run (summary table, predictions, layer weights), so they
+    stay true when the parameters change. Differences come with paired bootstrap CIs
+    (`bootstrap_ccc`); `**against the paper**` marks a result that goes against it."""
+    scenarios = [sc for sc in SCENARIOS if (preds["scenario"] == sc).any()]
+    has = {size for size in sizes if System(size).name in set(summ["system"])}
+    lines = []
+
+    def boot(a: System, b: System, dim: str, sc: str) -> dict:
+        return bootstrap_ccc(preds, a.name, b.name, dim, sc, seed=seed)
+
+    # Table 1: the distilled encoder loses valence, not arousal (audio only)
+    if {"base", "distilled"} <= has:
+        for sc in scenarios:
+            ours = {d: _ccc_mean(summ, System("distilled"), sc, d)
+                    - _ccc_mean(summ, System("base"), sc, d) for d in ("arousal", "valence")}
+            paper = {d: _paper("A", "distilled", sc, d) - _paper("A", "base", sc, d)
+                     for d in ("arousal", "valence")}
+            holds = ours["valence"] < min(ours["arousal"], 0)
+            lines.append(f"- Audio only, distilled − base, {sc}: valence {ours['valence']:+.3f}, "
+                         f"arousal {ours['arousal']:+.3f} (paper: {paper['valence']:+.3f}, "
+                         f"{paper['arousal']:+.3f}; the distilled model loses valence, not "
+                         f"arousal): {'as the paper' if holds else AGAINST}.")
+    # Table 1 / Figure 3: text helps valence, for every size
+    for size in sizes:
+        if size not in has or System(size, "A+T").name not in set(summ["system"]):
+            continue
+        for sc in scenarios:
+            ci = boot(System(size, "A+T"), System(size), "valence", sc)
+            paper = (_paper("A+T", size, sc, "valence") - _paper("A", size, sc, "valence")
+                     if ("A", size) in PAPER_TABLE1 else float("nan"))
+            d_a = (_ccc_mean(summ, System(size, "A+T"), sc, "arousal")
+                   - _ccc_mean(summ, System(size), sc, "arousal"))
+            lines.append(f"- Valence, A+T − A, {size}, {sc}: {_ci(ci)} (paper {paper:+.3f}): "
+                         f"{_ci_verdict(ci, 1)}; arousal {d_a:+.3f}.")
+    # Figure 3: text helps the distilled model more than the base one
+    if {"base", "distilled"} <= has:
+        gain = valence_gain(summ, ["base", "distilled"], ["FT"])
+        ours = gain[gain["source"] == "ours"].set_index(["scenario", "size"])["gain %"]
+        paper = gain[gain["source"] == "paper"].set_index(["scenario", "size"])["gain %"]
+        for sc in scenarios:
+            if (sc, "distilled") in ours.index and (sc, "base") in ours.index:
+                holds = ours[(sc, "distilled")] > max(ours[(sc, "base")], 0)
+                lines.append(f"- Relative valence gain from text, {sc}: distilled "
+                             f"{ours[(sc, 'distilled')]:+.0f} %, base {ours[(sc, 'base')]:+.0f} % "
+                             f"(paper {paper[(sc, 'distilled')]:+.0f} % vs "
+                             f"{paper[(sc, 'base')]:+.0f} %: text helps the distilled model "
+                             f"more): {'as the paper' if holds else AGAINST}.")
+    # Table 1: audio+text distilled on par with audio+text base
+    if {"base", "distilled"} <= has and System("base", "A+T").name in set(summ["system"]):
+        for sc in scenarios:
+            ci = boot(System("distilled", "A+T"), System("base", "A+T"), "valence", sc)
+            paper = _paper("A+T", "distilled", sc, "valence") - _paper("A+T", "base", sc, "valence")
+            lines.append(f"- Valence, A+T distilled − A+T base, {sc}: {_ci(ci)} (paper "
+                         f"{paper:+.3f}, on par): {_ci_verdict(ci, 0)}.")
+    # Figure 3: FT beats FT => FRZ
+    if frz:
+        for size in sizes:
+            if System(size, "A+T", "FT=>FRZ").name not in set(summ["system"]):
+                continue
+            for sc in scenarios:
+                ci = boot(System(size, "A+T"), System(size, "A+T", "FT=>FRZ"), "valence", sc)
+                lines.append(f"- Valence, FT − FT⇒FRZ, {size}, {sc}: {_ci(ci)} (paper: FT "
+                             f"gains more in every case): {_ci_verdict(ci, 1)}.")
+    # Table 2: ASR transcripts cost nothing
+    asr = System(asr_size or "", "A+T", "FT", "asr_text")
+    if asr_size and asr.name in set(summ["system"]):
+        for sc in scenarios:
+            parts = []
+            for dim in D.DIMENSIONS:
+                ci = boot(asr, System(asr_size, "A+T"), dim, sc)
+                parts.append(f"{dim} {_ci(ci)}: {_ci_verdict(ci, 0)}")
+            paper = [b - a for a, b in zip(PAPER_TABLE2["human"][2],
+                                           PAPER_TABLE2["Whisper tiny"][2])]
+            ours_wer = "n/a" if wer is None else f"{wer:.1%}"
+            lines.append(f"- ASR − reference transcripts, {asr_size} A+T FT, {sc} (WER "
+                         f"{ours_wer}; paper, seen scenarios: Whisper tiny, WER 24.1 %, "
+                         + ", ".join(f"{d} {v:+.3f}" for d, v in zip("AVD", paper))
+                         + ", no loss): " + "; ".join(parts) + ".")
+    # seen scenarios are easier than unseen ones
+    if set(scenarios) == set(SCENARIOS) and "distilled" in has:
+        system = System("distilled", "A+T")
+        ours = _ccc_mean(summ, system, "seen", "valence") - _ccc_mean(summ, system, "unseen", "valence")
+        paper = _paper("A+T", "distilled", "seen", "valence") - _paper("A+T", "distilled", "unseen", "valence")
+        lines.append(f"- Valence, seen − unseen, distilled A+T: {ours:+.3f} (paper {paper:+.3f}: "
+                     f"unseen podcasts are harder): {'as the paper' if ours > 0 else AGAINST}.")
+    # Figure 2: shallow states for arousal, deep ones for valence
+    if len(weights):
+        mean_w = weights.groupby(["dimension", "state"])["weight"].mean().unstack()
+        centre = {d: float((mean_w.loc[d] * mean_w.columns).sum()) for d in mean_w.index}
+        peak = {d: int(mean_w.loc[d].idxmax()) for d in mean_w.index}
+        holds = centre.get("valence", 0) > centre.get("arousal", 0)
+        lines.append("- Layer weights (states normalised before weighting), centre of mass "
+                     "and peak state (0 = front end, last = "
+                     f"{int(mean_w.columns.max())}): " + ", ".join(
+                         f"{d} {centre[d]:.2f} (peak {peak[d]})" for d in mean_w.index)
+                     + " (paper, 13 states: arousal up to layer 4, valence peaking at 9-10): "
+                     + ("as the paper (valence deeper than arousal)." if holds else
+                        f"{AGAINST} (valence not deeper than arousal)."))
+    return lines
 
 
 # ------------------------------------------------------------------------------ figures
