@@ -301,7 +301,9 @@ class Distil:
     batch_size: int = 16  # paper: 16, length-bucketed
     max_epochs: int = 2
     patience: int | None = 3  # early stopping on development CCC
-    seen_fraction: float = 0.1  # share of each speaker held back as the seen-scenario test
+    # share of each speaker held back from training and validation as the seen-scenario
+    # test set (the folds, and so the unseen test sets, are every stage's)
+    seen_fraction: float = 0.1
     frz: bool = True  # also run FT=>FRZ (Figure 3)
     asr_size: str | None = "distilled"  # Table 2 on this size; null skips it
     layer_size: str | None = "base"  # Figure 2 on this size; null skips it
