@@ -111,14 +111,50 @@ def test_mean_max_pool_by_hand_and_padding_changes_nothing():
     torch.testing.assert_close(batched[:1], alone)
 
 
-def test_layer_weights_are_a_softmax_and_start_as_the_mean():
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    """Each vector over its features: zero mean, unit (population) variance, by hand."""
+    return (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+
+
+def test_layer_weights_are_a_softmax_of_normalised_states_and_start_as_the_mean():
     lw = DM.LayerWeights(3)
-    x = torch.arange(24.0).reshape(1, 2, 3, 4)  # (batch, time, states, dim)
-    torch.testing.assert_close(lw(x, torch.ones(1, 2, dtype=torch.bool)), x.mean(2))
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 4)  # (batch, time, states, dim)
+    torch.testing.assert_close(lw(x, torch.ones(1, 2, dtype=torch.bool)),
+                               _standardised(x).mean(2))
     with torch.no_grad():
         lw.logits.copy_(torch.tensor([0.0, 0.0, 100.0]))
     assert abs(lw.weights.sum().item() - 1) < 1e-6
-    torch.testing.assert_close(lw(x, None), x[:, :, 2])
+    torch.testing.assert_close(lw(x, None), _standardised(x[:, :, 2]))
+
+
+def test_layer_weights_see_no_difference_of_scale_between_states():
+    """A state 100 times larger than the others gets no larger share of the mix: each
+    state is normalised before the weights apply, so the weights of Figure 2 compare
+    states, not their scales."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 4)
+    loud = x.clone()
+    loud[:, :, 1] = 100 * loud[:, :, 1] + 7
+    lw = DM.LayerWeights(3)
+    torch.testing.assert_close(lw(loud, None), lw(x, None), atol=1e-4, rtol=1e-4)  # eps
+    mixed = lw(loud, None)
+    assert mixed.abs().max() < 3  # unnormalised, state 1 alone would put it near 100
+
+
+def test_pooling_sum_has_the_papers_size_d_and_concat_2d():
+    x = torch.tensor([[[1.0, -2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[True, True, False]])
+    torch.testing.assert_close(DM.pool(x, mask, "sum"), torch.tensor([[2.0 + 3.0, 1.0 + 4.0]]))
+    torch.testing.assert_close(DM.pool(x, mask, "concat"), torch.tensor([[2.0, 1.0, 3.0, 4.0]]))
+    with pytest.raises(ValueError, match="pooling 'attention'"):
+        DM.pool(x, mask, "attention")
+    for pooling, width in (("sum", 4 + 3), ("concat", 2 * (4 + 3))):
+        model = DM.DistilModel({"speech": DM.Frozen(), "text": DM.Frozen()},
+                               {"speech": 4, "text": 3}, 5, pooling=pooling)
+        assert model.head[1].in_features == width  # P_A+T of size d_A + d_T (Sec. 2.2)
+    with pytest.raises(ParamsError, match="pooling"):
+        Params.from_dict({"distil": {"pooling": "mean"}})
 
 
 def test_adapter_starts_as_identity():
@@ -146,6 +182,62 @@ def test_frozen_branch_unchanged_by_a_training_step():
     assert all(torch.equal(before[k], after[k]) for k in before if "branches" in k)
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("head"))
     assert DM.n_trainable(model) == sum(p.numel() for p in model.head.parameters())
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _fake_preds(noise: dict[str, dict[str, float]], n: int = 300) -> pd.DataFrame:
+    """Predictions of the named systems on the same utterances: the truth plus noise of
+    the given size per dimension (1 seed, 2 folds, both scenarios)."""
+    rng = np.random.default_rng(0)
+    truth = {d: rng.uniform(0, 1, n) for d in DM_DIMS}
+    rows = []
+    for system, sizes in noise.items():
+        for scenario in ("seen", "unseen"):
+            part = {"utt_id": [f"u{i}" for i in range(n)], "seed": 0,
+                    "fold": np.arange(n) % 2, "label": None, "system": system,
+                    "scenario": scenario}
+            for d in DM_DIMS:
+                part[f"true_{d}"] = truth[d]
+                part[f"pred_{d}"] = truth[d] + rng.normal(0, sizes.get(d, 0.1), n)
+            rows.append(pd.DataFrame(part))
+    return pd.concat(rows, ignore_index=True)
+
+
+DM_DIMS = ("arousal", "valence", "dominance")
+
+
+def test_reading_says_plainly_where_the_run_goes_against_the_paper():
+    good, bad = {"valence": 0.1}, {"valence": 1.0}
+    systems = {"base · A · FT": {"valence": 0.5}, "distilled · A · FT": bad,
+               "base · A+T · FT": good, "distilled · A+T · FT": good,
+               "distilled · A+T · FT [ASR]": bad}
+    preds = _fake_preds(systems)
+    summ = M.summary_table(M.scenario_metrics(preds))
+    weights = pd.DataFrame([{"seed": 0, "fold": 0, "dimension": d, "state": i, "weight": w}
+                            for d, ws in (("arousal", (0.6, 0.3, 0.1)),
+                                          ("valence", (0.1, 0.3, 0.6))) for i, w in enumerate(ws)])
+    lines = M.reading(summ, preds, ["base", "distilled"], frz=False, asr_size="distilled",
+                      wer=0.42, weights=weights)
+    text = "\n".join(lines)
+    asr = [line for line in lines if line.startswith("- ASR")]
+    assert len(asr) == 2 and all(f"valence" in a and M.AGAINST in a for a in asr)
+    assert all("WER 42.0%" in a for a in asr)
+    loses = [line for line in lines if line.startswith("- Audio only, distilled − base")]
+    assert len(loses) == 2 and all("as the paper" in line for line in loses)
+    gains = [line for line in lines if line.startswith("- Valence, A+T − A")]
+    assert len(gains) == 4 and all(": as the paper" in line for line in gains)
+    assert "as the paper (valence deeper than arousal)" in text
+    # the same run with ASR as good as the reference: nothing against the paper there
+    systems["distilled · A+T · FT [ASR]"] = good
+    preds = _fake_preds(systems)
+    summ = M.summary_table(M.scenario_metrics(preds))
+    lines = M.reading(summ, preds, ["base", "distilled"], frz=False, asr_size="distilled",
+                      wer=0.42, weights=weights.assign(dimension=weights["dimension"][::-1].values))
+    asr = [line for line in lines if line.startswith("- ASR")]
+    assert asr and not any(M.AGAINST in a for a in asr)
+    assert f"{M.AGAINST} (valence not deeper than arousal)" in "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ sources
@@ -197,13 +289,22 @@ def test_training_never_sees_the_test_fold_or_the_seen_rows(tiny, tmp_path):
         assert not set(train) & set(test) and not set(val) & set(test)
         assert not (set(train) | set(val)) & held_back
         assert not set(speaker[val]) & set(speaker[train])  # speaker-disjoint validation
+    # the unseen test part of each fold is the corpus's own test fold, held-back rows
+    # included: the same utterances as every other stage's
+    corpus_fold = tiny["df"].set_index("utt_id")["fold"]
     unseen = preds[preds["scenario"] == "unseen"]
-    assert set(unseen["utt_id"]) == set(cv_corpus.labelled["utt_id"])
-    # seen predictions: held-back rows of speakers that the fold's model was trained on
+    assert len(unseen) == len(tiny["df"])
+    for fold, test in zip((0, 1), calls[2:6:3]):
+        expected = set(corpus_fold.index[corpus_fold == fold])
+        assert set(test) == expected == set(unseen.loc[unseen["fold"] == fold, "utt_id"])
+        assert set(test) & held_back  # held back from training, still tested as unseen
+    # seen predictions: held-back rows of speakers that the fold's model was trained on,
+    # never rows of the fold's own test part
     seen_preds = preds[preds["scenario"] == "seen"]
     assert len(seen_preds) and set(seen_preds["utt_id"]) <= held_back
     trained = [set(speaker[train]) for train in calls[0:6:3]]
     assert all(speaker[u] in trained[f] for u, f in zip(seen_preds["utt_id"], seen_preds["fold"]))
+    assert not any(corpus_fold[u] == f for u, f in zip(seen_preds["utt_id"], seen_preds["fold"]))
 
 
 def test_same_seed_same_metrics_and_frz_uses_the_fold_checkpoint(tiny, tmp_path):
@@ -343,6 +444,12 @@ def test_notebook_runs_under_papermill(tiny, tmp_path):
         assert (out / "results/figures" / f"{name}.png").is_file()
     table = pd.read_csv(out / "results/tables/table1_ccc.csv")
     assert {"ours", "paper"} <= set(table["source"])
+    # the reading is computed from the run and shown
+    executed = json.loads((tmp_path / "distil.ipynb").read_text())
+    shown = [o for cell in executed["cells"] for o in cell.get("outputs", [])]
+    markdown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for o in shown)
+    assert "- ASR − reference transcripts, distilled A+T FT, unseen" in markdown
+    assert "of these lines go against the paper" in markdown
 
 
 def test_sigmoid_output_bounds_predictions_and_unknown_output_is_refused():

@@ -296,11 +296,14 @@ class Distil:
     dropout: float = 0.1  # paper: 0.1 throughout
     pool_norm: bool = False  # LayerNorm on each pooled modality (not in the paper; see params.yaml)
     output: str = "sigmoid"  # linear (the paper's head) | sigmoid (bounded to [0, 1]; ours)
+    pooling: str = "sum"  # mean+max pooling: sum (size d, as the paper's P_A) | concat (2 d)
     lr: float = 1e-3  # Adam (paper: 1e-5 for whole encoders over far more steps)
     batch_size: int = 16  # paper: 16, length-bucketed
     max_epochs: int = 2
     patience: int | None = 3  # early stopping on development CCC
-    seen_fraction: float = 0.1  # share of each speaker held back as the seen-scenario test
+    # share of each speaker held back from training and validation as the seen-scenario
+    # test set (the folds, and so the unseen test sets, are every stage's)
+    seen_fraction: float = 0.1
     frz: bool = True  # also run FT=>FRZ (Figure 3)
     asr_size: str | None = "distilled"  # Table 2 on this size; null skips it
     layer_size: str | None = "base"  # Figure 2 on this size; null skips it
@@ -319,7 +322,8 @@ class Distil:
 
 
 CHOICES.update({"distil.profile": {"default", "paper", "tiny"},
-                "distil.output": {"linear", "sigmoid"}})
+                "distil.output": {"linear", "sigmoid"},
+                "distil.pooling": {"sum", "concat"}})
 
 
 @dataclass

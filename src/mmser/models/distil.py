@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmser.models.layers import mean_max_pool
+from mmser.models.layers import masked_max, masked_mean, mean_max_pool
 
 OUTPUTS = ("linear", "sigmoid")
+POOLINGS = ("sum", "concat")
 
 
 def ccc_per_dim(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -44,9 +45,24 @@ class Frozen(nn.Module):
         return x if self.module is None else self.module(x, mask)
 
 
+def pool(x: torch.Tensor, mask: torch.Tensor, pooling: str = "sum") -> torch.Tensor:
+    """Sec. 2's average- and max-pooling over the sequence. "sum": mean + max, a vector of
+    size d as the paper's P_A (its text gives the size, not how the two are combined; a sum
+    adds no parameters); "concat": [mean, max], size 2 d (ours before). (B, L, D) -> (B, D
+    or 2 D)."""
+    if pooling == "sum":
+        return masked_mean(x, mask) + masked_max(x, mask)
+    if pooling == "concat":
+        return mean_max_pool(x, mask)
+    raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+
+
 class LayerWeights(nn.Module):
     """Sec. 4.2 (Figure 2): softmax-normalised learnable weights over all hidden states,
-    (batch, length, states, dim) -> (batch, length, dim)."""
+    (batch, length, states, dim) -> (batch, length, dim). Each state is first normalised
+    over its features (LayerNorm without affine parameters; not in the paper): the states
+    differ in scale by orders of magnitude, so unnormalised weights would measure scale
+    as much as importance, and the weights of Figure 2 would not be comparable."""
 
     def __init__(self, n_states: int):
         super().__init__()
@@ -57,7 +73,8 @@ class LayerWeights(nn.Module):
         return torch.softmax(self.logits, 0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("btld,l->btd", x, self.weights)
+        normed = nn.functional.layer_norm(x, x.shape[-1:])
+        return torch.einsum("btld,l->btd", normed, self.weights)
 
 
 def head(in_dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -69,8 +86,8 @@ def head(in_dim: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
 
 class DistilModel(nn.Module):
     """f_A / f_A+T of eq. 1-2 (Sec. 2.1-2.2, Figure 1) on cached states: branches per
-    modality (batch keys `speech`, `text`), each (x, mask) -> states, then mean+max pooling,
-    concatenation and the head. forward(batch) -> {pred, loss}.
+    modality (batch keys `speech`, `text`), each (x, mask) -> states, then mean+max pooling
+    (`pool`), concatenation and the head. forward(batch) -> {pred, loss}.
 
     output: "linear" (the paper's head as it is) or "sigmoid" (bounded to the targets'
     [0, 1]: 1 - CCC alone does not hold the mean in place, and a linear output drifted far
@@ -78,22 +95,24 @@ class DistilModel(nn.Module):
 
     def __init__(self, branches: dict[str, nn.Module], dims: dict[str, int], hidden: int,
                  n_out: int = 3, dropout: float = 0.1, pool_norm: bool = False,
-                 output: str = "linear"):
+                 output: str = "linear", pooling: str = "sum"):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output {output!r} is not one of {OUTPUTS}")
-        self.output = output
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        self.output, self.pooling = output, pooling
         self.branches = nn.ModuleDict(branches)
+        width = {name: (2 if pooling == "concat" else 1) * dims[name] for name in branches}
         # optional LayerNorm of each modality's pooled vector: frozen states of different
         # scales (the 2-layer cut's reach 20) otherwise saturate the tanh on one modality
-        self.norms = nn.ModuleDict({name: nn.LayerNorm(2 * dims[name]) if pool_norm
+        self.norms = nn.ModuleDict({name: nn.LayerNorm(width[name]) if pool_norm
                                     else nn.Identity() for name in branches})
-        self.head = head(2 * sum(dims[name] for name in branches), hidden, n_out, dropout)
+        self.head = head(sum(width.values()), hidden, n_out, dropout)
 
     def forward(self, batch: dict) -> dict:
-        pooled = [self.norms[name](mean_max_pool(branch(batch[name].float(),
-                                                        batch[f"{name}_mask"]),
-                                                 batch[f"{name}_mask"]))
+        pooled = [self.norms[name](pool(branch(batch[name].float(), batch[f"{name}_mask"]),
+                                        batch[f"{name}_mask"], self.pooling))
                   for name, branch in self.branches.items()]
         pred = self.head(torch.cat(pooled, -1))
         out = {"pred": torch.sigmoid(pred) if self.output == "sigmoid" else pred}

@@ -1,7 +1,8 @@
 """Audio-textual distilled models for arousal, valence and dominance (the `distil` stage).
 
 The model (de Oliveira et al., Interspeech 2023): a speech encoder, and for audio+text a
-text encoder; average- and max-pooling over each sequence, concatenated; the pooled
+text encoder; average- and max-pooling over each sequence, summed to size d (`pooling`;
+"concat" gives 2 d); the pooled
 vectors of the two modalities concatenated; a head of two linear layers with tanh between;
 three outputs (A, V, D on [0, 1]); loss 1 - CCC averaged over the dimensions (eq. 3).
 The modules and the loss are in `mmser.models.distil`.
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +303,7 @@ class Builder:
         else:
             raise ValueError(f"unknown recipe {system.recipe!r}")
         return DistilModel(branches, dims, self.cfg.head_hidden, 3, self.cfg.dropout,
-                           self.cfg.pool_norm, self.cfg.output)
+                           self.cfg.pool_norm, self.cfg.output, self.cfg.pooling)
 
     def task(self, model: nn.Module, param_groups: list[dict] | None = None) -> T.Task:
         return T.Task(model, kind="regression", lr=self.cfg.lr, optimizer="adam",
@@ -327,14 +328,51 @@ def seen_split(labelled: pd.DataFrame, fraction: float, seed: int) -> pd.Index:
 
 
 def split_seen(corpus: D.Corpus, fraction: float, seed: int) -> tuple[D.Corpus, pd.DataFrame]:
-    """(the corpus the folds are made from, the held-back seen-scenario rows)."""
+    """(the corpus to cross-validate: every rated row, with the folds every stage uses,
+    the held-back rows kept out of training and validation only; the held-back rows)."""
     if fraction and corpus.protocol == "official":
         raise ValueError("official partitions bring their own seen (test1) and unseen (test2) "
                          "sets: set distil.seen_fraction to 0")
     if not 0 <= fraction < 1:
         raise ValueError(f"distil.seen_fraction must be in [0, 1), not {fraction}")
     seen = seen_split(corpus.rated, fraction, seed)
-    return replace(corpus, df=corpus.df.drop(seen)), corpus.df.loc[seen].reset_index(drop=True)
+    fields = {name: getattr(corpus, name) for name in corpus.__dataclass_fields__}
+    return HeldBack(**fields, held_back=seen), corpus.df.loc[seen].reset_index(drop=True)
+
+
+@dataclass
+class HeldBack(D.Corpus):
+    """A corpus whose folds are the corpus's own (so each fold's unseen test part is the
+    same as every other stage's), with the `held_back` rows (the seen-scenario test set)
+    left out of each fold's training and validation parts."""
+    held_back: pd.Index = field(default_factory=pd.Index)
+
+    def folds(self, *args, **options) -> Iterator[HeldBackFold]:
+        for fold in super().folds(*args, **options):
+            yield HeldBackFold(fold, self.held_back)
+
+
+class HeldBackFold:
+    """A fold whose train() and val() leave out the held-back rows; test(), select() and
+    the test guard are the fold's own."""
+
+    def __init__(self, fold, held_back: pd.Index):
+        self._fold, self._held_back = fold, held_back
+        self.index = fold.index
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # not yet set (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self._fold, name)
+
+    def _kept(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return rows[~rows.index.isin(self._held_back)]
+
+    def train(self) -> pd.DataFrame:
+        return self._kept(self._fold.train())
+
+    def val(self) -> pd.DataFrame:
+        return self._kept(self._fold.val())
 
 
 def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.DataFrame,
@@ -356,18 +394,24 @@ def run_system(builder: Builder, system: System, corpus: D.Corpus, seen: pd.Data
     else:
         preds["scenario"] = "unseen"
         preds = pd.concat([preds, _seen_predictions(builder, system, corpus, seen, seeds,
-                                                    make_items, out_dir)], ignore_index=True)
+                                                    make_items, out_dir, preds)],
+                          ignore_index=True)
     return preds.assign(system=system.name)
 
 
 def _seen_predictions(builder: Builder, system: System, corpus: D.Corpus, seen: pd.DataFrame,
-                      seeds: Sequence[int], make_items: Callable, out_dir: Path) -> pd.DataFrame:
-    """Each fold's chosen checkpoint on the held-back utterances of its training speakers.
-    The fold's test part is not opened here; its checkpoint was chosen on validation."""
+                      seeds: Sequence[int], make_items: Callable, out_dir: Path,
+                      unseen: pd.DataFrame) -> pd.DataFrame:
+    """Each fold's chosen checkpoint on the held-back utterances of its training speakers
+    that are not in the fold's test part (`unseen`: its test predictions). The fold's test
+    part is not opened here; its checkpoint was chosen on validation."""
     rows = []
     for seed in seeds:
         for fold in corpus.folds(seed=seed):
-            part = seen[seen["speaker"].isin(fold.train()["speaker"])].reset_index(drop=True)
+            tested = unseen.loc[(unseen["seed"] == seed) & (unseen["fold"] == fold.index),
+                                "utt_id"]
+            part = seen[seen["speaker"].isin(fold.train()["speaker"])
+                        & ~seen["utt_id"].isin(tested)].reset_index(drop=True)
             if part.empty:
                 continue
             task = builder.task(builder.model(system, seed, fold.index))
@@ -402,7 +446,8 @@ def layer_importance(builder: Builder, corpus: D.Corpus, size: str, training, *,
                 weights = LayerWeights(n_states)
                 model = DistilModel({"speech": weights}, {"speech": dim},
                                     builder.cfg.head_hidden, 1, builder.cfg.dropout,
-                                    builder.cfg.pool_norm, builder.cfg.output)
+                                    builder.cfg.pool_norm, builder.cfg.output,
+                                    builder.cfg.pooling)
                 out = builder.run_dir / "layers" / size / name / f"seed{seed}" / f"fold{fold.index}"
                 # the mixing weights get their own rate: at the head's rate they barely
                 # leave uniform within the few epochs of the CPU budget
@@ -520,15 +565,13 @@ def table2(summ: pd.DataFrame, reference: System, asr: System, wer: float,
 def bootstrap_ccc(preds: pd.DataFrame, system_a: str, system_b: str, dimension: str,
                   scenario: str, n: int = 1000, seed: int = 0) -> dict:
     """Paired bootstrap CI of CCC(a) - CCC(b) on one dimension over the pooled test
-    predictions of all folds and seeds (`mmser.report.metrics.paired_bootstrap` covers WA/UA
-    only). Pooled CCC, so it differs slightly from the mean over folds."""
+    predictions of all folds and of the seeds both systems ran (`paired_rows`;
+    `mmser.report.metrics.paired_bootstrap` covers WA/UA only). Pooled CCC, so it differs
+    slightly from the mean over folds."""
     from mmser.report.metrics import ccc
+    from mmser.report.results import paired_rows
 
-    part = preds[preds["scenario"] == scenario]
-    a, b = (part[part["system"] == s].set_index(["seed", "fold", "utt_id"]).sort_index()
-            for s in (system_a, system_b))
-    if not a.index.equals(b.index):
-        raise ValueError(f"{system_a!r} and {system_b!r} were not tested on the same utterances")
+    a, b = paired_rows(preds[preds["scenario"] == scenario], system_a, system_b)
     y, pa, pb = (x.to_numpy() for x in (a[f"true_{dimension}"], a[f"pred_{dimension}"],
                                         b[f"pred_{dimension}"]))
     rng = np.random.default_rng(seed)
@@ -539,6 +582,139 @@ def bootstrap_ccc(preds: pd.DataFrame, system_a: str, system_b: str, dimension: 
     low, high = np.quantile(diffs, [0.025, 0.975])
     return {"a": system_a, "b": system_b, "dimension": dimension, "scenario": scenario,
             "diff": ccc(y, pa) - ccc(y, pb), "low": float(low), "high": float(high)}
+
+
+# ------------------------------------------------------------------------------ reading
+
+AGAINST = "**against the paper**"
+
+
+def _ccc_mean(summ: pd.DataFrame, system: System, scenario: str, dim: str) -> float:
+    hit = summ[(summ["system"] == system.name) & (summ["scenario"] == scenario)]
+    return float(hit[f"CCC_{dim}"].iloc[0]) if len(hit) else float("nan")
+
+
+def _paper(modality: str, size: str, scenario: str, dim: str) -> float:
+    return PAPER_TABLE1[(modality, size)][2 + SCENARIOS.index(scenario)][D.DIMENSIONS.index(dim)]
+
+
+def _ci_verdict(ci: dict, paper_sign: int) -> str:
+    """paper_sign 1 (the paper finds a > b): `as the paper` when the CI lies above 0,
+    against it below 0, `not shown` when it includes 0. paper_sign 0 (the paper finds a no
+    worse than b: on par, no loss): against it only when the CI lies below 0."""
+    side = 1 if ci["low"] > 0 else -1 if ci["high"] < 0 else 0
+    if side == -1:
+        return AGAINST
+    return "as the paper" if side >= paper_sign else "not shown (CI includes 0)"
+
+
+def _ci(ci: dict) -> str:
+    return f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+
+
+def reading(summ: pd.DataFrame, preds: pd.DataFrame, sizes: Sequence[str], *,
+            frz: bool, asr_size: str | None, wer: float | None, weights: pd.DataFrame,
+            seed: int = 0) -> list[str]:
+    """Markdown lines: each finding of the paper next to this run's number and whether the
+    run agrees, computed from the run (summary table, predictions, layer weights), so they
+    stay true when the parameters change. Differences come with paired bootstrap CIs
+    (`bootstrap_ccc`); `**against the paper**` marks a result that goes against it."""
+    scenarios = [sc for sc in SCENARIOS if (preds["scenario"] == sc).any()]
+    has = {size for size in sizes if System(size).name in set(summ["system"])}
+    lines = []
+
+    def boot(a: System, b: System, dim: str, sc: str) -> dict:
+        return bootstrap_ccc(preds, a.name, b.name, dim, sc, seed=seed)
+
+    # Table 1: the distilled encoder loses valence, not arousal (audio only)
+    if {"base", "distilled"} <= has:
+        for sc in scenarios:
+            ours = {d: _ccc_mean(summ, System("distilled"), sc, d)
+                    - _ccc_mean(summ, System("base"), sc, d) for d in ("arousal", "valence")}
+            paper = {d: _paper("A", "distilled", sc, d) - _paper("A", "base", sc, d)
+                     for d in ("arousal", "valence")}
+            holds = ours["valence"] < min(ours["arousal"], 0)
+            lines.append(f"- Audio only, distilled − base, {sc}: valence {ours['valence']:+.3f}, "
+                         f"arousal {ours['arousal']:+.3f} (paper: {paper['valence']:+.3f}, "
+                         f"{paper['arousal']:+.3f}; the distilled model loses valence, not "
+                         f"arousal): {'as the paper' if holds else AGAINST}.")
+    # Table 1 / Figure 3: text helps valence, for every size
+    for size in sizes:
+        if size not in has or System(size, "A+T").name not in set(summ["system"]):
+            continue
+        for sc in scenarios:
+            ci = boot(System(size, "A+T"), System(size), "valence", sc)
+            paper = (_paper("A+T", size, sc, "valence") - _paper("A", size, sc, "valence")
+                     if ("A", size) in PAPER_TABLE1 else float("nan"))
+            d_a = (_ccc_mean(summ, System(size, "A+T"), sc, "arousal")
+                   - _ccc_mean(summ, System(size), sc, "arousal"))
+            lines.append(f"- Valence, A+T − A, {size}, {sc}: {_ci(ci)} (paper {paper:+.3f}): "
+                         f"{_ci_verdict(ci, 1)}; arousal {d_a:+.3f}.")
+    # Figure 3: text helps the distilled model more than the base one
+    if {"base", "distilled"} <= has:
+        gain = valence_gain(summ, ["base", "distilled"], ["FT"])
+        ours = gain[gain["source"] == "ours"].set_index(["scenario", "size"])["gain %"]
+        paper = gain[gain["source"] == "paper"].set_index(["scenario", "size"])["gain %"]
+        for sc in scenarios:
+            if (sc, "distilled") in ours.index and (sc, "base") in ours.index:
+                holds = ours[(sc, "distilled")] > max(ours[(sc, "base")], 0)
+                lines.append(f"- Relative valence gain from text, {sc}: distilled "
+                             f"{ours[(sc, 'distilled')]:+.0f} %, base {ours[(sc, 'base')]:+.0f} % "
+                             f"(paper {paper[(sc, 'distilled')]:+.0f} % vs "
+                             f"{paper[(sc, 'base')]:+.0f} %: text helps the distilled model "
+                             f"more): {'as the paper' if holds else AGAINST}.")
+    # Table 1: audio+text distilled on par with audio+text base
+    if {"base", "distilled"} <= has and System("base", "A+T").name in set(summ["system"]):
+        for sc in scenarios:
+            ci = boot(System("distilled", "A+T"), System("base", "A+T"), "valence", sc)
+            paper = _paper("A+T", "distilled", sc, "valence") - _paper("A+T", "base", sc, "valence")
+            lines.append(f"- Valence, A+T distilled − A+T base, {sc}: {_ci(ci)} (paper "
+                         f"{paper:+.3f}, on par): {_ci_verdict(ci, 0)}.")
+    # Figure 3: FT beats FT => FRZ
+    if frz:
+        for size in sizes:
+            if System(size, "A+T", "FT=>FRZ").name not in set(summ["system"]):
+                continue
+            for sc in scenarios:
+                ci = boot(System(size, "A+T"), System(size, "A+T", "FT=>FRZ"), "valence", sc)
+                lines.append(f"- Valence, FT − FT⇒FRZ, {size}, {sc}: {_ci(ci)} (paper: FT "
+                             f"gains more in every case): {_ci_verdict(ci, 1)}.")
+    # Table 2: ASR transcripts cost nothing
+    asr = System(asr_size or "", "A+T", "FT", "asr_text")
+    if asr_size and asr.name in set(summ["system"]):
+        for sc in scenarios:
+            parts = []
+            for dim in D.DIMENSIONS:
+                ci = boot(asr, System(asr_size, "A+T"), dim, sc)
+                parts.append(f"{dim} {_ci(ci)}: {_ci_verdict(ci, 0)}")
+            paper = [b - a for a, b in zip(PAPER_TABLE2["human"][2],
+                                           PAPER_TABLE2["Whisper tiny"][2])]
+            ours_wer = "n/a" if wer is None else f"{wer:.1%}"
+            lines.append(f"- ASR − reference transcripts, {asr_size} A+T FT, {sc} (WER "
+                         f"{ours_wer}; paper, seen scenarios: Whisper tiny, WER 24.1 %, "
+                         + ", ".join(f"{d} {v:+.3f}" for d, v in zip("AVD", paper))
+                         + ", no loss): " + "; ".join(parts) + ".")
+    # seen scenarios are easier than unseen ones
+    if set(scenarios) == set(SCENARIOS) and "distilled" in has:
+        system = System("distilled", "A+T")
+        ours = _ccc_mean(summ, system, "seen", "valence") - _ccc_mean(summ, system, "unseen", "valence")
+        paper = _paper("A+T", "distilled", "seen", "valence") - _paper("A+T", "distilled", "unseen", "valence")
+        lines.append(f"- Valence, seen − unseen, distilled A+T: {ours:+.3f} (paper {paper:+.3f}: "
+                     f"unseen podcasts are harder): {'as the paper' if ours > 0 else AGAINST}.")
+    # Figure 2: shallow states for arousal, deep ones for valence
+    if len(weights):
+        mean_w = weights.groupby(["dimension", "state"])["weight"].mean().unstack()
+        centre = {d: float((mean_w.loc[d] * mean_w.columns).sum()) for d in mean_w.index}
+        peak = {d: int(mean_w.loc[d].idxmax()) for d in mean_w.index}
+        holds = centre.get("valence", 0) > centre.get("arousal", 0)
+        lines.append("- Layer weights (states normalised before weighting), centre of mass "
+                     "and peak state (0 = front end, last = "
+                     f"{int(mean_w.columns.max())}): " + ", ".join(
+                         f"{d} {centre[d]:.2f} (peak {peak[d]})" for d in mean_w.index)
+                     + " (paper, 13 states: arousal up to layer 4, valence peaking at 9-10): "
+                     + ("as the paper (valence deeper than arousal)." if holds else
+                        f"{AGAINST} (valence not deeper than arousal)."))
+    return lines
 
 
 # ------------------------------------------------------------------------------ figures
@@ -627,7 +803,8 @@ def predictor_model(spec: dict) -> DistilModel:
         branches[name] = Frozen(inner) if b["frozen"] else inner
     return DistilModel(branches, {k: int(v) for k, v in a["dims"].items()},
                        int(a["head_hidden"]), int(a["n_out"]), float(a["dropout"]),
-                       bool(a["pool_norm"]), a.get("output", "linear"))
+                       bool(a["pool_norm"]), a.get("output", "linear"),
+                       a.get("pooling", "concat"))  # exports before `pooling` concatenated
 
 
 def export_predictor(out_dir: str | Path, builder: Builder, system: System,
@@ -669,7 +846,8 @@ def export_predictor(out_dir: str | Path, builder: Builder, system: System,
     arch = {"branches": {n: _branch_spec(b) for n, b in model.branches.items()},
             "dims": dims, "head_hidden": int(head_in.out_features),
             "n_out": int(model.head[-1].out_features), "dropout": float(builder.cfg.dropout),
-            "pool_norm": bool(builder.cfg.pool_norm), "output": builder.cfg.output}
+            "pool_norm": bool(builder.cfg.pool_norm), "output": builder.cfg.output,
+            "pooling": builder.cfg.pooling}
     low, high = D.DIMENSION_SCALE.get(builder.corpus.name, (1.0, 5.0))
     spec = {
         "stage": "distil", "system": system.name, "kind": "regression", "classes": [],
