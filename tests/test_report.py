@@ -214,6 +214,12 @@ def test_a_papers_table_and_reading_get_the_baseline(synthetic):
     said = R.baseline_sentence(clap, "full", baseline, n=100)
     assert said.startswith("full **beats** the frozen linear baseline") and "UA +" in said
     assert "falls below" in R.baseline_sentence(clap, "none", baseline, n=100)
+    table = R.beside_baseline(clap, "full", baseline, others=["none"])
+    assert list(table["system"]) == ["full", "none", BASELINE]
+    assert list(table.columns[3:]) == list(R.CLASSIFICATION_METRICS)
+    avd = R.beside_baseline(distil, "distilled · A+T · FT", baseline)
+    assert list(avd["system"]) == ["distilled · A+T · FT", BASELINE_AVD]
+    assert list(avd.columns[3:]) == list(R.CCC_METRICS) and avd.loc[1, "seeds"] == 1
 
 
 def test_comparison_flags_a_stage_with_other_folds_or_seeds(tmp_path):

@@ -262,6 +262,25 @@ def baseline_sentence(main: pd.DataFrame, system: str, baseline: pd.DataFrame | 
             f"{format_diffs(diffs)}).")
 
 
+def beside_baseline(preds: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
+                    others: Sequence[str] = ()) -> pd.DataFrame:
+    """For a paper's notebook: `system` (and `others` of the paper's systems) beside the
+    frozen-feature baseline on the same test utterances, mean ± std over folds and seeds."""
+    from mmser.report.results import add_baseline
+
+    rows = add_baseline(preds, system, baseline)
+    keep = [system, *others, BASELINE, BASELINE_AVD]
+    table = summarise(rows[rows["system"].isin(keep)])
+    table["order"] = table["system"].map({s: i for i, s in enumerate(keep)})
+    table = table.sort_values("order").drop(columns="order")
+    metrics = [m for m in CLASSIFICATION_METRICS + CCC_METRICS if m in table.columns
+               and table[m].notna().any()]
+    out = table[["system", "folds", "seeds"]].copy()
+    for m in metrics:
+        out[m] = [_pm(v, s) for v, s in zip(table[m], table[f"{m}_std"])]
+    return out.reset_index(drop=True)
+
+
 def baseline_rows(baseline: pd.DataFrame | None, designs: dict[str, dict]) -> list[dict]:
     """The frozen-feature baseline as comparison rows (classifier and A/V/D ridge); `same
     design` names the stages whose test utterances and folds it shares."""
