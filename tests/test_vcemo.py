@@ -158,6 +158,38 @@ def test_augmentations_are_seeded_and_change_the_input():
         R.augment(wave, "reverb", np.random.default_rng(0), cfg)
 
 
+def test_one_view_per_clip_still_uses_every_augmentation_and_is_seeded(tmp_path,
+                                                                        monkeypatch):
+    from mmser.corpus.audio import write_audio
+
+    paths = []
+    for i in range(6):
+        wave = (0.3 * np.sin(np.arange(8000) * (0.03 + 0.01 * i))).astype(np.float32)
+        paths.append(tmp_path / f"clip{i}.wav")
+        write_audio(paths[-1], wave)
+    cfg = R.MelConfig(16, 20)
+    real = R.augment
+
+    def kinds_of(seed: int, cache: str) -> list[str]:
+        used = []
+
+        def spy(wave, kind, rng, cfg, **options):
+            used.append(kind)
+            return real(wave, kind, rng, cfg, **options)
+        monkeypatch.setattr(R, "augment", spy)
+        views = R.mel_views(paths, tmp_path / cache, cfg, n_augment=1, seed=seed)
+        assert len(views) == 6 and all(len(v) == 2 for v in views)
+        assert not any(torch.equal(clean, aug) for clean, aug in views)
+        return used
+
+    first = kinds_of(0, "a")
+    assert first == [R.augmentation_kind(i, 1, 0) for i in range(6)]
+    assert set(first[:3]) == set(R.AUGMENTATIONS)  # three clips, three kinds
+    assert kinds_of(0, "b") == first  # the same seed, the same kind per clip
+    assert kinds_of(1, "c") != first  # the seed shifts the rotation
+    assert [R.augmentation_kind(0, k) for k in (1, 2, 3)] == list(R.AUGMENTATIONS)
+
+
 def test_chinese_segmentation_and_vocabulary():
     assert R.segment("我今天很高兴！") == ["我", "今", "天", "很", "高", "兴"]
     assert R.segment("I'm SO happy, today") == ["i'm", "so", "happy", "today"]

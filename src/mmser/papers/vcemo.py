@@ -27,7 +27,6 @@ import pandas as pd
 import torch
 import torchaudio.functional as AF
 import yaml
-from scipy.signal import resample_poly
 
 from mmser.config import Training, Vcemo
 from mmser.corpus import manifest, synth
@@ -115,18 +114,22 @@ def augment(wave: np.ndarray, kind: str, rng: np.random.Generator, cfg: MelConfi
     """Log-mel of one augmented view (Sec. 3.5): Gaussian noise at `snr_db`, a pitch shift
     of up to `max_semitones`, or a time stretch by a rate within 1 +- `max_stretch`.
 
-    Pitch shift = resample by a small rational ratio (cheap; torchaudio's pitch_shift
-    needs a huge resampling kernel for irrational ratios) then stretch back to length.
+    Pitch shift = torchaudio resampling by a small rational ratio, then a phase-vocoder
+    stretch back to length (torchaudio's `pitch_shift` resamples by an irrational ratio,
+    whose polyphase kernel is about 16,000 x 15,000 taps at 16 kHz).
     """
+    signal = torch.from_numpy(np.ascontiguousarray(wave, np.float32))
     if kind == "noise":
-        power = float(np.mean(wave ** 2)) or 1e-8
-        noisy = wave + rng.normal(0, math.sqrt(power / 10 ** (snr_db / 10)), len(wave))
-        return log_mel(_stft(noisy.astype(np.float32), cfg), cfg)
+        noise = torch.from_numpy(rng.standard_normal(len(wave)).astype(np.float32))
+        noisy = AF.add_noise(signal, noise, torch.tensor(float(snr_db)))
+        return log_mel(_stft(noisy.numpy(), cfg), cfg)
     if kind == "pitch":
         # at least half a semitone, so the rational ratio below is never 1
         semitones = rng.choice([-1, 1]) * rng.uniform(min(0.5, max_semitones), max_semitones)
         ratio = Fraction(2 ** (semitones / 12)).limit_denominator(100)
-        shifted = resample_poly(wave, ratio.denominator, ratio.numerator).astype(np.float32)
+        # read at `numerator` Hz, written at `denominator` Hz: 1/ratio as long, so played
+        # at the original rate its pitch is `ratio` times higher
+        shifted = AF.resample(signal, ratio.numerator, ratio.denominator).numpy()
         spec = _stft(shifted, cfg)
         return log_mel(_stretch(spec, len(shifted) / len(wave), cfg), cfg)
     if kind == "stretch":
@@ -135,31 +138,40 @@ def augment(wave: np.ndarray, kind: str, rng: np.random.Generator, cfg: MelConfi
     raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
 
 
+def augmentation_kind(clip_index: int, view: int, seed: int = 0) -> str:
+    """The augmentation of a clip's view `view` (1, 2, ...): the kinds rotate over clips
+    as well as views, so that even one view per clip uses noise, pitch shift and time
+    stretch (Sec. 3.5) on a third of the clips each; the seed shifts the rotation."""
+    return AUGMENTATIONS[(clip_index + view - 1 + seed) % len(AUGMENTATIONS)]
+
+
 def mel_views(paths: Sequence[Path], cache_dir: str | Path, cfg: MelConfig, n_augment: int,
               seed: int = 0, **aug_options) -> list[list[torch.Tensor]]:
     """For each clip: [clean log-mel, augmented view 1, ..., view n_augment], computed once
-    and cached under `cache_dir` (fold-independent: views depend on the clip and seed).
-    View k uses augmentation k-1 mod 3 (noise, pitch, stretch) with seeded parameters."""
+    and cached under `cache_dir` (fold-independent: views depend on the clip, its place in
+    `paths` and the seed). The kind of each view is `augmentation_kind`; its parameters
+    are drawn from a generator seeded by the clip, view, kind and seed."""
     cache = FeatureCache(cache_dir, cfg.key)
     waves = [load_audio(p).wave for p in paths]
-    base = [wave_digest(w) for w in waves]
     options = ",".join(f"{k}={v}" for k, v in sorted(aug_options.items()))
     keys, jobs = [], []
-    for digest, wave in zip(base, waves):
+    for i, wave in enumerate(waves):
+        digest = wave_digest(wave)
         for k in range(n_augment + 1):
+            kind = augmentation_kind(i, k, seed) if k else None
             key = digest if k == 0 else hashlib.sha256(
-                f"{digest}|{k}|{seed}|{options}".encode()).hexdigest()
+                f"{digest}|{k}|{kind}|{seed}|{options}".encode()).hexdigest()
             keys.append(key)
-            jobs.append((wave, k, key))
+            jobs.append((wave, kind, key))
 
     def compute(batch: list) -> list[dict[str, torch.Tensor]]:
         out = []
-        for wave, k, key in batch:
-            if k == 0:
+        for wave, kind, key in batch:
+            if kind is None:
                 mel = log_mel(_stft(wave, cfg), cfg)
             else:
                 rng = np.random.default_rng(int(key[:12], 16))
-                mel = augment(wave, AUGMENTATIONS[(k - 1) % 3], rng, cfg, **aug_options)
+                mel = augment(wave, kind, rng, cfg, **aug_options)
             out.append({"mel": mel.half()})
         return out
 
