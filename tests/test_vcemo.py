@@ -112,7 +112,8 @@ def test_momentum_encoder_gets_no_gradient_and_follows_the_ema():
     lambda: V.VcemoNet(V.MODALITIES, 16, 12, 12, dim=8, heads=2),
     lambda: V.VcemoNet(("acoustic",), 16, 12, 12, dim=8, heads=2),
     lambda: V.VcemoNet(("words", "bert"), 16, 12, 12, dim=8, heads=2),
-    lambda: V.Yoon2018(16, 12, 2, 8),
+    lambda: V.YoonMHA(16, 12, 2, 8, hops=1),
+    lambda: V.YoonMHA(16, 12, 2, 8, hops=3),
     lambda: V.Xu2019(16, 12, 2, 8),
 ])
 def test_padding_does_not_change_a_sequence_output(make):
@@ -127,6 +128,27 @@ def test_padding_does_not_change_a_sequence_output(make):
     get = (lambda o: o["logits"]) if isinstance(out, dict) else (lambda o: o)
     assert get(out).shape[0] == 2
     torch.testing.assert_close(get(out)[1:], get(single), atol=1e-5, rtol=1e-4)
+
+
+def test_multi_hop_attention_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = V.YoonMHA(16, 12, 3, dim=8, dropout=0.0, hops=2).eval()
+    batch = _batch(lengths=(30, 20), words=(5, 3))
+    logits = model(batch)["logits"]
+    for b in range(2):
+        n_frames, n_words = int(batch["mel_mask"][b].sum()), int(batch["words_mask"][b].sum())
+        audio, (h, _) = model.audio(batch["mel"][b:b + 1, :n_frames])
+        text, _ = model.text(batch["words"][b:b + 1, :n_words])
+        audio, text = audio[0], text[0]
+        a_last = torch.cat([h[0, 0], h[1, 0]])  # final forward and backward states
+        weights = torch.stack([a_last @ t for t in text]).softmax(0)
+        h1 = sum(w * t for w, t in zip(weights, text))  # hop 1: audio -> text
+        weights = torch.stack([h1 @ a for a in audio]).softmax(0)
+        h2 = sum(w * a for w, a in zip(weights, audio))  # hop 2: H1 -> audio
+        torch.testing.assert_close(logits[b], model.head(torch.cat([h1, h2])),
+                                   atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="hops"):
+        V.YoonMHA(16, 12, 3, hops=4)
 
 
 def test_align_stretches_words_onto_frames():
@@ -362,7 +384,7 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
                     "models_dir": str(tmp_path / "models")}, progress_bar=False)
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
     systems = metrics["systems"]
-    assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2018", "Xu et al. 2019",
+    assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2019 (MHA-2)", "Xu et al. 2019",
             "Embeddings", "BERT + Acoustic"} <= set(systems)
     assert len(systems) == 4 + 6 and 0 <= systems["VCEMO"]["UA"]["mean"] <= 1
     assert set(metrics["mandarin"]) == {"VCEMO (SupCon)", "VCEMO"}

@@ -49,7 +49,7 @@ PAPER_VCEMO = {  # system -> (4-class acc, 4-class F1, 6-class acc, 6-class F1),
     "VCEMO (SupCon)": (67.40, 67.22, 65.51, 64.67),
     "VCEMO": (66.99, 66.90, 65.37, 64.54),
     "UMONS": (63.27, 63.44, 61.36, 61.35),
-    "Yoon et al. 2018": (60.96, 59.14, 57.89, 55.42),
+    "Yoon et al. 2019 (MHA-2)": (60.96, 59.14, 57.89, 55.42),  # "Yoon's Model", ref. [21]
     "Xu et al. 2019": (59.42, 57.68, 58.16, 55.39),
 }
 PAPER_IEMOCAP = {  # system -> (WA, UA), %
@@ -62,6 +62,8 @@ PAPER_ABLATION = {  # modalities -> (accuracy, F1), %, VCEMO 4-class
     "BERT + Acoustic": (61.23, 60.91), "Embeddings + BERT + Acoustic": (69.52, 74.10),
 }
 SHORT = {"acoustic": "Acoustic", "words": "Embeddings", "bert": "BERT"}  # Table 3 names
+# Table 1 cites Yoon et al. 2019 without naming the variant; MHA-2 was the best there
+YOON_HOPS = 2
 AUGMENTATIONS = ("noise", "pitch", "stretch")
 N_FFT = 400  # 25 ms window at 16 kHz
 MIN_FRAMES = 8  # the CNN halves time twice; shorter clips are zero-padded to this
@@ -243,7 +245,7 @@ def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence
 class System:
     key: str  # folder name under the stage's model dir
     name: str  # row name in the tables
-    kind: str  # vcemo | yoon | xu
+    kind: str  # vcemo | yoon (multi-hop attention) | xu
     modalities: tuple[str, ...] = V.MODALITIES
     supcon: bool = False
 
@@ -251,7 +253,7 @@ class System:
 SYSTEMS = {
     "supcon": System("supcon", "VCEMO (SupCon)", "vcemo", supcon=True),
     "ce": System("ce", "VCEMO", "vcemo"),
-    "yoon": System("yoon", "Yoon et al. 2018", "yoon"),
+    "yoon": System("yoon", "Yoon et al. 2019 (MHA-2)", "yoon"),
     "xu": System("xu", "Xu et al. 2019", "xu"),
 }
 
@@ -343,7 +345,8 @@ class Experiment:
         vocab = len(self.vocab) if cfg.word_vectors == "learned" else None
         word_dim = cfg.word_dim if vocab else self.word_dim
         if spec.kind == "yoon":
-            return V.Yoon2018(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout)
+            return V.YoonMHA(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout,
+                             YOON_HOPS)
         if spec.kind == "xu":
             return V.Xu2019(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout)
         net = V.VcemoNet(spec.modalities, cfg.n_mels, word_dim, self.word_dim, cfg.dim,
