@@ -137,7 +137,7 @@ def test_multi_hop_attention_matches_a_hand_computation():
     logits = model(batch)["logits"]
     for b in range(2):
         n_frames, n_words = int(batch["mel_mask"][b].sum()), int(batch["words_mask"][b].sum())
-        audio, (h, _) = model.audio(batch["mel"][b:b + 1, :n_frames])
+        audio, (h, _) = model.audio(batch["mel"][b:b + 1, :n_frames:2])  # every other frame
         text, _ = model.text(batch["words"][b:b + 1, :n_words])
         audio, text = audio[0], text[0]
         a_last = torch.cat([h[0, 0], h[1, 0]])  # final forward and backward states
