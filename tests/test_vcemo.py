@@ -322,6 +322,37 @@ def test_mandarin_corpus_learned_character_vectors(tmp_path):
     assert all(len(w) == 1 for w in exp.vocab if not w.startswith("<"))
 
 
+# ------------------------------------------------------------------------- reading
+
+
+def test_reading_states_results_against_the_paper_and_its_inconsistent_tables():
+    result = {"a": "VCEMO (SupCon)", "b": "BERT + Acoustic", "metric": "UA",
+              "diff": -0.051, "low": -0.084, "high": -0.019}
+    paper = R.paper_gap(result["a"], result["b"])
+    full, row = R.PAPER_ABLATION["Embeddings + BERT + Acoustic"][0], \
+        R.PAPER_ABLATION["BERT + Acoustic"][0]
+    assert f"{full:.2f} vs {row:.2f}" in paper and "Table 3" in paper
+    line = R.claim_line(result, paper)
+    assert line.startswith("AGAINST THE PAPER") and "[-0.084, -0.019]" in line
+    assert "→ agrees" in R.claim_line({**result, "low": 0.01, "high": 0.05}, paper)
+    assert "inconclusive" in R.claim_line({**result, "low": -0.01, "high": 0.05}, paper)
+    # SupCon vs CE reads Table 2 in the metric asked for
+    assert R.paper_gap("VCEMO (SupCon)", "VCEMO", "WA").startswith("73.07 vs 71.23")
+    assert R.paper_gap("VCEMO (SupCon)", "VCEMO").startswith("74.10 vs 72.46")
+    notes = "\n".join(R.paper_table_notes())
+    ua_supcon = R.PAPER_IEMOCAP["VCEMO (SupCon)"][1]
+    assert f"F1 {ua_supcon:.2f} equals VCEMO (SupCon)'s IEMOCAP UA" in notes
+    assert "Table 1" in notes and "1.5%" in notes
+
+
+def test_chance_line_tells_chance_from_learning():
+    folds = pd.DataFrame({"system": ["a"] * 4 + ["b"] * 4,
+                          "UA": [0.20, 0.30, 0.24, 0.28, 0.70, 0.72, 0.68, 0.71]})
+    assert "no better than chance" in R.chance_line(folds, "a", 4)
+    assert "above chance" in R.chance_line(folds, "b", 4)
+    assert "chance 0.250" in R.chance_line(folds, "b", 4)
+
+
 # -------------------------------------------------------------------- paper profile
 
 
@@ -388,6 +419,14 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
             "Embeddings", "BERT + Acoustic"} <= set(systems)
     assert len(systems) == 4 + 6 and 0 <= systems["VCEMO"]["UA"]["mean"] <= 1
     assert set(metrics["mandarin"]) == {"VCEMO (SupCon)", "VCEMO"}
+    assert set(metrics["versus_baselines"]) == {"Yoon et al. 2019 (MHA-2)", "Xu et al. 2019"}
+    import nbformat
+
+    printed = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells
+                      for o in c.get("outputs", []))
+    # 2 SupCon-CE + 2 baselines + 6 ablation comparisons, each with a verdict
+    assert "of 10 of the paper's comparisons go against it here" in printed
+    assert "chance 0.250" in printed and "equals VCEMO (SupCon)'s IEMOCAP UA" in printed
     tables = tmp_path / "results/tables"
     assert "67.40" in (tables / "comparison.md").read_text()
     assert "57.40" in (tables / "ablation.md").read_text()

@@ -34,6 +34,7 @@ from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest, write_audio
 from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureCache
 from mmser.models import vcemo as V
+from mmser.report import compare
 from mmser.training.data import Corpus, label_ids
 from mmser.fingerprint import code_digest
 from mmser.training.loop import Task, cross_validate, predict
@@ -426,6 +427,69 @@ def paper_ablation(ours: pd.DataFrame) -> pd.DataFrame:
     table["paper acc"] = [f"{PAPER_ABLATION[s][0]:.2f}" for s in table["system"]]
     table["paper F1"] = [f"{PAPER_ABLATION[s][1]:.2f}" for s in table["system"]]
     return table.rename(columns={"system": "modalities"})
+
+
+# ------------------------------------------------------------------ reading
+
+
+def claim_line(result: dict, paper: str) -> str:
+    """One paired bootstrap result (`results.bootstrap`: a - b, the paper claiming a > b)
+    as a sentence with its verdict; a result against the paper says so first."""
+    verdict = compare.verdict(result["low"], result["high"])
+    line = (f"{result['a']} − {result['b']}: {result['metric']} {result['diff']:+.3f} "
+            f"[{result['low']:+.3f}, {result['high']:+.3f}] → {verdict}; the paper: {paper}")
+    return f"AGAINST THE PAPER: {line}" if verdict == compare.DISAGREES else line
+
+
+def paper_gap(a: str, b: str, metric: str = "UA") -> str:
+    """The paper's own a-vs-b numbers, from the first table that has both (Table 2 in
+    `metric`, WA or UA; else the accuracy of Table 1, else of Table 3)."""
+    wa = metric == "WA"
+    for table, what, col in ((PAPER_IEMOCAP, f"IEMOCAP {'WA' if wa else 'UA'}, Table 2",
+                              0 if wa else 1),
+                             (PAPER_VCEMO, "VCEMO 4-class accuracy, Table 1", 0),
+                             (PAPER_ABLATION, "VCEMO 4-class accuracy, Table 3", 0)):
+        names = {n: n for n in table}
+        if table is PAPER_ABLATION:
+            names[SYSTEMS["supcon"].name] = ablation_name(V.MODALITIES)
+        if a in names and b in names:
+            x, y = table[names[a]][col], table[names[b]][col]
+            return f"{x:.2f} vs {y:.2f} ({what}: {x - y:+.2f} points)"
+    return "no number for this pair"
+
+
+def chance_line(per_fold: pd.DataFrame, system: str, n_classes: int) -> str:
+    """A system's UA against chance (1 / classes): within one std over folds and seeds of
+    chance, or below it, reads as no better than chance."""
+    ua = per_fold.loc[per_fold["system"] == system, "UA"]
+    chance, mean, std = 1 / n_classes, float(ua.mean()), float(ua.std(ddof=0))
+    level = "no better than chance" if mean - chance <= std else "above chance"
+    return (f"{system}: UA {mean:.3f} ± {std:.3f} over {len(ua)} folds x seeds, chance "
+            f"{chance:.3f} → {level}")
+
+
+def paper_table_notes() -> list[str]:
+    """Where the paper's tables disagree with one another or with its text, found from the
+    numbers themselves (Table 3's full row against Tables 1 and 2, and Sec. 4.4's "+1.5%
+    from adding BERT to word embeddings")."""
+    full_name = ablation_name(V.MODALITIES)
+    full, table1 = PAPER_ABLATION[full_name], PAPER_VCEMO[SYSTEMS["supcon"].name][:2]
+    notes = []
+    if full != table1:
+        notes.append(f"Table 3's full model ({full[0]:.2f} acc / {full[1]:.2f} F1) differs "
+                     f"from Table 1's 4-class VCEMO (SupCon) ({table1[0]:.2f} / "
+                     f"{table1[1]:.2f}), though both are the VCEMO 4-class setup")
+    for metric, value in zip(("acc", "F1"), full):
+        for name, (wa, ua) in PAPER_IEMOCAP.items():
+            for other, v in (("WA", wa), ("UA", ua)):
+                if v == value:
+                    notes.append(f"Table 3's full-model {metric} {value:.2f} equals {name}'s "
+                                 f"IEMOCAP {other} in Table 2")
+    words, both = PAPER_ABLATION["Embeddings"][0], PAPER_ABLATION["Embeddings + BERT"][0]
+    if both < words:
+        notes.append(f"Sec. 4.4 says adding BERT to word embeddings improves accuracy by "
+                     f"about 1.5%; Table 3 has {both:.2f} with BERT vs {words:.2f} without")
+    return notes
 
 
 # ------------------------------------------------------------------ Mandarin corpus
