@@ -34,7 +34,7 @@ from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest, write_audio
 from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureCache
 from mmser.models import vcemo as V
-from mmser.report import compare
+from mmser.report.claims import DISAGREES, verdict
 from mmser.training.data import Corpus, label_ids
 from mmser.fingerprint import code_digest
 from mmser.training.loop import Task, cross_validate, predict
@@ -435,10 +435,10 @@ def paper_ablation(ours: pd.DataFrame) -> pd.DataFrame:
 def claim_line(result: dict, paper: str) -> str:
     """One paired bootstrap result (`results.bootstrap`: a - b, the paper claiming a > b)
     as a sentence with its verdict; a result against the paper says so first."""
-    verdict = compare.verdict(result["low"], result["high"])
+    said = verdict(result["low"], result["high"])
     line = (f"{result['a']} − {result['b']}: {result['metric']} {result['diff']:+.3f} "
-            f"[{result['low']:+.3f}, {result['high']:+.3f}] → {verdict}; the paper: {paper}")
-    return f"AGAINST THE PAPER: {line}" if verdict == compare.DISAGREES else line
+            f"[{result['low']:+.3f}, {result['high']:+.3f}] → {said}; the paper: {paper}")
+    return f"AGAINST THE PAPER: {line}" if said == DISAGREES else line
 
 
 def paper_gap(a: str, b: str, metric: str = "UA") -> str:
