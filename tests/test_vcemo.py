@@ -112,7 +112,8 @@ def test_momentum_encoder_gets_no_gradient_and_follows_the_ema():
     lambda: V.VcemoNet(V.MODALITIES, 16, 12, 12, dim=8, heads=2),
     lambda: V.VcemoNet(("acoustic",), 16, 12, 12, dim=8, heads=2),
     lambda: V.VcemoNet(("words", "bert"), 16, 12, 12, dim=8, heads=2),
-    lambda: V.Yoon2018(16, 12, 2, 8),
+    lambda: V.YoonMHA(16, 12, 2, 8, hops=1),
+    lambda: V.YoonMHA(16, 12, 2, 8, hops=3),
     lambda: V.Xu2019(16, 12, 2, 8),
 ])
 def test_padding_does_not_change_a_sequence_output(make):
@@ -127,6 +128,27 @@ def test_padding_does_not_change_a_sequence_output(make):
     get = (lambda o: o["logits"]) if isinstance(out, dict) else (lambda o: o)
     assert get(out).shape[0] == 2
     torch.testing.assert_close(get(out)[1:], get(single), atol=1e-5, rtol=1e-4)
+
+
+def test_multi_hop_attention_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = V.YoonMHA(16, 12, 3, dim=8, dropout=0.0, hops=2).eval()
+    batch = _batch(lengths=(30, 20), words=(5, 3))
+    logits = model(batch)["logits"]
+    for b in range(2):
+        n_frames, n_words = int(batch["mel_mask"][b].sum()), int(batch["words_mask"][b].sum())
+        audio, (h, _) = model.audio(batch["mel"][b:b + 1, :n_frames:2])  # every other frame
+        text, _ = model.text(batch["words"][b:b + 1, :n_words])
+        audio, text = audio[0], text[0]
+        a_last = torch.cat([h[0, 0], h[1, 0]])  # final forward and backward states
+        weights = torch.stack([a_last @ t for t in text]).softmax(0)
+        h1 = sum(w * t for w, t in zip(weights, text))  # hop 1: audio -> text
+        weights = torch.stack([h1 @ a for a in audio]).softmax(0)
+        h2 = sum(w * a for w, a in zip(weights, audio))  # hop 2: H1 -> audio
+        torch.testing.assert_close(logits[b], model.head(torch.cat([h1, h2])),
+                                   atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="hops"):
+        V.YoonMHA(16, 12, 3, hops=4)
 
 
 def test_align_stretches_words_onto_frames():
@@ -156,6 +178,38 @@ def test_augmentations_are_seeded_and_change_the_input():
         assert not torch.allclose(a[:min(len(a), 51)], clean[:min(len(a), 51)], atol=1e-2)
     with pytest.raises(ValueError, match="unknown augmentation"):
         R.augment(wave, "reverb", np.random.default_rng(0), cfg)
+
+
+def test_one_view_per_clip_still_uses_every_augmentation_and_is_seeded(tmp_path,
+                                                                        monkeypatch):
+    from mmser.corpus.audio import write_audio
+
+    paths = []
+    for i in range(6):
+        wave = (0.3 * np.sin(np.arange(8000) * (0.03 + 0.01 * i))).astype(np.float32)
+        paths.append(tmp_path / f"clip{i}.wav")
+        write_audio(paths[-1], wave)
+    cfg = R.MelConfig(16, 20)
+    real = R.augment
+
+    def kinds_of(seed: int, cache: str) -> list[str]:
+        used = []
+
+        def spy(wave, kind, rng, cfg, **options):
+            used.append(kind)
+            return real(wave, kind, rng, cfg, **options)
+        monkeypatch.setattr(R, "augment", spy)
+        views = R.mel_views(paths, tmp_path / cache, cfg, n_augment=1, seed=seed)
+        assert len(views) == 6 and all(len(v) == 2 for v in views)
+        assert not any(torch.equal(clean, aug) for clean, aug in views)
+        return used
+
+    first = kinds_of(0, "a")
+    assert first == [R.augmentation_kind(i, 1, 0) for i in range(6)]
+    assert set(first[:3]) == set(R.AUGMENTATIONS)  # three clips, three kinds
+    assert kinds_of(0, "b") == first  # the same seed, the same kind per clip
+    assert kinds_of(1, "c") != first  # the seed shifts the rotation
+    assert [R.augmentation_kind(0, k) for k in (1, 2, 3)] == list(R.AUGMENTATIONS)
 
 
 def test_chinese_segmentation_and_vocabulary():
@@ -268,6 +322,37 @@ def test_mandarin_corpus_learned_character_vectors(tmp_path):
     assert all(len(w) == 1 for w in exp.vocab if not w.startswith("<"))
 
 
+# ------------------------------------------------------------------------- reading
+
+
+def test_reading_states_results_against_the_paper_and_its_inconsistent_tables():
+    result = {"a": "VCEMO (SupCon)", "b": "BERT + Acoustic", "metric": "UA",
+              "diff": -0.051, "low": -0.084, "high": -0.019}
+    paper = R.paper_gap(result["a"], result["b"])
+    full, row = R.PAPER_ABLATION["Embeddings + BERT + Acoustic"][0], \
+        R.PAPER_ABLATION["BERT + Acoustic"][0]
+    assert f"{full:.2f} vs {row:.2f}" in paper and "Table 3" in paper
+    line = R.claim_line(result, paper)
+    assert line.startswith("AGAINST THE PAPER") and "[-0.084, -0.019]" in line
+    assert "→ agrees" in R.claim_line({**result, "low": 0.01, "high": 0.05}, paper)
+    assert "inconclusive" in R.claim_line({**result, "low": -0.01, "high": 0.05}, paper)
+    # SupCon vs CE reads Table 2 in the metric asked for
+    assert R.paper_gap("VCEMO (SupCon)", "VCEMO", "WA").startswith("73.07 vs 71.23")
+    assert R.paper_gap("VCEMO (SupCon)", "VCEMO").startswith("74.10 vs 72.46")
+    notes = "\n".join(R.paper_table_notes())
+    ua_supcon = R.PAPER_IEMOCAP["VCEMO (SupCon)"][1]
+    assert f"F1 {ua_supcon:.2f} equals VCEMO (SupCon)'s IEMOCAP UA" in notes
+    assert "Table 1" in notes and "1.5%" in notes
+
+
+def test_chance_line_tells_chance_from_learning():
+    folds = pd.DataFrame({"system": ["a"] * 4 + ["b"] * 4,
+                          "UA": [0.20, 0.30, 0.24, 0.28, 0.70, 0.72, 0.68, 0.71]})
+    assert "no better than chance" in R.chance_line(folds, "a", 4)
+    assert "above chance" in R.chance_line(folds, "b", 4)
+    assert "chance 0.250" in R.chance_line(folds, "b", 4)
+
+
 # -------------------------------------------------------------------- paper profile
 
 
@@ -330,10 +415,18 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
                     "models_dir": str(tmp_path / "models")}, progress_bar=False)
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
     systems = metrics["systems"]
-    assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2018", "Xu et al. 2019",
+    assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2019 (MHA-2)", "Xu et al. 2019",
             "Embeddings", "BERT + Acoustic"} <= set(systems)
     assert len(systems) == 4 + 6 and 0 <= systems["VCEMO"]["UA"]["mean"] <= 1
     assert set(metrics["mandarin"]) == {"VCEMO (SupCon)", "VCEMO"}
+    assert set(metrics["versus_baselines"]) == {"Yoon et al. 2019 (MHA-2)", "Xu et al. 2019"}
+    import nbformat
+
+    printed = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells
+                      for o in c.get("outputs", []))
+    # 2 SupCon-CE + 2 baselines + 6 ablation comparisons, each with a verdict
+    assert "of 10 of the paper's comparisons go against it here" in printed
+    assert "chance 0.250" in printed and "equals VCEMO (SupCon)'s IEMOCAP UA" in printed
     tables = tmp_path / "results/tables"
     assert "67.40" in (tables / "comparison.md").read_text()
     assert "57.40" in (tables / "ablation.md").read_text()

@@ -244,7 +244,7 @@ class Vcemo:
     sentence_pool: str = "mean"  # BERT-branch vector: mean (MiniLM's pooling) | cls (BERT)
     n_mels: int = 40  # log-mel bands (paper: not given)
     hop_ms: int = 20  # frame hop; 20 ms halves the CNN-LSTM's work against 10 ms
-    n_augment: int = 1  # augmented views per training clip: noise, pitch, stretch in turn
+    n_augment: int = 1  # augmented views per training clip; kinds rotate over clips and views
     snr_db: float = 30.0  # Gaussian noise SNR (paper: 30 dB)
     max_semitones: float = 2.0  # pitch shift range (paper: librosa, range not given)
     max_stretch: float = 0.15  # time stretch rate range 1 +- this (paper: not given)

@@ -1,8 +1,9 @@
 """VCEMO (Tang et al., 2024), the modules: a mel-spectrogram CNN-LSTM, a word-vector
 LSTM-conv and a projected sentence vector (Sec. 3.2), fused by two rounds of MCAN
 co-attention (Sec. 3.3); the loss, cross-entropy plus supervised contrastive on a MoCo
-queue (Sec. 3.4); and the paper's two compact baselines. The paper numbers no equations,
-so docstrings name sections and figures.
+queue (Sec. 3.4); and compact versions of two of the paper's baselines (Yoon's multi-hop
+attention, Xu's learned alignment). The paper numbers no equations, so docstrings name
+sections and figures.
 
 Batches are dicts of padded tensors with boolean masks (`<key>_mask`, True on real
 positions): `mel` (B, frames, n_mels), `words` (B, tokens, dim) static word vectors or
@@ -321,25 +322,47 @@ class VcemoModel(nn.Module):
 # ---------------------------------------------------------------------- baselines
 
 
-class Yoon2018(nn.Module):
-    """Table 1 baseline: the multimodal dual recurrent encoder (Yoon et al., SLT 2018),
-    compact: a GRU over the audio frames and a GRU over the word vectors; final states
-    concatenated -> classifier. (The original adds prosodic features to the audio state;
-    the log-mels stand in.)"""
+def hop(query: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One attention hop of Yoon et al. 2019: softmax over positions of the dot products
+    query . h_i (padding excluded), then the weighted sum of the states h_i."""
+    scores = (states @ query.unsqueeze(-1)).squeeze(-1).masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1).unsqueeze(-1) * states).sum(1)
+
+
+class YoonMHA(nn.Module):
+    """Table 1 baseline: the multi-hop attention model (MHA; Yoon et al., ICASSP 2019, the
+    paper's ref. [21]). Bidirectional LSTM encoders over the audio frames and over the word
+    vectors (dim/2 per direction, so both give states of width dim). Hops alternate
+    between the modalities: hop 1, the audio's final state attends over the text states
+    (H1); hop 2, H1 attends over the audio states (H2); hop 3, H2 over the text again (H3).
+    MHA-n classifies the concatenation of its last two vectors: [audio final; H1], [H1; H2]
+    or [H2; H3]. (The original appends prosodic features to the audio's final state and
+    reads MFCCs; the log-mels, every other frame, stand in for both.)"""
 
     def __init__(self, n_mels: int, word_dim: int, n_classes: int, dim: int = 64,
-                 vocab_size: int | None = None, dropout: float = 0.1):
+                 vocab_size: int | None = None, dropout: float = 0.1, hops: int = 2):
         super().__init__()
+        if hops not in (1, 2, 3):
+            raise ValueError(f"MHA has 1, 2 or 3 hops, got {hops}")
+        self.hops = hops
         self.embed = _embedding(vocab_size, word_dim)
-        self.audio = nn.GRU(n_mels, dim, batch_first=True)
-        self.text = nn.GRU(word_dim, dim, batch_first=True)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim, n_classes))
+        self.audio = nn.LSTM(n_mels, dim // 2, batch_first=True, bidirectional=True)
+        self.text = nn.LSTM(word_dim, dim // 2, batch_first=True, bidirectional=True)
+        width = 2 * (dim // 2)  # one state: both directions
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width, n_classes))
 
     def forward(self, batch: dict) -> dict:
         words, w_mask = _words(batch, self.embed)
-        _, a = run_rnn(self.audio, batch["mel"], batch["mel_mask"])
-        _, t = run_rnn(self.text, words, w_mask)
-        return _classified(self.head(torch.cat([a, t], -1)), batch)
+        # every other frame (as Xu2019): halves the recurrence, the baseline's main cost
+        mel, m_mask = batch["mel"][:, ::2], batch["mel_mask"][:, ::2]
+        a_states, a_last = run_rnn(self.audio, mel, m_mask)
+        t_states, _ = run_rnn(self.text, words, w_mask)
+        memories = ((t_states, w_mask), (a_states, m_mask))
+        vectors = [a_last]
+        for n in range(self.hops):  # text, audio, text
+            states, mask = memories[n % 2]
+            vectors.append(hop(vectors[-1], states, mask))
+        return _classified(self.head(torch.cat(vectors[-2:], -1)), batch)
 
 
 class Xu2019(nn.Module):

@@ -27,7 +27,6 @@ import pandas as pd
 import torch
 import torchaudio.functional as AF
 import yaml
-from scipy.signal import resample_poly
 
 from mmser.config import Training, Vcemo
 from mmser.corpus import manifest, synth
@@ -35,6 +34,7 @@ from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest, write_audio
 from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureCache
 from mmser.models import vcemo as V
+from mmser.report.claims import DISAGREES, verdict
 from mmser.training.data import Corpus, label_ids
 from mmser.fingerprint import code_digest
 from mmser.training.loop import Task, cross_validate, predict
@@ -50,7 +50,7 @@ PAPER_VCEMO = {  # system -> (4-class acc, 4-class F1, 6-class acc, 6-class F1),
     "VCEMO (SupCon)": (67.40, 67.22, 65.51, 64.67),
     "VCEMO": (66.99, 66.90, 65.37, 64.54),
     "UMONS": (63.27, 63.44, 61.36, 61.35),
-    "Yoon et al. 2018": (60.96, 59.14, 57.89, 55.42),
+    "Yoon et al. 2019 (MHA-2)": (60.96, 59.14, 57.89, 55.42),  # "Yoon's Model", ref. [21]
     "Xu et al. 2019": (59.42, 57.68, 58.16, 55.39),
 }
 PAPER_IEMOCAP = {  # system -> (WA, UA), %
@@ -63,6 +63,8 @@ PAPER_ABLATION = {  # modalities -> (accuracy, F1), %, VCEMO 4-class
     "BERT + Acoustic": (61.23, 60.91), "Embeddings + BERT + Acoustic": (69.52, 74.10),
 }
 SHORT = {"acoustic": "Acoustic", "words": "Embeddings", "bert": "BERT"}  # Table 3 names
+# Table 1 cites Yoon et al. 2019 without naming the variant; MHA-2 was the best there
+YOON_HOPS = 2
 AUGMENTATIONS = ("noise", "pitch", "stretch")
 N_FFT = 400  # 25 ms window at 16 kHz
 MIN_FRAMES = 8  # the CNN halves time twice; shorter clips are zero-padded to this
@@ -115,18 +117,22 @@ def augment(wave: np.ndarray, kind: str, rng: np.random.Generator, cfg: MelConfi
     """Log-mel of one augmented view (Sec. 3.5): Gaussian noise at `snr_db`, a pitch shift
     of up to `max_semitones`, or a time stretch by a rate within 1 +- `max_stretch`.
 
-    Pitch shift = resample by a small rational ratio (cheap; torchaudio's pitch_shift
-    needs a huge resampling kernel for irrational ratios) then stretch back to length.
+    Pitch shift = torchaudio resampling by a small rational ratio, then a phase-vocoder
+    stretch back to length (torchaudio's `pitch_shift` resamples by an irrational ratio,
+    whose polyphase kernel is about 16,000 x 15,000 taps at 16 kHz).
     """
+    signal = torch.from_numpy(np.ascontiguousarray(wave, np.float32))
     if kind == "noise":
-        power = float(np.mean(wave ** 2)) or 1e-8
-        noisy = wave + rng.normal(0, math.sqrt(power / 10 ** (snr_db / 10)), len(wave))
-        return log_mel(_stft(noisy.astype(np.float32), cfg), cfg)
+        noise = torch.from_numpy(rng.standard_normal(len(wave)).astype(np.float32))
+        noisy = AF.add_noise(signal, noise, torch.tensor(float(snr_db)))
+        return log_mel(_stft(noisy.numpy(), cfg), cfg)
     if kind == "pitch":
         # at least half a semitone, so the rational ratio below is never 1
         semitones = rng.choice([-1, 1]) * rng.uniform(min(0.5, max_semitones), max_semitones)
         ratio = Fraction(2 ** (semitones / 12)).limit_denominator(100)
-        shifted = resample_poly(wave, ratio.denominator, ratio.numerator).astype(np.float32)
+        # read at `numerator` Hz, written at `denominator` Hz: 1/ratio as long, so played
+        # at the original rate its pitch is `ratio` times higher
+        shifted = AF.resample(signal, ratio.numerator, ratio.denominator).numpy()
         spec = _stft(shifted, cfg)
         return log_mel(_stretch(spec, len(shifted) / len(wave), cfg), cfg)
     if kind == "stretch":
@@ -135,31 +141,40 @@ def augment(wave: np.ndarray, kind: str, rng: np.random.Generator, cfg: MelConfi
     raise ValueError(f"unknown augmentation {kind!r}; choose from {AUGMENTATIONS}")
 
 
+def augmentation_kind(clip_index: int, view: int, seed: int = 0) -> str:
+    """The augmentation of a clip's view `view` (1, 2, ...): the kinds rotate over clips
+    as well as views, so that even one view per clip uses noise, pitch shift and time
+    stretch (Sec. 3.5) on a third of the clips each; the seed shifts the rotation."""
+    return AUGMENTATIONS[(clip_index + view - 1 + seed) % len(AUGMENTATIONS)]
+
+
 def mel_views(paths: Sequence[Path], cache_dir: str | Path, cfg: MelConfig, n_augment: int,
               seed: int = 0, **aug_options) -> list[list[torch.Tensor]]:
     """For each clip: [clean log-mel, augmented view 1, ..., view n_augment], computed once
-    and cached under `cache_dir` (fold-independent: views depend on the clip and seed).
-    View k uses augmentation k-1 mod 3 (noise, pitch, stretch) with seeded parameters."""
+    and cached under `cache_dir` (fold-independent: views depend on the clip, its place in
+    `paths` and the seed). The kind of each view is `augmentation_kind`; its parameters
+    are drawn from a generator seeded by the clip, view, kind and seed."""
     cache = FeatureCache(cache_dir, cfg.key)
     waves = [load_audio(p).wave for p in paths]
-    base = [wave_digest(w) for w in waves]
     options = ",".join(f"{k}={v}" for k, v in sorted(aug_options.items()))
     keys, jobs = [], []
-    for digest, wave in zip(base, waves):
+    for i, wave in enumerate(waves):
+        digest = wave_digest(wave)
         for k in range(n_augment + 1):
+            kind = augmentation_kind(i, k, seed) if k else None
             key = digest if k == 0 else hashlib.sha256(
-                f"{digest}|{k}|{seed}|{options}".encode()).hexdigest()
+                f"{digest}|{k}|{kind}|{seed}|{options}".encode()).hexdigest()
             keys.append(key)
-            jobs.append((wave, k, key))
+            jobs.append((wave, kind, key))
 
     def compute(batch: list) -> list[dict[str, torch.Tensor]]:
         out = []
-        for wave, k, key in batch:
-            if k == 0:
+        for wave, kind, key in batch:
+            if kind is None:
                 mel = log_mel(_stft(wave, cfg), cfg)
             else:
                 rng = np.random.default_rng(int(key[:12], 16))
-                mel = augment(wave, AUGMENTATIONS[(k - 1) % 3], rng, cfg, **aug_options)
+                mel = augment(wave, kind, rng, cfg, **aug_options)
             out.append({"mel": mel.half()})
         return out
 
@@ -231,7 +246,7 @@ def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence
 class System:
     key: str  # folder name under the stage's model dir
     name: str  # row name in the tables
-    kind: str  # vcemo | yoon | xu
+    kind: str  # vcemo | yoon (multi-hop attention) | xu
     modalities: tuple[str, ...] = V.MODALITIES
     supcon: bool = False
 
@@ -239,7 +254,7 @@ class System:
 SYSTEMS = {
     "supcon": System("supcon", "VCEMO (SupCon)", "vcemo", supcon=True),
     "ce": System("ce", "VCEMO", "vcemo"),
-    "yoon": System("yoon", "Yoon et al. 2018", "yoon"),
+    "yoon": System("yoon", "Yoon et al. 2019 (MHA-2)", "yoon"),
     "xu": System("xu", "Xu et al. 2019", "xu"),
 }
 
@@ -331,7 +346,8 @@ class Experiment:
         vocab = len(self.vocab) if cfg.word_vectors == "learned" else None
         word_dim = cfg.word_dim if vocab else self.word_dim
         if spec.kind == "yoon":
-            return V.Yoon2018(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout)
+            return V.YoonMHA(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout,
+                             YOON_HOPS)
         if spec.kind == "xu":
             return V.Xu2019(cfg.n_mels, word_dim, n_classes, cfg.dim, vocab, cfg.dropout)
         net = V.VcemoNet(spec.modalities, cfg.n_mels, word_dim, self.word_dim, cfg.dim,
@@ -411,6 +427,69 @@ def paper_ablation(ours: pd.DataFrame) -> pd.DataFrame:
     table["paper acc"] = [f"{PAPER_ABLATION[s][0]:.2f}" for s in table["system"]]
     table["paper F1"] = [f"{PAPER_ABLATION[s][1]:.2f}" for s in table["system"]]
     return table.rename(columns={"system": "modalities"})
+
+
+# ------------------------------------------------------------------ reading
+
+
+def claim_line(result: dict, paper: str) -> str:
+    """One paired bootstrap result (`results.bootstrap`: a - b, the paper claiming a > b)
+    as a sentence with its verdict; a result against the paper says so first."""
+    said = verdict(result["low"], result["high"])
+    line = (f"{result['a']} − {result['b']}: {result['metric']} {result['diff']:+.3f} "
+            f"[{result['low']:+.3f}, {result['high']:+.3f}] → {said}; the paper: {paper}")
+    return f"AGAINST THE PAPER: {line}" if said == DISAGREES else line
+
+
+def paper_gap(a: str, b: str, metric: str = "UA") -> str:
+    """The paper's own a-vs-b numbers, from the first table that has both (Table 2 in
+    `metric`, WA or UA; else the accuracy of Table 1, else of Table 3)."""
+    wa = metric == "WA"
+    for table, what, col in ((PAPER_IEMOCAP, f"IEMOCAP {'WA' if wa else 'UA'}, Table 2",
+                              0 if wa else 1),
+                             (PAPER_VCEMO, "VCEMO 4-class accuracy, Table 1", 0),
+                             (PAPER_ABLATION, "VCEMO 4-class accuracy, Table 3", 0)):
+        names = {n: n for n in table}
+        if table is PAPER_ABLATION:
+            names[SYSTEMS["supcon"].name] = ablation_name(V.MODALITIES)
+        if a in names and b in names:
+            x, y = table[names[a]][col], table[names[b]][col]
+            return f"{x:.2f} vs {y:.2f} ({what}: {x - y:+.2f} points)"
+    return "no number for this pair"
+
+
+def chance_line(per_fold: pd.DataFrame, system: str, n_classes: int) -> str:
+    """A system's UA against chance (1 / classes): within one std over folds and seeds of
+    chance, or below it, reads as no better than chance."""
+    ua = per_fold.loc[per_fold["system"] == system, "UA"]
+    chance, mean, std = 1 / n_classes, float(ua.mean()), float(ua.std(ddof=0))
+    level = "no better than chance" if mean - chance <= std else "above chance"
+    return (f"{system}: UA {mean:.3f} ± {std:.3f} over {len(ua)} folds x seeds, chance "
+            f"{chance:.3f} → {level}")
+
+
+def paper_table_notes() -> list[str]:
+    """Where the paper's tables disagree with one another or with its text, found from the
+    numbers themselves (Table 3's full row against Tables 1 and 2, and Sec. 4.4's "+1.5%
+    from adding BERT to word embeddings")."""
+    full_name = ablation_name(V.MODALITIES)
+    full, table1 = PAPER_ABLATION[full_name], PAPER_VCEMO[SYSTEMS["supcon"].name][:2]
+    notes = []
+    if full != table1:
+        notes.append(f"Table 3's full model ({full[0]:.2f} acc / {full[1]:.2f} F1) differs "
+                     f"from Table 1's 4-class VCEMO (SupCon) ({table1[0]:.2f} / "
+                     f"{table1[1]:.2f}), though both are the VCEMO 4-class setup")
+    for metric, value in zip(("acc", "F1"), full):
+        for name, (wa, ua) in PAPER_IEMOCAP.items():
+            for other, v in (("WA", wa), ("UA", ua)):
+                if v == value:
+                    notes.append(f"Table 3's full-model {metric} {value:.2f} equals {name}'s "
+                                 f"IEMOCAP {other} in Table 2")
+    words, both = PAPER_ABLATION["Embeddings"][0], PAPER_ABLATION["Embeddings + BERT"][0]
+    if both < words:
+        notes.append(f"Sec. 4.4 says adding BERT to word embeddings improves accuracy by "
+                     f"about 1.5%; Table 3 has {both:.2f} with BERT vs {words:.2f} without")
+    return notes
 
 
 # ------------------------------------------------------------------ Mandarin corpus

@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+AGREES, DISAGREES, INCONCLUSIVE = "agrees", "does not agree", "inconclusive"
+
 
 def find_system(systems: Sequence[str], candidates: Sequence[str]) -> str | None:
     """The first candidate present (`name*` matches a prefix)."""
@@ -25,6 +29,20 @@ def find_system(systems: Sequence[str], candidates: Sequence[str]) -> str | None
         if hit is not None:
             return hit
     return None
+
+
+def verdict(low: float, high: float, direction: int = 1) -> str:
+    """`agrees` when the CI excludes 0 on the claimed side (direction +1: a > b, -1: a < b),
+    `does not agree` when it excludes 0 on the other side, else `inconclusive`."""
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 or -1, got {direction!r}")
+    if any(v is None or not np.isfinite(v) for v in (low, high)):
+        return INCONCLUSIVE
+    if low > 0:
+        return AGREES if direction > 0 else DISAGREES
+    if high < 0:
+        return AGREES if direction < 0 else DISAGREES
+    return INCONCLUSIVE
 
 
 @dataclass(frozen=True)

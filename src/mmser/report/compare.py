@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmser.report.claims import CLAIMS, GAIN, Claim, find_system
+from mmser.report.claims import (AGREES, CLAIMS, DISAGREES, GAIN, INCONCLUSIVE, Claim,
+                                 find_system, verdict)
 from mmser.report.metrics import ccc
 from mmser.encode.probe import BASELINE, BASELINE_AVD
 from mmser.report.results import paired_rows, with_baseline
@@ -52,7 +53,6 @@ TITLES = {
 CLASSIFICATION_METRICS = ("UA", "WA", "macro_F1")
 CCC_METRICS = ("CCC_arousal", "CCC_valence", "CCC_dominance")
 NOT_RUN = "not run"
-AGREES, DISAGREES, INCONCLUSIVE = "agrees", "does not agree", "inconclusive"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Each stage's main system, first present wins (`*` at the end: a prefix).
@@ -364,20 +364,6 @@ def comparison(stages: dict, baseline: pd.DataFrame | None = None, n: int = 1000
 
 
 # ------------------------------------------------------------------------------ claims
-
-
-def verdict(low: float, high: float, direction: int = 1) -> str:
-    """`agrees` when the CI excludes 0 on the claimed side (direction +1: a > b, -1: a < b),
-    `does not agree` when it excludes 0 on the other side, else `inconclusive`."""
-    if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 or -1, got {direction!r}")
-    if any(v is None or not np.isfinite(v) for v in (low, high)):
-        return INCONCLUSIVE
-    if low > 0:
-        return AGREES if direction > 0 else DISAGREES
-    if high < 0:
-        return AGREES if direction < 0 else DISAGREES
-    return INCONCLUSIVE
 
 
 def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence",
