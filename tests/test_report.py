@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from mmser.encode.probe import BASELINE, BASELINE_AVD
+from mmser.report import baseline as B
 from mmser.report import compare as R
 from mmser.report.results import load_baseline, with_baseline
 from mmser.report.metrics import ccc
@@ -211,13 +212,13 @@ def test_a_papers_table_and_reading_get_the_baseline(synthetic):
     distil = R.load_stage(synthetic, "distil").main
     assert BASELINE_AVD in set(add_baseline(distil, "distilled · A+T · FT", baseline)["system"])
     assert add_baseline(clap, "full", None) is clap
-    said = R.baseline_sentence(clap, "full", baseline, n=100)
+    said = B.baseline_sentence(clap, "full", baseline, n=100)
     assert said.startswith("full **beats** the frozen linear baseline") and "UA +" in said
-    assert "falls below" in R.baseline_sentence(clap, "none", baseline, n=100)
-    table = R.beside_baseline(clap, "full", baseline, others=["none"])
+    assert "falls below" in B.baseline_sentence(clap, "none", baseline, n=100)
+    table = B.beside_baseline(clap, "full", baseline, others=["none"])
     assert list(table["system"]) == ["full", "none", BASELINE]
     assert list(table.columns[3:]) == list(R.CLASSIFICATION_METRICS)
-    avd = R.beside_baseline(distil, "distilled · A+T · FT", baseline)
+    avd = B.beside_baseline(distil, "distilled · A+T · FT", baseline)
     assert list(avd["system"]) == ["distilled · A+T · FT", BASELINE_AVD]
     assert list(avd.columns[3:]) == list(R.CCC_METRICS) and avd.loc[1, "seeds"] == 1
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "does not agree", "inconclusive"
+NOT_RUN = "not run"  # a stage or system that has no results
 
 
 def find_system(systems: Sequence[str], candidates: Sequence[str]) -> str | None:

@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmser.report.claims import (AGREES, CLAIMS, DISAGREES, GAIN, INCONCLUSIVE, Claim,
-                                 find_system, verdict)
-from mmser.report.metrics import ccc
+from mmser.report.claims import (AGREES, CLAIMS, DISAGREES, GAIN, INCONCLUSIVE, NOT_RUN,
+                                 Claim, find_system, verdict)
 from mmser.encode.probe import BASELINE, BASELINE_AVD
-from mmser.report.results import paired_rows, with_baseline
+from mmser.report.baseline import against_baseline, baseline_verdict, format_diffs
+from mmser.report.results import bootstrap_ccc_gain, bootstrap_metric, summarise
 
 STAGES = ("clap", "lemer", "distil", "vcemo", "tokenwise")
 TITLES = {
@@ -52,7 +52,6 @@ TITLES = {
 }
 CLASSIFICATION_METRICS = ("UA", "WA", "macro_F1")
 CCC_METRICS = ("CCC_arousal", "CCC_valence", "CCC_dominance")
-NOT_RUN = "not run"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Each stage's main system, first present wins (`*` at the end: a prefix).
@@ -174,15 +173,6 @@ def stage_context(metrics: dict, slice_label: str = "") -> dict:
 # ------------------------------------------------------------------------- summaries
 
 
-def summarise(preds: pd.DataFrame) -> pd.DataFrame:
-    """mmser.report.results.summary of mmser.report.results.fold_metrics (mean ± std over folds, seeds)."""
-    from mmser.report.results import fold_metrics, summary
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a fold that misses a class
-        return summary(fold_metrics(preds))
-
-
 def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
@@ -201,84 +191,6 @@ def test_sets(stages: dict) -> dict[str, dict]:
                      "seeds": tuple(sorted(part["seed"].unique().tolist())),
                      "n_folds": part["fold"].nunique(), "n": folds.size}
     return out
-
-
-def against_baseline(main: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
-                     n: int = 1000, seed: int = 0) -> list[dict] | str:
-    """`system` minus the frozen-feature baseline on the same test utterances, folds and
-    seeds, with 95% paired bootstrap intervals: UA for a classifier, CCC of valence and of
-    arousal for a regressor (one dict each: metric, diff, low, high); a sentence saying why
-    when they cannot be paired."""
-    if baseline is None:
-        return f"{NOT_RUN}: no results/features/tables/predictions.csv"
-    part = main.loc[main["system"] == system]
-    regression = "pred" not in part.columns or part["pred"].isna().all()
-    base = BASELINE_AVD if regression else BASELINE
-    if base not in set(baseline["system"]):
-        return f"{NOT_RUN}: the features stage wrote no {base!r} rows"
-    try:
-        paired = with_baseline(main, baseline, system, base)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # resamples that miss a class
-            if regression:
-                return [{"metric": f"CCC_{dim}", **bootstrap_ccc_gain(
-                    paired, system, base, more=dim, less=None, n=n, seed=seed)}
-                    for dim in ("valence", "arousal")]
-            return [{"metric": "UA", **bootstrap_metric(paired, system, base, "UA", n=n,
-                                                        seed=seed)}]
-    except (ValueError, KeyError) as err:
-        return f"not comparable: {err}"
-
-
-def baseline_verdict(diffs: list[dict] | str) -> str:
-    """In words, where a system stands against the frozen baseline (`against_baseline`)."""
-    if isinstance(diffs, str):
-        return diffs
-    found = {verdict(d["low"], d["high"]) for d in diffs}
-    if found == {AGREES}:
-        return "beats"
-    if found == {DISAGREES}:
-        return "falls below"
-    return "does not clearly differ from" if found == {INCONCLUSIVE} else "is mixed against"
-
-
-def format_diffs(diffs: list[dict] | str) -> str:
-    """`against_baseline`'s differences as "UA +0.012 [-0.004, +0.029]" (or its reason)."""
-    if isinstance(diffs, str):
-        return diffs
-    return "; ".join(f"{d['metric']} {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
-                     for d in diffs)
-
-
-def baseline_sentence(main: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
-                      n: int = 1000, seed: int = 0) -> str:
-    """For a paper's reading: where `system` stands against the frozen-feature baseline."""
-    diffs = against_baseline(main, system, baseline, n, seed)
-    if isinstance(diffs, str):
-        return f"{system} against the frozen linear baseline: {diffs}."
-    return (f"{system} **{baseline_verdict(diffs)}** the frozen linear baseline on the same "
-            f"test utterances (a logistic regression or ridge on the time-averaged frozen "
-            f"audio + text features; difference and 95% paired bootstrap interval: "
-            f"{format_diffs(diffs)}).")
-
-
-def beside_baseline(preds: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
-                    others: Sequence[str] = ()) -> pd.DataFrame:
-    """For a paper's notebook: `system` (and `others` of the paper's systems) beside the
-    frozen-feature baseline on the same test utterances, mean ± std over folds and seeds."""
-    from mmser.report.results import add_baseline
-
-    rows = add_baseline(preds, system, baseline)
-    keep = [system, *others, BASELINE, BASELINE_AVD]
-    table = summarise(rows[rows["system"].isin(keep)])
-    table["order"] = table["system"].map({s: i for i, s in enumerate(keep)})
-    table = table.sort_values("order").drop(columns="order")
-    metrics = [m for m in CLASSIFICATION_METRICS + CCC_METRICS if m in table.columns
-               and table[m].notna().any()]
-    out = table[["system", "folds", "seeds"]].copy()
-    for m in metrics:
-        out[m] = [_pm(v, s) for v, s in zip(table[m], table[f"{m}_std"])]
-    return out.reset_index(drop=True)
 
 
 def baseline_rows(baseline: pd.DataFrame | None, designs: dict[str, dict]) -> list[dict]:
@@ -364,59 +276,6 @@ def comparison(stages: dict, baseline: pd.DataFrame | None = None, n: int = 1000
 
 
 # ------------------------------------------------------------------------------ claims
-
-
-def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence",
-                       less: str | None = "arousal", n: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> dict[str, float]:
-    """Paired bootstrap of [CCC_more(a) - CCC_more(b)] - [CCC_less(a) - CCC_less(b)]: does
-    what `a` adds to `b` help `more` (valence) more than `less` (arousal)? With
-    `less=None`, of CCC_more(a) - CCC_more(b) alone.
-
-    CCC is computed per (seed, fold) and averaged, as the tables report it; utterances are
-    resampled within each fold, the same indices for both systems and for every seed (an
-    utterance keeps all its seeds' predictions, as in `paired_bootstrap`), and the seeds
-    are resampled too, so the interval holds the spread between training runs. (A CCC
-    pooled over folds mixes each fold's offset and scale into the score and can even
-    reverse the sign of a per-fold difference.)"""
-    pa, pb = paired_rows(preds, a, b)
-    cols = {d: (pa[f"true_{d}"].to_numpy(float), pa[f"pred_{d}"].to_numpy(float),
-                pb[f"pred_{d}"].to_numpy(float)) for d in (more, less) if d}
-    runs = pa.index.droplevel("utt_id")  # (seed, fold) of each utterance
-    groups = [np.flatnonzero(runs == key) for key in runs.unique()]
-
-    def stat(idx):
-        gain = {d: ccc(t[idx], x[idx]) - ccc(t[idx], y[idx]) for d, (t, x, y) in cols.items()}
-        return gain[more] - gain[less] if less else gain[more]
-
-    folds = [key[1] for key in runs.unique()]
-    seeds = [key[0] for key in runs.unique()]
-    distinct = sorted(set(seeds))
-
-    def resample(rng):
-        draws = {}  # one draw per fold, shared by its seeds (their rows are in utt_id order)
-        for f, g in zip(folds, groups):
-            if (f, len(g)) not in draws:
-                draws[f, len(g)] = rng.integers(0, len(g), len(g))
-        times = Counter(rng.choice(distinct, len(distinct))) if len(distinct) > 1 else None
-        stats = [stat(g[draws[f, len(g)]]) for f, g in zip(folds, groups)]
-        weights = [times[s] if times else 1 for s in seeds]
-        return np.average(stats, weights=weights)
-
-    rng = np.random.default_rng(seed)
-    draws = np.array([resample(rng) for _ in range(n)])
-    low, high = np.nanquantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return {"diff": float(np.mean([stat(g) for g in groups])), "low": float(low),
-            "high": float(high)}
-
-
-def bootstrap_metric(preds: pd.DataFrame, a: str, b: str, metric: str = "UA", n: int = 1000,
-                     seed: int = 0) -> dict[str, float]:
-    """mmser.report.results.bootstrap (WA/UA) over the pooled test utterances."""
-    from mmser.report.results import bootstrap
-
-    out = bootstrap(preds, a, b, metric=metric, n=n, seed=seed)
-    return {k: out[k] for k in ("diff", "low", "high")}
 
 
 def paper_difference(key: str) -> str:

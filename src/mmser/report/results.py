@@ -9,6 +9,8 @@ paired bootstrap intervals between systems, and tables in CSV and Markdown.
 from __future__ import annotations
 
 import json
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +55,14 @@ def summary(per_fold: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def summarise(preds: pd.DataFrame) -> pd.DataFrame:
+    """`summary` of `fold_metrics` (mean ± std over folds and seeds), quiet about a fold
+    that misses a class."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return summary(fold_metrics(preds))
+
+
 def formatted(table: pd.DataFrame, metrics: Sequence[str], digits: int = 3) -> pd.DataFrame:
     """`metric` and `metric_std` columns merged into "mean ± std" strings."""
     out = table.drop(columns=[c for c in table.columns if c.endswith("_std")])
@@ -77,6 +87,57 @@ def bootstrap(preds: pd.DataFrame, system_a: str, system_b: str, metric: str = "
                               groups=a.index.get_level_values("utt_id") if several else None,
                               runs=a.index.get_level_values("seed") if several else None)
     return {"a": system_a, "b": system_b, "metric": metric, **result, "seeds": seeds}
+
+
+def bootstrap_ccc_gain(preds: pd.DataFrame, a: str, b: str, more: str = "valence",
+                       less: str | None = "arousal", n: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, float]:
+    """Paired bootstrap of [CCC_more(a) - CCC_more(b)] - [CCC_less(a) - CCC_less(b)]: does
+    what `a` adds to `b` help `more` (valence) more than `less` (arousal)? With
+    `less=None`, of CCC_more(a) - CCC_more(b) alone.
+
+    CCC is computed per (seed, fold) and averaged, as the tables report it; utterances are
+    resampled within each fold, the same indices for both systems and for every seed (an
+    utterance keeps all its seeds' predictions, as in `paired_bootstrap`), and the seeds
+    are resampled too, so the interval holds the spread between training runs. (A CCC
+    pooled over folds mixes each fold's offset and scale into the score and can even
+    reverse the sign of a per-fold difference.)"""
+    pa, pb = paired_rows(preds, a, b)
+    cols = {d: (pa[f"true_{d}"].to_numpy(float), pa[f"pred_{d}"].to_numpy(float),
+                pb[f"pred_{d}"].to_numpy(float)) for d in (more, less) if d}
+    runs = pa.index.droplevel("utt_id")  # (seed, fold) of each utterance
+    groups = [np.flatnonzero(runs == key) for key in runs.unique()]
+
+    def stat(idx):
+        gain = {d: ccc(t[idx], x[idx]) - ccc(t[idx], y[idx]) for d, (t, x, y) in cols.items()}
+        return gain[more] - gain[less] if less else gain[more]
+
+    folds = [key[1] for key in runs.unique()]
+    seeds = [key[0] for key in runs.unique()]
+    distinct = sorted(set(seeds))
+
+    def resample(rng):
+        draws = {}  # one draw per fold, shared by its seeds (their rows are in utt_id order)
+        for f, g in zip(folds, groups):
+            if (f, len(g)) not in draws:
+                draws[f, len(g)] = rng.integers(0, len(g), len(g))
+        times = Counter(rng.choice(distinct, len(distinct))) if len(distinct) > 1 else None
+        stats = [stat(g[draws[f, len(g)]]) for f, g in zip(folds, groups)]
+        weights = [times[s] if times else 1 for s in seeds]
+        return np.average(stats, weights=weights)
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([resample(rng) for _ in range(n)])
+    low, high = np.nanquantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(np.mean([stat(g) for g in groups])), "low": float(low),
+            "high": float(high)}
+
+
+def bootstrap_metric(preds: pd.DataFrame, a: str, b: str, metric: str = "UA", n: int = 1000,
+                     seed: int = 0) -> dict[str, float]:
+    """`bootstrap` (WA/UA) over the pooled test utterances: diff, low, high."""
+    out = bootstrap(preds, a, b, metric=metric, n=n, seed=seed)
+    return {k: out[k] for k in ("diff", "low", "high")}
 
 
 def paired_rows(preds: pd.DataFrame, system_a: str, system_b: str

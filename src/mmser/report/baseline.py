@@ -1,0 +1,95 @@
+"""The frozen-feature baseline beside a paper's systems.
+
+The features stage fits a linear probe on the time-averaged frozen audio + text features
+(a ridge for arousal, valence and dominance) on the protocol's folds and keeps its
+per-utterance predictions (`mmser.encode.probe`). Here a paper's system is set against it
+on the same test utterances, with the same paired bootstrap as the claims: for each paper's
+table and reading, and for the report's comparison.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import pandas as pd
+
+from mmser.encode.probe import BASELINE, BASELINE_AVD
+from mmser.report.claims import AGREES, DISAGREES, INCONCLUSIVE, NOT_RUN, verdict
+from mmser.report.results import (add_baseline, bootstrap_ccc_gain, bootstrap_metric,
+                                  formatted, summarise, with_baseline)
+
+METRICS = ("UA", "WA", "macro_F1", "CCC_arousal", "CCC_valence", "CCC_dominance")
+
+
+def against_baseline(main: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
+                     n: int = 1000, seed: int = 0) -> list[dict] | str:
+    """`system` minus the frozen-feature baseline on the same test utterances, folds and
+    seeds, with 95% paired bootstrap intervals: UA for a classifier, CCC of valence and of
+    arousal for a regressor (one dict each: metric, diff, low, high); a sentence saying why
+    when they cannot be paired."""
+    if baseline is None:
+        return f"{NOT_RUN}: no results/features/tables/predictions.csv"
+    part = main.loc[main["system"] == system]
+    regression = "pred" not in part.columns or part["pred"].isna().all()
+    base = BASELINE_AVD if regression else BASELINE
+    if base not in set(baseline["system"]):
+        return f"{NOT_RUN}: the features stage wrote no {base!r} rows"
+    try:
+        paired = with_baseline(main, baseline, system, base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # resamples that miss a class
+            if regression:
+                return [{"metric": f"CCC_{dim}", **bootstrap_ccc_gain(
+                    paired, system, base, more=dim, less=None, n=n, seed=seed)}
+                    for dim in ("valence", "arousal")]
+            return [{"metric": "UA", **bootstrap_metric(paired, system, base, "UA", n=n,
+                                                        seed=seed)}]
+    except (ValueError, KeyError) as err:
+        return f"not comparable: {err}"
+
+
+def baseline_verdict(diffs: list[dict] | str) -> str:
+    """In words, where a system stands against the frozen baseline (`against_baseline`)."""
+    if isinstance(diffs, str):
+        return diffs
+    found = {verdict(d["low"], d["high"]) for d in diffs}
+    if found == {AGREES}:
+        return "beats"
+    if found == {DISAGREES}:
+        return "falls below"
+    return "does not clearly differ from" if found == {INCONCLUSIVE} else "is mixed against"
+
+
+def format_diffs(diffs: list[dict] | str) -> str:
+    """`against_baseline`'s differences as "UA +0.012 [-0.004, +0.029]" (or its reason)."""
+    if isinstance(diffs, str):
+        return diffs
+    return "; ".join(f"{d['metric']} {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                     for d in diffs)
+
+
+def baseline_sentence(main: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
+                      n: int = 1000, seed: int = 0) -> str:
+    """For a paper's reading: where `system` stands against the frozen-feature baseline."""
+    diffs = against_baseline(main, system, baseline, n, seed)
+    if isinstance(diffs, str):
+        return f"{system} against the frozen linear baseline: {diffs}."
+    return (f"{system} **{baseline_verdict(diffs)}** the frozen linear baseline on the same "
+            f"test utterances (a logistic regression or ridge on the time-averaged frozen "
+            f"audio + text features; difference and 95% paired bootstrap interval: "
+            f"{format_diffs(diffs)}).")
+
+
+def beside_baseline(preds: pd.DataFrame, system: str, baseline: pd.DataFrame | None,
+                    others: Sequence[str] = ()) -> pd.DataFrame:
+    """For a paper's notebook: `system` (and `others` of the paper's systems) beside the
+    frozen-feature baseline on the same test utterances, mean ± std over folds and seeds."""
+    rows = add_baseline(preds, system, baseline)
+    keep = [system, *others, BASELINE, BASELINE_AVD]
+    table = summarise(rows[rows["system"].isin(keep)])
+    table["order"] = table["system"].map({s: i for i, s in enumerate(keep)})
+    table = table.sort_values("order").drop(columns="order")
+    metrics = [m for m in METRICS if m in table.columns and table[m].notna().any()]
+    return formatted(table[["system", "folds", "seeds"] + metrics +
+                           [f"{m}_std" for m in metrics]], metrics).reset_index(drop=True)
