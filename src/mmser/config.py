@@ -336,7 +336,11 @@ class Tokenwise:
     pretrain_epochs: int = 2
     pretrain_batch_sizes: list = field(default_factory=lambda: [4])  # Figure 3 configurations
     pretrain_lrs: list = field(default_factory=lambda: [1e-4])  # Sec. 4.3: Adam 1e-4
-    speech_layers: list | None = None  # hidden states tried (null: all); chosen on val UAR
+    speech_layers: list | None = field(default_factory=lambda: [-1])  # the speech row's
+    # hidden states (Sec. 3.1: the last; null: all, chosen on val UAR)
+    speech_layer_search: bool = True  # also an extra row trying every speech layer
+    pretrain_speakers: str = "all"  # all: one speaker-dependent pre-training | fold: each
+    # fold's pre-training leaves out its test speakers' read speech
     text_layers: list | None = field(default_factory=lambda: [-1])  # Sec. 4.2: the last
     extra_speech: list = field(default_factory=list)  # more speech baselines (WavLM)
     hidden: int = 16  # classifier width; the paper does not say
@@ -351,7 +355,8 @@ class Tokenwise:
     bootstrap_n: int = 100  # paired bootstrap resamples of the UA differences
 
 
-CHOICES.update({"tokenwise.text_source": {"text", "asr_text"}})
+CHOICES.update({"tokenwise.text_source": {"text", "asr_text"},
+                "tokenwise.pretrain_speakers": {"all", "fold"}})
 
 
 @dataclass
