@@ -46,7 +46,11 @@ PAPER_TABLE3 = pd.DataFrame([
     ("IEMOCAP", "Ours (Mono)", 73.65, 74.32), ("IEMOCAP", "Ours (Multi)", 74.73, 75.28),
 ], columns=["dataset", "features", "F1", "UAR"])
 PAPER_PROTOCOL = "random 70:20:10 split (speaker-dependent), one split"
+CORPUS_PROTOCOL = "corpus"  # in `tokenwise.protocols`: the protocol the corpus was prepared for
+PROTOCOL_NAMES = {CORPUS_PROTOCOL} | (set(protocols.PROTOCOLS) - {"cross_corpus"})
 LAYER_SEARCH = "layer search: "  # prefix of the extra speech row that tries every layer
+OURS = "ours B_s"  # the system (and feature view) of the paper's method
+SPEAKER_DEPENDENT_PRETRAINING = "speaker-dependent pre-training"
 
 
 def paper_duplicates(table: pd.DataFrame = PAPER_TABLE3) -> list[tuple[str, str]]:
@@ -64,8 +68,6 @@ def duplicated_cells(table: pd.DataFrame = PAPER_TABLE3) -> set[tuple[str, str]]
     """(dataset, features) of every paper row whose numbers another row repeats."""
     names = {f"{d} {f}": (d, f) for d, f in zip(table["dataset"], table["features"])}
     return {names[r] for pair in paper_duplicates(table) for r in pair}
-CORPUS_PROTOCOL = "corpus"  # in `tokenwise.protocols`: the protocol the corpus was prepared for
-PROTOCOL_NAMES = {CORPUS_PROTOCOL} | (set(protocols.PROTOCOLS) - {"cross_corpus"})
 
 
 # ------------------------------------------------------------------------ pre-training
@@ -119,10 +121,6 @@ def attention_map(model: Aligner, item: dict) -> np.ndarray:
     model.eval()
     _, attention = model.contextualise(D.collate([item]))
     return attention[0].numpy()
-
-
-OURS = "ours B_s"  # the system (and feature view) of the paper's method
-SPEAKER_DEPENDENT_PRETRAINING = "speaker-dependent pre-training"
 
 
 def pretraining_label(corpus: D.Corpus, test_speakers_left_out: bool) -> str:
