@@ -95,6 +95,56 @@ def test_clip_loss_shares_targets_between_identical_transcripts():
     assert float(expected) != pytest.approx(float(CM.clip_loss(audio, text, 1.0)))
 
 
+def test_dot_similarity_reading_matches_hand_computation():
+    audio = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    text = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    dots = torch.tensor([[3.0, 1.0], [0.0, 2.0]])  # plain dot products, no normalising
+    torch.testing.assert_close(CM.similarity(audio, text, "dot"), dots)
+    logits = dots / 2.0
+    a2t = -(logits.log_softmax(1).diagonal()).mean()
+    t2a = -(logits.T.log_softmax(1).diagonal()).mean()
+    torch.testing.assert_close(CM.clip_loss(audio, text, 2.0, kind="dot"), (a2t + t2a) / 2)
+    assert float(CM.clip_loss(audio, text, 2.0, kind="dot")) != pytest.approx(
+        float(CM.clip_loss(audio, text, 2.0)))
+    with pytest.raises(ValueError, match="similarity"):
+        CM.similarity(audio, text, "euclid")
+    # retrieval ranks by the model's own similarity: a long vector wins only under dot
+    pairs = (torch.tensor([[1.0, 0.9], [1.0, 0.0]]), torch.tensor([[1.0, 1.0], [5.0, 0.0]]),
+             torch.tensor([1, 2]))
+    assert C.retrieval(*pairs, ks=(1,), kind="dot")["R@1"] == 0.5
+    assert C.retrieval(*pairs, ks=(1,))["R@1"] == 1.0
+
+
+def test_similarity_ablation_rows_are_named_and_checked():
+    name = C.ablation_name("full", C.other_similarity("cosine"))
+    assert name == "full · dot" and C.system_key(name) == "full"
+    assert "dot logits (ablation)" in C.model_name(name)
+    assert C.folder(name) == "full-dot"
+    assert C.ablation_systems(Clap(similarity_ablation=["full"])) == ["full"]
+    with pytest.raises(ValueError, match="similarity_ablation"):
+        C.ablation_systems(Clap(similarity_ablation=["none"]))
+    with pytest.raises(ParamsError):
+        Params.from_dict({"clap": {"similarity": "euclid"}})
+
+
+def test_reading_says_plainly_where_it_goes_against_the_paper():
+    summary = pd.DataFrame({"system": ["none", "small", "full", "full · dot"],
+                            "WA": [0.62, 0.60, 0.58, 0.61], "WA_std": [0.01] * 4})
+    ci = pd.DataFrame([
+        {"a": "full", "b": "none", "metric": "UA", "diff": -0.04, "low": -0.07, "high": -0.01},
+        {"a": "small", "b": "none", "metric": "UA", "diff": -0.01, "low": -0.03, "high": 0.02},
+        {"a": "full · dot", "b": "full", "metric": "UA", "diff": 0.03, "low": 0.01,
+         "high": 0.05}])
+    retrieval = pd.DataFrame({"R@1": [0.05], "chance@1": [0.04]}, index=["full"])
+    text = "\n".join(C.reading(summary, ci, retrieval))
+    assert "against the paper's order" in text
+    assert "full − none (UA)**: -4.0 points" in text and "goes against the paper" in text
+    assert "+7.18" in text  # the paper's gap, from PAPER_TABLE1
+    assert "not reproduced" in text  # small - none: interval includes 0
+    assert "Similarity ablation, full · dot − full" in text and "better" in text
+    assert "below twice chance" in text
+
+
 def test_projection_block_follows_the_paper():
     torch.manual_seed(0)
     block = CM.Projection(4, 3, dropout=0.2).eval()
@@ -184,6 +234,36 @@ def test_pretraining_never_sees_the_test_fold_and_is_repeatable(fixture, tmp_pat
     pd.testing.assert_frame_equal(preds, again)
     assert pd.DataFrame(ahead.records).equals(pd.DataFrame(runner.records))
     assert len(ahead.histories) == 2
+
+
+def test_pretraining_never_hears_the_test_speakers_read_speech(fixture, tmp_path,
+                                                              monkeypatch):
+    corpus, bank = _bank(fixture)
+    # the default corpus's read split is spoken by the labelled voices: so is this one
+    df = corpus.df.copy()
+    read = df["split"] == "read"
+    df.loc[read, "speaker"] = [f"spk{i % 4}" for i in range(read.sum())]
+    corpus = D.Corpus(df, corpus.audio_root, corpus.protocol, corpus.name)
+    pools = []
+    real = C.pretrain
+
+    def spy(bank_, rows, *args, **kwargs):
+        pools.append(rows)
+        return real(bank_, rows, *args, **kwargs)
+
+    monkeypatch.setattr(C, "pretrain", spy)
+    preds, runner = C.run_system(corpus, bank, "full", Clap(batch_size=8), Encoders(),
+                                 Training(progress=False), tmp_path, use_read=True,
+                                 fingerprint={})
+    assert len(pools) == 2
+    for k, pool in enumerate(pools):
+        test_speakers = set(corpus.labelled.loc[corpus.labelled["fold"] == k, "speaker"])
+        pooled_read = pool[pool["split"] == "read"]
+        assert len(pooled_read) and not set(pooled_read["speaker"]) & test_speakers
+        # the other voices' read speech stays in
+        assert set(pooled_read["speaker"]) == set(corpus.read["speaker"]) - test_speakers
+    expected = [len(corpus.read_for_fold(fold)) for fold in corpus.folds()]
+    assert sorted(r["read_pairs"] for r in runner.records) == sorted(expected) == [2, 4]
 
 
 def _tiny_whisper(path):
@@ -305,7 +385,8 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
     out = tmp_path / "clap.ipynb"
     pm.execute_notebook(
         str(ROOT / "notebooks/clap.ipynb"), str(out), kernel_name="python3", cwd=str(ROOT),
-        parameters={"clap": {"use_read": True, "batch_size": 8},
+        parameters={"clap": {"use_read": True, "batch_size": 8,
+                             "similarity_ablation": ["full"]},
                     "corpus_dir": str(fixture / "corpus"),
                     "manifest_path": str(fixture / "manifest.csv"),
                     "features_dir": str(fixture / "features"),
@@ -314,13 +395,21 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
                     "cache_dir": str(tmp_path / "cache"),
                     "curves_csv": str(tmp_path / "curves.csv")}, progress_bar=False)
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
-    assert set(metrics["systems"]) == {"none", "small", "full"}
+    assert set(metrics["systems"]) == {"none", "small", "full", "full · dot"}
+    assert metrics["similarity"]["ablation"] == {"full · dot": "dot"}
+    assert "test speakers" in metrics["pretraining_read"]
     assert 0 <= metrics["systems"]["full"]["WA"]["mean"] <= 1
     for name in ("table1.md", "table3.md", "retrieval.md", "bootstrap.md"):
         assert (tmp_path / "results/tables" / name).is_file()
     figures = {f.name for f in (tmp_path / "results/figures").iterdir()}
     assert {"confusion_full.png", "tsne_none.png", "pretrain_curves.png"} <= figures
     assert "77.22" in (tmp_path / "results/tables/table1.md").read_text()
+    assert "dot logits (ablation)" in (tmp_path / "results/tables/table1.md").read_text()
+    # the reading is computed: it names this run's ordering and the paper's
+    executed = json.loads(out.read_text())
+    shown = "".join(str(o.get("data", {}).get("text/markdown", ""))
+                    for c in executed["cells"] for o in c.get("outputs", []))
+    assert "the paper's: none 70.04" in shown and "Similarity ablation" in shown
 
 
 def test_pooling_once_in_the_bank_equals_pooling_in_the_model():

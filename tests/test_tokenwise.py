@@ -264,6 +264,84 @@ def test_same_seed_same_metrics_and_layer_chosen_on_validation(fixture, tmp_path
     summary = results.summary(results.fold_metrics(preds, corpus.classes))
     table = TW.table3({"random": summary}, {"speech": "speech"}, "bert-base-uncased")
     assert table.loc[0, "paper row"] == "Whisper" and table.loc[0, "paper IEMOCAP UAR"] == "75.90"
+    assert table.loc[0, "paper EmoDB UAR"] == "86.53*"  # repeated as the paper's IEMOCAP WavLM
+
+
+def test_pretraining_per_fold_never_hears_the_test_speakers(fixture, tmp_path, monkeypatch):
+    """pretrain_speakers = fold: no read utterance of a fold's test speakers is in that
+    fold's pre-training set; each fold's classifiers read B_s of its own pre-training."""
+    corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
+    store = F.FeatureStore(fixture / "features")
+    df = corpus.df.copy()  # the default corpus's read split is spoken by the labelled voices
+    read = df["split"] == "read"
+    df.loc[read, "speaker"] = [f"spk{i % 4}" for i in range(read.sum())]
+    corpus = D.Corpus(df, corpus.audio_root, corpus.protocol, corpus.name)
+    pools = []
+    real = TW.pretrain
+
+    def spy(store_, rows, *args, **kwargs):
+        pools.append(set(rows["speaker"]))
+        return real(store_, rows, *args, **kwargs)
+
+    monkeypatch.setattr(TW, "pretrain", spy)
+    tw = Params.from_dict({"tokenwise": {"pretrain_epochs": 1}}).tokenwise
+    lab = corpus.labelled.reset_index(drop=True)
+    items = TW.pretrain_items(store, lab["utt_id"].tolist(), lab["text"].tolist())
+    per_fold = TW.FoldPretraining(corpus, store, items, tw, Training(progress=False), 0,
+                                  tmp_path / "pre", {})
+    seen = {}
+    real_choose = TW.choose
+
+    def spy_choose(system, views, *args, **kwargs):
+        seen.setdefault(len(seen), views[TW.OURS])
+        return real_choose(system, views, *args, **kwargs)
+
+    monkeypatch.setattr(TW, "choose", spy_choose)
+    views = {TW.OURS: torch.zeros(len(lab), 2 * TEXT_DIM)}  # replaced per fold
+    preds, _ = TW.evaluate(corpus, views, [TW.System(TW.OURS, [TW.OURS], [8], [1e-3])],
+                           seeds=[0], epochs=1, patience=1, hidden=4, fold_views=per_fold)
+    assert len(pools) == 2 and per_fold.left_out_everywhere
+    for k, record in enumerate(per_fold.records):
+        test = set(lab.loc[lab["fold"] == k, "speaker"])
+        assert pools[k] and not pools[k] & test
+        assert record["speakers left out"] == ", ".join(sorted(test))
+    assert not torch.equal(seen[0], seen[1]) and not seen[0].eq(0).all()
+    assert per_fold.aligner(0) is not per_fold.aligner(1)
+    assert "without the test speakers" in TW.pretraining_label(corpus, True)
+    assert TW.SPEAKER_DEPENDENT_PRETRAINING in TW.pretraining_label(corpus, False)
+    other = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")  # read by spk9 only
+    assert "other speakers" in TW.pretraining_label(other, False)
+
+
+def test_paper_table3_duplicate_is_flagged():
+    assert TW.paper_duplicates() == [("EmoDB Whisper", "IEMOCAP WavLM")]
+    assert TW.duplicated_cells() == {("EmoDB", "Whisper"), ("IEMOCAP", "WavLM")}
+    clean = TW.PAPER_TABLE3.drop(index=TW.PAPER_TABLE3.index[
+        (TW.PAPER_TABLE3["dataset"] == "IEMOCAP") & (TW.PAPER_TABLE3["features"] == "WavLM")])
+    assert TW.paper_duplicates(clean) == []
+
+
+def _summary(values):
+    return pd.DataFrame({"system": list(values), "UA": list(values.values()),
+                         "UA_std": [0.01] * len(values)})
+
+
+def test_reading_says_plainly_where_it_goes_against_the_paper():
+    label = "leave-one-session-out"
+    summaries = {label: _summary({TW.OURS: 0.70, "speech w": 0.60, "text m": 0.75,
+                                  TW.LAYER_SEARCH + "speech w": 0.66})}
+    boot = pd.DataFrame([
+        {"protocol": label, "comparison": f"ours - {s}", "UA diff": d, "95% CI low": lo,
+         "95% CI high": hi}
+        for s, d, lo, hi in (("speech w", 0.10, 0.05, 0.15), ("text m", -0.05, -0.09, -0.01),
+                             (TW.LAYER_SEARCH + "speech w", 0.04, -0.01, 0.08))])
+    names = {"speech": "speech w", "text": "text m", "search": TW.LAYER_SEARCH + "speech w"}
+    text = "\n".join(TW.reading(summaries, boot, names,
+                                {label: TW.SPEAKER_DEPENDENT_PRETRAINING}))
+    assert "above speech-only" in text and text.count("**against the paper**") == 2
+    assert "below text-only" in text and "speaker-dependent pre-training" in text
+    assert "searches every speech layer reaches 66.0" in text
+    assert "IEMOCAP WavLM equals EmoDB Whisper" in text
 
 
 def test_same_seed_same_classifier():
@@ -364,7 +442,8 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
         str(ROOT / "notebooks/tokenwise.ipynb"), str(tmp_path / "tokenwise.ipynb"),
         kernel_name="python3", cwd=str(ROOT), progress_bar=False,
         parameters={"tokenwise": {"pretrain_epochs": 2, "pretrain_batch_sizes": [4, 8],
-                                  "epochs": 3, "hidden": 8, "baseline_batch_sizes": [8, 16]},
+                                  "epochs": 3, "hidden": 8, "baseline_batch_sizes": [8, 16],
+                                  "pretrain_speakers": "fold"},
                     "corpus_dir": str(fixture / "corpus"),
                     "manifest_path": str(fixture / "manifest.csv"),
                     "features_dir": str(fixture / "features"),
@@ -381,6 +460,17 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
         assert (tables / name).is_file()
     assert "75.90" in (tables / "table3.md").read_text()
     assert "speaker-dependent" in (tables / "table3.md").read_text()
+    # the speech row is the last layer; the every-layer search is an extra, labelled row
+    assert {"speech whisper-tiny.en [loso]",
+            "layer search: speech whisper-tiny.en [loso]"} <= set(metrics["systems"])
+    chosen = pd.read_csv(tables / "chosen_views.csv")
+    last = chosen[chosen["system"].str.startswith("speech ")]
+    assert len(last) and last["view"].str.endswith("L2").all()  # 3 states: the last is 2
+    assert "86.53*" in (tables / "table3.md").read_text()
+    assert metrics["paper_table3_duplicates"] == [["EmoDB Whisper", "IEMOCAP WavLM"]]
+    assert set(metrics["notes"]) == {"ours B_s [loso]", "ours B_s [random_70_20_10]"}
+    assert metrics["pretraining"]["speakers"] == "fold"
+    assert len(metrics["pretraining"]["folds"]) >= 2
     figures = {f.name for f in (tmp_path / "results/figures").iterdir()}
     assert {"fig2_3_pretraining.png", "fig4_attention.png", "confusion_ours.png",
             "layers_val_uar.png"} <= figures

@@ -85,6 +85,7 @@ BOUNDS: list[tuple[str, Bound]] = [
 # Element types of lists whose default is empty (others: the default's elements' type).
 ELEMENTS = {"training.claim_seeds": int, "tokenwise.speech_layers": int,
             "tokenwise.text_layers": int, "tokenwise.extra_speech": str,
+            "clap.similarity_ablation": str,
             "synthetic.snr_db": float}
 
 
@@ -208,6 +209,8 @@ class Clap:
     proj_dim: int = 256  # projection width (paper: not given)
     dropout: float = 0.2  # projection block (paper: 0.2)
     temperature: float = 1.0  # CLIP temperature (paper: 1)
+    similarity: str = "cosine"  # CLIP logits: cosine (the paper's words) | dot (its CLIP tutorial)
+    similarity_ablation: list = field(default_factory=list)  # systems re-run with the other
     optimizer: str = "adamw"  # paper: CosAngularGrad, which no maintained package provides
     speech_lr: float = 1e-4  # speech encoder layers (paper: 1e-4)
     text_lr: float = 1e-5  # text encoder layers (paper: 1e-5)
@@ -223,6 +226,7 @@ class Clap:
 
 
 CHOICES.update({"clap.text_source": {"text", "asr_text"}, "clap.text_pool": {"mean", "cls"},
+                "clap.similarity": {"cosine", "dot"},
                 "clap.optimizer": {"adam", "adamw"},
                 "clap.pretrain_precision": {None, "32-true", "bf16-mixed", "16-mixed",
                                             "bf16-true"}})
@@ -336,7 +340,11 @@ class Tokenwise:
     pretrain_epochs: int = 2
     pretrain_batch_sizes: list = field(default_factory=lambda: [4])  # Figure 3 configurations
     pretrain_lrs: list = field(default_factory=lambda: [1e-4])  # Sec. 4.3: Adam 1e-4
-    speech_layers: list | None = None  # hidden states tried (null: all); chosen on val UAR
+    speech_layers: list | None = field(default_factory=lambda: [-1])  # the speech row's
+    # hidden states (Sec. 3.1: the last; null: all, chosen on val UAR)
+    speech_layer_search: bool = True  # also an extra row trying every speech layer
+    pretrain_speakers: str = "all"  # all: one speaker-dependent pre-training | fold: each
+    # fold's pre-training leaves out its test speakers' read speech
     text_layers: list | None = field(default_factory=lambda: [-1])  # Sec. 4.2: the last
     extra_speech: list = field(default_factory=list)  # more speech baselines (WavLM)
     hidden: int = 16  # classifier width; the paper does not say
@@ -351,7 +359,8 @@ class Tokenwise:
     bootstrap_n: int = 100  # paired bootstrap resamples of the UA differences
 
 
-CHOICES.update({"tokenwise.text_source": {"text", "asr_text"}})
+CHOICES.update({"tokenwise.text_source": {"text", "asr_text"},
+                "tokenwise.pretrain_speakers": {"all", "fold"}})
 
 
 @dataclass

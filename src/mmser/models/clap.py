@@ -42,12 +42,27 @@ class Side(nn.Module):
         return self.projection(pooled)
 
 
+SIMILARITIES = ("cosine", "dot")
+
+
+def similarity(audio: torch.Tensor, text: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Pairwise audio-text scores (n_audio, n_text). `cosine`: the paper's words ("scaled
+    pairwise cosine similarities", in [-1, 1]); `dot`: the CLIP tutorial its head and rates
+    follow, plain dot products of the projected embeddings (unbounded)."""
+    if kind not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, not {kind!r}")
+    if kind == "cosine":
+        audio, text = F.normalize(audio, dim=-1), F.normalize(text, dim=-1)
+    return audio @ text.T
+
+
 def clip_loss(audio: torch.Tensor, text: torch.Tensor, temperature: float = 1.0,
-              text_keys: torch.Tensor | None = None) -> torch.Tensor:
-    """Stage 1 loss (Sec. 3, CLIP's): symmetric cross-entropy over cosine similarities /
+              text_keys: torch.Tensor | None = None,
+              kind: str = "cosine") -> torch.Tensor:
+    """Stage 1 loss (Sec. 3, CLIP's): symmetric cross-entropy over `similarity` /
     temperature. Pairs sharing a transcript (`text_keys` equal) are all positives, with equal
     target weight; with distinct texts this is CLIP's loss with identity targets."""
-    logits = F.normalize(audio, dim=-1) @ F.normalize(text, dim=-1).T / temperature
+    logits = similarity(audio, text, kind) / temperature
     if text_keys is None:
         same = torch.eye(len(audio), device=audio.device)
     else:
@@ -61,14 +76,18 @@ def clip_loss(audio: torch.Tensor, text: torch.Tensor, temperature: float = 1.0,
 class ClapModel(nn.Module):
     """Stage 1 (Sec. 3): speech and text sides trained to agree with `clip_loss`."""
 
-    def __init__(self, speech: Side, text: Side, temperature: float = 1.0):
+    def __init__(self, speech: Side, text: Side, temperature: float = 1.0,
+                 similarity: str = "cosine"):
         super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, not {similarity!r}")
         self.speech, self.text, self.temperature = speech, text, temperature
+        self.similarity = similarity
 
     def forward(self, batch: dict) -> dict:
         audio = self.speech(batch["speech"], batch["speech_mask"])
         text = self.text(batch["text"], batch["text_mask"])
-        loss = clip_loss(audio, text, self.temperature, batch["text_key"])
+        loss = clip_loss(audio, text, self.temperature, batch["text_key"], self.similarity)
         return {"loss": loss, "audio": audio, "text": text, "text_key": batch["text_key"]}
 
 

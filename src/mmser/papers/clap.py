@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmser.training import data as D
@@ -32,7 +31,7 @@ from mmser.config import Clap as ClapParams
 from mmser.config import Training
 from mmser.corpus.protocols import Fold
 from mmser.encode.features import FeatureStore
-from mmser.models.clap import ClapModel, Side, SpeechClassifier
+from mmser.models.clap import SIMILARITIES, ClapModel, Side, SpeechClassifier, similarity
 from mmser.report.claims import claim_seeds
 
 FRAMES_PER_SECOND = 50  # Whisper and HuBERT/wav2vec 2.0 encoders both emit 50 frames/s
@@ -41,21 +40,51 @@ SYSTEMS = {  # Table 1 rows: system key -> (text cut used for pre-training, read
     "small": ("small", "pre-trained with the small text model"),
     "full": ("main", "pre-trained with the full text model"),
 }
+ABLATION = " · "  # "full · dot": a system re-run with the other clap.similarity
+
+
+def other_similarity(kind: str) -> str:
+    return next(s for s in SIMILARITIES if s != kind)
+
+
+def ablation_name(system: str, kind: str) -> str:
+    """The row of `system` pre-trained with similarity `kind` (the ablation's reading)."""
+    return f"{system}{ABLATION}{kind}"
+
+
+def system_key(name: str) -> str:
+    """The Table 1 system a row belongs to ("full · dot" -> "full")."""
+    return name.split(ABLATION)[0]
+
+
+def folder(name: str) -> str:
+    """A row's folder name ("full · dot" -> "full-dot")."""
+    return name.replace(ABLATION, "-")
+
+
+def ablation_systems(p: ClapParams) -> list[str]:
+    """clap.similarity_ablation, checked: pre-trained systems that also run."""
+    bad = [s for s in p.similarity_ablation if s not in p.systems or SYSTEMS[s][0] is None]
+    if bad:
+        raise ValueError(f"clap.similarity_ablation {bad}: only pre-trained systems of "
+                         f"clap.systems {p.systems} (not 'none') can be re-run with the "
+                         "other similarity")
+    return list(p.similarity_ablation)
 
 
 # -------------------------------------------------------------------------- retrieval
 
 
 def retrieval(audio: torch.Tensor, text: torch.Tensor, text_keys: torch.Tensor,
-              ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Audio-to-text recall@k among the distinct transcripts of a set of pairs, and chance.
+              ks: Sequence[int] = (1, 5), kind: str = "cosine") -> dict[str, float]:
+    """Audio-to-text recall@k among the distinct transcripts of a set of pairs, and chance,
+    ranked by the similarity the model was trained with (`kind`).
 
     Identical transcripts are one candidate (their embeddings are equal in eval mode), so
     a clip is right when its own words rank within the top k.
     """
     keys, first = np.unique(text_keys.numpy(), return_index=True)
-    candidates = F.normalize(text[torch.as_tensor(first)].float(), dim=-1)
-    sims = F.normalize(audio.float(), dim=-1) @ candidates.T
+    sims = similarity(audio.float(), text[torch.as_tensor(first)].float(), kind)
     truth = torch.as_tensor(np.searchsorted(keys, text_keys.numpy()))
     rank = (sims > sims.gather(1, truth[:, None])).sum(1)  # candidates scored above the truth
     out = {}
@@ -65,10 +94,10 @@ def retrieval(audio: torch.Tensor, text: torch.Tensor, text_keys: torch.Tensor,
     return out
 
 
-def recall_at_1(outputs: list[dict]) -> float:
+def recall_at_1(outputs: list[dict], kind: str = "cosine") -> float:
     """Validation score of pre-training (a `Task.val_metric`): audio-to-text recall@1."""
     cat = {k: torch.cat([o[k] for o in outputs]) for k in ("audio", "text", "text_key")}
-    return retrieval(cat["audio"], cat["text"], cat["text_key"], ks=(1,))["R@1"]
+    return retrieval(cat["audio"], cat["text"], cat["text_key"], ks=(1,), kind=kind)["R@1"]
 
 
 # ------------------------------------------------------------------------- features
@@ -239,8 +268,10 @@ def pretrain(bank: Bank, rows: pd.DataFrame, role: str, p: ClapParams, encoders,
     T.seed_everything(seed)
     train, val = split_pretraining(rows, p.pretrain_val_fraction, seed)
     model = ClapModel(speech_side(p, encoders, bank.dim),
-                      text_side(p, encoders, bank.text_dim[role], role), p.temperature)
-    task = make_task(model, p, "loss", val_metric=recall_at_1)
+                      text_side(p, encoders, bank.text_dim[role], role), p.temperature,
+                      p.similarity)
+    task = make_task(model, p, "loss",
+                     val_metric=functools.partial(recall_at_1, kind=p.similarity))
     cfg = replace(cfg, precision=p.pretrain_precision or cfg.precision)
     val_items = bank.pairs(val, role)
     result = T.fit(task, bank.pairs(train, role), val_items, out_dir, cfg,
@@ -248,20 +279,22 @@ def pretrain(bank: Bank, rows: pd.DataFrame, role: str, p: ClapParams, encoders,
                    fingerprint={**fingerprint, "rows": rows_digest(rows), "role": role})
     out = T.predict(task, val_items, keys=("audio", "text"))
     keys = torch.tensor([item["text_key"] for item in val_items])
-    scores = retrieval(torch.from_numpy(out["audio"]), torch.from_numpy(out["text"]), keys)
+    scores = retrieval(torch.from_numpy(out["audio"]), torch.from_numpy(out["text"]), keys,
+                       kind=p.similarity)
     return model, result, {"n_pairs": len(train), "n_heldout": len(val), **scores}
 
 
 class Runner:
     """Builds the fine-tuning task of one system per fold for `training.cross_validate`,
-    pre-training first (on the fold's training rows and optionally the read split) when the
-    system uses pre-training. Pre-training records land in `self.records`, one per run
+    pre-training first (on the fold's training rows and optionally the read speech that
+    `read(fold)` allows: `Corpus.read_for_fold` leaves out the fold's test speakers) when
+    the system uses pre-training. Pre-training records land in `self.records`, one per run
     (a fold is built more than once when runs train ahead in processes)."""
 
     def __init__(self, bank: Bank, system: str, classes: Sequence[str], p: ClapParams,
-                 encoders, cfg: Training, out_dir: str | Path, read: pd.DataFrame | None,
-                 fingerprint: dict):
-        if system not in SYSTEMS:
+                 encoders, cfg: Training, out_dir: str | Path,
+                 read: Callable[[Fold], pd.DataFrame] | None, fingerprint: dict):
+        if system_key(system) not in SYSTEMS:
             raise ValueError(f"unknown system {system!r}; known: {sorted(SYSTEMS)}")
         self.bank, self.system, self.classes, self.p = bank, system, list(classes), p
         self.encoders, self.cfg, self.out_dir = encoders, cfg, Path(out_dir)
@@ -289,18 +322,22 @@ class Runner:
 
     def __call__(self, fold: Fold, seed: int) -> T.Task:
         model = self.build()
-        role = SYSTEMS[self.system][0]
+        role = SYSTEMS[system_key(self.system)][0]
         if role is not None:
             train_rows = fold.train()
-            pool = train_rows if self.read is None else pd.concat([train_rows, self.read])
-            run = self.out_dir / "pretrain" / self.system / f"seed{seed}-{rows_digest(pool)}"
+            read = train_rows.iloc[:0] if self.read is None else self.read(fold)
+            pool = pd.concat([train_rows, read])
+            run = (self.out_dir / "pretrain" / folder(self.system)
+                   / f"seed{seed}-{rows_digest(pool)}")
             clap, result, scores = pretrain(self.bank, pool, role, self.p, self.encoders,
                                             self.cfg, run, seed, self.fingerprint)
             model.speech.load_state_dict(clap.speech.state_dict())
             held_out = sorted(set(self.bank.df.loc[self.bank.df["fold"].notna(), "session"])
                               - set(train_rows["session"]))
             tag = {"system": self.system, "seed": seed, "run": run.name,
-                   "sessions_not_in_train": ", ".join(map(str, held_out))}
+                   "sessions_not_in_train": ", ".join(map(str, held_out)),
+                   "read_pairs": len(read),
+                   "read_speakers": ", ".join(sorted(map(str, set(read["speaker"].dropna()))))}
             self._records[run.name] = {**tag, "best_epoch": result.best_epoch, **scores}
             self._histories[run.name] = result.history.assign(**tag)
         return self.task(model)
@@ -309,13 +346,15 @@ class Runner:
 def run_system(corpus: D.Corpus, bank: Bank, system: str, p: ClapParams, encoders,
                cfg: Training, out_dir: str | Path, use_read: bool, fingerprint: dict
                ) -> tuple[pd.DataFrame, Runner]:
-    """Cross-validated predictions of one Table 1 system (with a `system` column)."""
-    read = corpus.read if use_read and len(corpus.read) else None
+    """Cross-validated predictions of one Table 1 system (with a `system` column); `system`
+    may be an ablation row (`ablation_name`), run with the `p` given."""
+    read = corpus.read_for_fold if use_read and len(corpus.read) else None
     runner = Runner(bank, system, corpus.classes, p, encoders, cfg, out_dir, read,
                     fingerprint)
-    preds = T.cross_validate(corpus, runner.items, runner, Path(out_dir) / system, cfg,
+    preds = T.cross_validate(corpus, runner.items, runner, Path(out_dir) / folder(system), cfg,
                              seeds=claim_seeds("clap", system, cfg),
-                             fingerprint={**fingerprint, "system": system},
+                             fingerprint={**fingerprint, "system": system,
+                                          "similarity": p.similarity},
                              max_epochs=p.finetune_epochs, batch_size=p.batch_size)
     return preds.assign(system=system), runner
 
@@ -327,7 +366,7 @@ def trained_folds(corpus: D.Corpus, runner: Runner, out_dir: str | Path, seeds: 
 
     for seed in seeds:
         for fold in corpus.folds(seed=seed):
-            run = Path(out_dir) / runner.system / f"seed{seed}" / f"fold{fold.index}"
+            run = Path(out_dir) / folder(runner.system) / f"seed{seed}" / f"fold{fold.index}"
             done = json.loads((run / T.DONE).read_text())
             fold.select(checkpoint=str(run / T.BEST), epoch=done["best_epoch"])
             task = runner.task(runner.build())
@@ -363,16 +402,24 @@ PAPER_NAMES = {"none": "Only HuBERT without pre-training",
                "full": "HuBERT + BERT pre-training"}
 
 
+def model_name(name: str) -> str:
+    """A row's readable name, the similarity named on an ablation row."""
+    key = system_key(name)
+    if key == name:
+        return SYSTEMS[key][1]
+    return f"{SYSTEMS[key][1]}, {name.split(ABLATION)[1]} logits (ablation)"
+
+
 def beside_paper(summary: pd.DataFrame, paper: dict[str, float], metrics: Sequence[str],
                  paper_setting: str, ours_setting: str) -> pd.DataFrame:
     """Our mean ± std next to the paper's WA, one row per system, settings named."""
     from mmser.report.results import formatted
 
     table = formatted(summary, metrics)
-    table.insert(1, "model", [SYSTEMS[s][1] for s in table["system"]])
+    table.insert(1, "model", [model_name(s) for s in table["system"]])
     table["ours: setting"] = ours_setting
-    table["paper: model"] = [PAPER_NAMES[s] for s in table["system"]]
-    table["paper: WA (%)"] = [paper[s] for s in table["system"]]
+    table["paper: model"] = [PAPER_NAMES[system_key(s)] for s in table["system"]]
+    table["paper: WA (%)"] = [paper[system_key(s)] for s in table["system"]]
     table["paper: setting"] = paper_setting
     return table
 
@@ -407,3 +454,69 @@ def transfer(corpus: D.Corpus, runner: Runner, out_dir: str | Path, seeds: Seque
            .assign(system=runner.system, seed=seed, fold=k)
            for seed, k, task, _ in trained_folds(corpus, runner, out_dir, seeds)]
     return pd.concat(out, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _verdict(row: dict) -> str:
+    if row["low"] > 0:
+        return "better (the interval excludes 0)"
+    if row["high"] < 0:
+        return "worse (the interval excludes 0)"
+    return "not distinguishable (the interval includes 0)"
+
+
+def reading(summary: pd.DataFrame, ci: pd.DataFrame,
+            retrieval_mean: pd.DataFrame | None = None) -> list[str]:
+    """The reading's computed sentences: our ordering and gains beside the paper's, each
+    with its paired bootstrap interval, said plainly where they go against the paper.
+
+    `summary`: `results.summary` of Table 1 (rows may include ablation rows); `ci`: rows of
+    `results.bootstrap` (a, b, metric, diff, low, high); `retrieval_mean`: mean R@k and
+    chance@k by system (index), or None when nothing was pre-trained.
+    """
+    s = summary.set_index("system")
+    main = [k for k in SYSTEMS if k in s.index]
+    lines = []
+    ours = sorted(main, key=lambda k: s.loc[k, "WA"])
+    paper = sorted(main, key=lambda k: PAPER_TABLE1[k])
+    lines.append(
+        "- **Ordering (WA).** Ours, lowest to highest: "
+        + " < ".join(f"{k} {100 * s.loc[k, 'WA']:.1f} ± {100 * s.loc[k, 'WA_std']:.1f}"
+                     for k in ours)
+        + "; the paper's: " + " < ".join(f"{k} {PAPER_TABLE1[k]:.2f}" for k in paper)
+        + (". The same order as the paper." if ours == paper
+           else ". **This goes against the paper's order.**"))
+    for r in ci.to_dict("records"):
+        a, b = r["a"], r["b"]
+        if system_key(a) != a:  # the similarity ablation, said below
+            continue
+        paper_gap = (PAPER_TABLE1[a] - PAPER_TABLE1[b] if a in PAPER_TABLE1 and b in
+                     PAPER_TABLE1 else None)
+        note = ""
+        if paper_gap is not None:
+            note = f" The paper's WA gap: {paper_gap:+.2f} points;"
+            if paper_gap > 0 and r["high"] < 0:
+                note += " **this goes against the paper** (ours is worse)."
+            elif paper_gap > 0 and r["low"] <= 0:
+                note += " the paper's gain is **not reproduced** here."
+            else:
+                note += " the same direction as the paper."
+        lines.append(f"- **{a} − {b} ({r['metric']})**: {100 * r['diff']:+.1f} points, 95% CI "
+                     f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]: {_verdict(r)}.{note}")
+    for r in ci.to_dict("records"):
+        if system_key(r["a"]) != r["a"] and r["b"] == system_key(r["a"]):
+            lines.append(f"- **Similarity ablation, {r['a']} − {r['b']} ({r['metric']})**: "
+                         f"{100 * r['diff']:+.1f} points, 95% CI [{100 * r['low']:+.1f}, "
+                         f"{100 * r['high']:+.1f}]: the other reading of the CLIP logits is "
+                         f"{_verdict(r)}.")
+    if retrieval_mean is not None and len(retrieval_mean):
+        parts = [f"{k} R@1 {m['R@1']:.3f} (chance {m['chance@1']:.3f})"
+                 for k, m in retrieval_mean.iterrows()]
+        weak = [k for k, m in retrieval_mean.iterrows() if m["R@1"] < 2 * m["chance@1"]]
+        lines.append("- **Stage 1 (held-out retrieval)**: " + "; ".join(parts) + "."
+                     + (f" {', '.join(weak)} stayed below twice chance: that stage 1 aligned "
+                        "little." if weak else " Every pre-training aligned speech with its "
+                        "own words well above chance."))
+    return lines

@@ -48,6 +48,26 @@ PAPER_TABLE3 = pd.DataFrame([
 PAPER_PROTOCOL = "random 70:20:10 split (speaker-dependent), one split"
 CORPUS_PROTOCOL = "corpus"  # in `tokenwise.protocols`: the protocol the corpus was prepared for
 PROTOCOL_NAMES = {CORPUS_PROTOCOL} | (set(protocols.PROTOCOLS) - {"cross_corpus"})
+LAYER_SEARCH = "layer search: "  # prefix of the extra speech row that tries every layer
+OURS = "ours B_s"  # the system (and feature view) of the paper's method
+SPEAKER_DEPENDENT_PRETRAINING = "speaker-dependent pre-training"
+
+
+def paper_duplicates(table: pd.DataFrame = PAPER_TABLE3) -> list[tuple[str, str]]:
+    """Pairs of the paper's Table 3 rows with identical (F1, UAR), as "dataset features":
+    its IEMOCAP WavLM row repeats its EmoDB Whisper row, most likely a copying slip."""
+    named = table.assign(row=table["dataset"] + " " + table["features"])
+    pairs = []
+    for _, group in named.groupby(["F1", "UAR"], sort=False):
+        rows = group["row"].tolist()
+        pairs += [(rows[0], other) for other in rows[1:]]
+    return pairs
+
+
+def duplicated_cells(table: pd.DataFrame = PAPER_TABLE3) -> set[tuple[str, str]]:
+    """(dataset, features) of every paper row whose numbers another row repeats."""
+    names = {f"{d} {f}": (d, f) for d, f in zip(table["dataset"], table["features"])}
+    return {names[r] for pair in paper_duplicates(table) for r in pair}
 
 
 # ------------------------------------------------------------------------ pre-training
@@ -101,6 +121,131 @@ def attention_map(model: Aligner, item: dict) -> np.ndarray:
     model.eval()
     _, attention = model.contextualise(D.collate([item]))
     return attention[0].numpy()
+
+
+def pretraining_label(corpus: D.Corpus, test_speakers_left_out: bool) -> str:
+    """What the pre-training heard, printed beside every number of ours: whether the read
+    speech shares voices with the labelled speech at all (the default corpus: yes;
+    LibriSpeech: no) and whether every fold's pre-training left its test speakers out
+    (`FoldPretraining.left_out_everywhere`; a speaker-dependent split has none to leave)."""
+    shared = set(corpus.read["speaker"].dropna()) & set(corpus.labelled["speaker"].dropna())
+    if not shared:
+        return "pre-training on other speakers' read speech"
+    if test_speakers_left_out:
+        return "pre-training without the test speakers' read speech"
+    return (f"{SPEAKER_DEPENDENT_PRETRAINING} (the read speech of every voice, the test "
+            "speakers' included)")
+
+
+@dataclass
+class Pretraining:
+    """A pre-training grid's outcome: the chosen aligner and what chose it."""
+    aligner: Aligner
+    config: str  # the chosen configuration (best 1-NN validation accuracy)
+    runs: dict  # configuration -> T.FitResult
+    curves: pd.DataFrame  # per configuration and epoch: losses, 1-NN accuracy
+    val_rows: pd.DataFrame  # the held-out read utterances
+    val_items: list = field(repr=False)
+    reference: float  # 1-NN accuracy of T alone (no speech) on the same tokens
+    n_train: int
+
+    @property
+    def score(self) -> float:
+        return self.runs[self.config].best_score
+
+
+def read_digest(rows: pd.DataFrame) -> str:
+    """Names a read-speech set by its utterances."""
+    import hashlib
+
+    return hashlib.sha256("|".join(sorted(rows["utt_id"])).encode()).hexdigest()[:12]
+
+
+def pretrain(store: FeatureStore, read: pd.DataFrame, tw, training, seed: int,
+             out_dir: str | Path, fingerprint: dict) -> Pretraining:
+    """Sec. 4.3: the aligner trained on `read` (a seeded share held out for 1-NN selection)
+    for every configuration of the grid (tokenwise.pretrain_batch_sizes x pretrain_lrs);
+    the configuration and epoch with the best 1-NN validation accuracy are kept."""
+    read = read.reset_index(drop=True)
+    if len(read) < 2:
+        raise ValueError(f"{len(read)} read-speech utterances; pre-training needs some "
+                         "(features.splits must include 'read')")
+    order = np.random.default_rng(seed).permutation(len(read))
+    n_val = max(1, int(round(tw.pretrain_val_fraction * len(read))))
+    val_rows, train_rows = read.iloc[order[:n_val]], read.iloc[order[n_val:]]
+    train = pretrain_items(store, train_rows["utt_id"].tolist(), train_rows["text"].tolist())
+    val = pretrain_items(store, val_rows["utt_id"].tolist(), val_rows["text"].tolist())
+    speech_dim, text_dim = train[0]["speech_seq"].shape[1], train[0]["tokens_seq"].shape[1]
+    fingerprint = {**fingerprint, "read": read_digest(read)}
+    runs, curves = {}, []
+    for batch_size in tw.pretrain_batch_sizes:
+        for lr in tw.pretrain_lrs:
+            config = f"batch {batch_size}, lr {lr:g}"
+            T.seed_everything(seed)
+            task = T.Task(Aligner(speech_dim, text_dim, tw.tau, tw.scale_attention),
+                          kind="loss", lr=lr, val_metric=knn_val_metric)
+            result = T.fit(task, train, val, Path(out_dir) / f"b{batch_size}_lr{lr:g}",
+                           training, max_epochs=tw.pretrain_epochs, batch_size=batch_size,
+                           seed=seed, fingerprint=fingerprint)
+            runs[config] = (task.model, result)
+            curves.append(result.history.assign(config=config))
+    best = max(runs, key=lambda c: runs[c][1].best_score)  # first of ties
+    reference = knn_accuracy(torch.cat([i["teacher_seq"] for i in val]),
+                             torch.cat([i["tokens_seq"] for i in val]))
+    return Pretraining(runs[best][0], best, {c: r for c, (_, r) in runs.items()},
+                       pd.concat(curves, ignore_index=True), val_rows, val, reference,
+                       len(train))
+
+
+class FoldPretraining:
+    """`evaluate(fold_views=...)` for tokenwise.pretrain_speakers = fold: each fold's B_s
+    functionals come from a pre-training on the read speech without the fold's test
+    speakers (`Corpus.read_for_fold`), one pre-training per distinct read set (`cache`,
+    shared between protocols; a speaker-dependent split holds no speaker out and reuses
+    the all-speaker one). `items` are the labelled utterances' pre-training items, in
+    `corpus.labelled` order."""
+
+    def __init__(self, corpus: D.Corpus, store: FeatureStore, items: list[dict], tw, training,
+                 seed: int, out_dir: str | Path, fingerprint: dict, cache: dict | None = None):
+        self.corpus, self.store, self.items, self.tw = corpus, store, items, tw
+        self.training, self.seed, self.out_dir, self.fingerprint = training, seed, out_dir, \
+            fingerprint
+        self.cache = {} if cache is None else cache  # read digest -> (Pretraining, B_s view)
+        self.by_fold: dict[int, str] = {}
+        self.records: list[dict] = []
+
+    def pretraining(self, read: pd.DataFrame) -> tuple[Pretraining, torch.Tensor]:
+        key = read_digest(read)
+        if key not in self.cache:
+            pre = pretrain(self.store, read, self.tw, self.training, self.seed,
+                           Path(self.out_dir) / f"read-{key}", self.fingerprint)
+            view = functionals(contextualised(pre.aligner, self.items))
+            self.cache[key] = (pre, view)
+        return self.cache[key]
+
+    def __call__(self, fold: Fold) -> dict[str, torch.Tensor]:
+        read = self.corpus.read_for_fold(fold)
+        pre, view = self.pretraining(read)
+        key = read_digest(read)
+        if self.by_fold.get(fold.index) != key:
+            self.by_fold[fold.index] = key
+            left_out = sorted(set(self.corpus.read["speaker"].dropna().astype(str))
+                              - set(read["speaker"].dropna().astype(str)))
+            self.records.append({"protocol": self.corpus.protocol_label, "fold": fold.index,
+                                 "read utterances": len(read),
+                                 "speakers left out": ", ".join(left_out) or "none",
+                                 "chosen": pre.config, "1-NN val accuracy": pre.score})
+        return {OURS: view}
+
+    @property
+    def left_out_everywhere(self) -> bool:
+        """Every fold's pre-training left out at least one voice (its test speakers)."""
+        return bool(self.records) and all(r["speakers left out"] != "none"
+                                          for r in self.records)
+
+    def aligner(self, fold: int) -> Aligner:
+        """The aligner whose B_s fold `fold`'s classifiers were trained on."""
+        return self.cache[self.by_fold[fold]][0].aligner
 
 
 # ---------------------------------------------------------------------------- downstream
@@ -232,8 +377,9 @@ def choose(system: System, views: dict[str, torch.Tensor], train: np.ndarray,
 
 def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence[System],
              *, seeds: Sequence[int], epochs: int, patience: int, hidden: int,
-             val_fraction: float = 0.1,
-             out_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+             val_fraction: float = 0.1, out_dir: str | Path | None = None,
+             fold_views: Callable[[Fold], dict[str, torch.Tensor]] | None = None
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every fold and seed of `corpus.protocol`: each system chooses on the fold's validation
     part, the choices are recorded with `Fold.select`, then the test part is predicted once.
 
@@ -241,6 +387,8 @@ def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence
     seed and test utterance; trials: the validation UAR of every configuration tried).
     The chosen classifiers are saved under `out_dir/seed<s>/fold<k>/<system>.pt`.
     `val_fraction`: the share of training speakers (or utterances) held out for validation.
+    `fold_views(fold)`: views that depend on the fold (e.g. `FoldPretraining`), replacing
+    those of `views` for that fold.
     """
     labelled = corpus.labelled.reset_index(drop=True)
     position = pd.Series(np.arange(len(labelled)), index=labelled["utt_id"])
@@ -259,9 +407,10 @@ def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence
         if empty:
             raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}): no "
                              f"training utterance of class(es) {empty}")
+        fold_view = views if fold_views is None else {**views, **fold_views(fold)}
         chosen = {}
         for system in systems:
-            best, trials = choose(system, views, train, val, y, len(corpus.classes),
+            best, trials = choose(system, fold_view, train, val, y, len(corpus.classes),
                                   epochs=epochs, patience=patience, hidden=hidden, seed=seed)
             chosen[system.name] = best
             tried.extend({"protocol": corpus.protocol_label, "system": system.name,
@@ -271,8 +420,8 @@ def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence
                          for i, t in enumerate(trials))
         choice = {name: {**t.params, "val_UAR": t.score, "epoch": t.epoch}
                   for name, t in chosen.items()}
-        return choice, lambda test: _test_predictions(chosen, test, views, position, corpus,
-                                                      seed, fold.index, out_dir)
+        return choice, lambda test: _test_predictions(chosen, test, fold_view, position,
+                                                      corpus, seed, fold.index, out_dir)
 
     preds = T.fold_loop(corpus, train_fold, seeds=seeds, val_fraction=val_fraction,
                         desc=f"{corpus.protocol} folds")
@@ -351,19 +500,23 @@ def paper_rows(text_encoder: str) -> dict[str, str]:
     """Our system role -> the paper's Table 3 row it corresponds to."""
     kind = "Multi" if "multilingual" in text_encoder.lower() else "Mono"
     return {"speech": "Whisper", "wavlm": "WavLM", "text": f"BERT ({kind})",
-            "ours": f"Ours ({kind})"}
+            "ours": f"Ours ({kind})",
+            "search": "none (the paper's Whisper row is the last layer)"}
 
 
 def table3(summaries: dict[str, pd.DataFrame], roles: dict[str, str],
-           text_encoder: str) -> pd.DataFrame:
+           text_encoder: str, pretraining: dict[str, str] | None = None) -> pd.DataFrame:
     """Our F1 and UAR [%] (mean ± std over folds and seeds) per protocol, beside the paper's
-    row for the same kind of features ("—" where the paper has none).
+    row for the same kind of features ("—" where the paper has none; "*" marks a paper
+    number that another of its rows repeats, see `paper_duplicates`).
 
     `summaries`: protocol label -> `mmser.report.results.summary` table; `roles`: system -> role
-    (speech, wavlm, text, ours). F1 is macro-F1 (the paper does not say which F1).
+    (speech, search, wavlm, text, ours). F1 is macro-F1 (the paper does not say which F1).
+    `pretraining`: protocol label -> `pretraining_label`, said beside every row of ours.
     """
     rows = paper_rows(text_encoder)
     paper = PAPER_TABLE3.set_index(["dataset", "features"])
+    repeated = duplicated_cells()
     out = []
     for protocol, summary in summaries.items():
         summary = summary.set_index("system")
@@ -372,12 +525,15 @@ def table3(summaries: dict[str, pd.DataFrame], roles: dict[str, str],
             row = {"protocol": protocol, "features": system,
                    "F1": f"{100 * s['macro_F1']:.2f} ± {100 * s['macro_F1_std']:.2f}",
                    "UAR": f"{100 * s['UA']:.2f} ± {100 * s['UA_std']:.2f}",
+                   "pre-training": (pretraining or {}).get(protocol, "") if role == "ours"
+                   else "—",
                    "paper row": rows[role]}
             for dataset in ("IEMOCAP", "EmoDB"):
                 for metric in ("F1", "UAR"):
                     key = (dataset, rows[role])
+                    mark = "*" if key in repeated else ""
                     row[f"paper {dataset} {metric}"] = \
-                        f"{paper.loc[key, metric]:.2f}" if key in paper.index else "—"
+                        f"{paper.loc[key, metric]:.2f}{mark}" if key in paper.index else "—"
             out.append(row)
     return pd.DataFrame(out)
 
@@ -391,7 +547,7 @@ def chosen_views(preds: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- exported predictor
 
-PREDICTOR_SYSTEM = "ours B_s"
+PREDICTOR_SYSTEM = OURS
 
 
 def predictor_model(spec: dict) -> PredictorModel:
@@ -401,7 +557,8 @@ def predictor_model(spec: dict) -> PredictorModel:
                           int(a["hidden"]), bool(a["scale_attention"]))
 
 
-def export_predictor(out_dir: str | Path, aligner: Aligner, trials: pd.DataFrame,
+def export_predictor(out_dir: str | Path, aligner: Aligner | Callable[[int], Aligner],
+                     trials: pd.DataFrame,
                      corpus: D.Corpus, models_dir: str | Path, encoders, cfg,
                      system: str = PREDICTOR_SYSTEM) -> dict:
     """Export "ours B_s" for `python -m mmser.predict`: `spec.json` + `weights.safetensors`.
@@ -409,7 +566,8 @@ def export_predictor(out_dir: str | Path, aligner: Aligner, trials: pd.DataFrame
     `corpus` is the run's corpus under the protocol whose classifiers to export (e.g.
     `with_protocol(corpus, tw.protocols[0])`); `trials` and the classifiers under
     `models_dir/downstream/<protocol>/` come from `evaluate`; `aligner` is the chosen
-    pre-trained cross-attention; `encoders` and `cfg` are the params' Encoders and Tokenwise.
+    pre-trained cross-attention, or a function of the fold index giving that fold's
+    (`FoldPretraining.aligner`); `encoders` and `cfg` are the params' Encoders and Tokenwise.
     Which model: each (seed, fold)'s chosen classifier has a validation UAR; the one with
     the best (first of ties in seed, fold order) is exported. Validation only: no test
     score is read. Returns the spec.
@@ -431,6 +589,8 @@ def export_predictor(out_dir: str | Path, aligner: Aligner, trials: pd.DataFrame
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the chosen classifier is missing; run evaluate "
                                 "with out_dir first")
+    if not isinstance(aligner, nn.Module):
+        aligner = aligner(fold)
     attention = aligner.attention
     arch = {"speech_dim": int(attention.k.weight.shape[1]),
             "text_dim": int(attention.q.weight.shape[0]), "n_classes": len(corpus.classes),
@@ -460,3 +620,70 @@ def export_predictor(out_dir: str | Path, aligner: Aligner, trials: pd.DataFrame
     }
     write_predictor(out_dir, spec, model.state_dict())
     return spec
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _ci_words(row: pd.Series) -> tuple[str, str]:
+    """("above" | "below" | "not distinguishable from", "[low, high]") of a bootstrap row."""
+    low, high = row["95% CI low"], row["95% CI high"]
+    word = "below" if high < 0 else "above" if low > 0 else "not distinguishable from"
+    return word, f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def reading(summaries: dict[str, pd.DataFrame], boot: pd.DataFrame, names: dict[str, str],
+            pretraining: dict[str, str]) -> list[str]:
+    """The reading's computed sentences, per protocol: ours against the speech row (the
+    paper's last-layer Whisper), the text row and the layer-search row, each with its
+    paired bootstrap interval, said plainly where it goes against the paper (ours
+    marginally below Whisper and above BERT). `names`: role -> our system name (speech,
+    text, and optionally search); `boot`: protocol, comparison ("ours - <system>"),
+    "UA diff", "95% CI low", "95% CI high"; `pretraining`: protocol label ->
+    `pretraining_label`."""
+    lines = []
+    for label, summary in summaries.items():
+        s = summary.set_index("system")
+
+        def ua(system: str) -> str:
+            return f"{100 * s.loc[system, 'UA']:.1f} ± {100 * s.loc[system, 'UA_std']:.1f}"
+
+        def versus(system: str) -> pd.Series:
+            part = boot[(boot["protocol"] == label) & (boot["comparison"] == f"ours - {system}")]
+            return part.iloc[0]
+
+        speech, text = names["speech"], names["text"]
+        sw, sci = _ci_words(versus(speech))
+        tw_, tci = _ci_words(versus(text))
+        said = [f"- **{label}**: ours UAR {ua(OURS)} ({pretraining[label]}); speech-only, last "
+                f"layer, {ua(speech)}; text-only {ua(text)}."]
+        if sw == "above":
+            said.append(f"Ours is above speech-only (95% CI {sci} points): **against the "
+                        "paper**, which found ours marginally below Whisper.")
+        elif sw == "below":
+            said.append(f"Ours is below speech-only (95% CI {sci} points), as in the paper.")
+        else:
+            said.append(f"Ours is not distinguishable from speech-only (95% CI {sci} "
+                        "points); the paper's small gap below Whisper is neither confirmed "
+                        "nor refuted.")
+        if tw_ == "above":
+            said.append(f"Ours is above text-only (95% CI {tci}), as in the paper.")
+        elif tw_ == "below":
+            said.append(f"Ours is below text-only (95% CI {tci}): **against the paper**, "
+                        "which found ours above BERT.")
+        else:
+            said.append(f"Ours is not distinguishable from text-only (95% CI {tci}): the "
+                        "paper's gain over BERT is **not reproduced**.")
+        search = names.get("search")
+        if search and search in s.index:
+            ww, wci = _ci_words(versus(search))
+            said.append(f"The extra row that searches every speech layer reaches "
+                        f"{ua(search)}; ours is {ww} it (95% CI {wci}).")
+        lines.append(" ".join(said))
+    pairs = paper_duplicates()
+    if pairs:
+        lines.append("- **The paper's Table 3 repeats numbers**: "
+                     + "; ".join(f"{b} equals {a}" for a, b in pairs)
+                     + " (F1 and UAR identical), most likely a copying slip; those cells "
+                       "carry a * in our Table 3 and are not evidence either way.")
+    return lines

@@ -78,6 +78,15 @@ class Corpus:
         return protocols.iter_folds(split, self.protocol, seed=seed,
                                     val_fraction=val_fraction, test_corpus=self.test_corpus)
 
+    def read_for_fold(self, fold: protocols.Fold) -> pd.DataFrame:
+        """The read speech a fold may pre-train on: without the voices it holds out (the
+        speakers of its labelled rows in neither its training nor its validation part, e.g.
+        a leave-one-session-out test session's), so that no test speaker is heard in
+        pre-training. The fold's test part stays closed."""
+        seen = set(fold.train()["speaker"]) | set(fold.val()["speaker"])
+        held_out = set(self.labelled["speaker"].dropna()) - seen
+        return self.read[~self.read["speaker"].isin(held_out)]
+
 
 def load_corpus(corpus_dir: str | Path = "interim/corpus",
                 manifest_path: str | Path = "interim/manifest.csv",
