@@ -176,6 +176,19 @@ def test_unit_scorings_by_hand():
     assert chosen == {"a": [2], "b": [3]}
     with pytest.raises(ValueError, match="scoring"):
         LE.term_scores(docs, "chi2")
+    below = pd.DataFrame([[-0.3, -0.1, -0.2]], index=["c"], columns=["x", "y", "z"])
+    assert LE.top_terms(below, 2) == {"c": ["y", "z"]}  # never an empty description
+
+
+def test_verdicts_follow_the_signs_of_ours_and_the_papers():
+    ua = {"C1": 0.60, "C2": 0.65, "C3": 0.62, "C4": 0.55, "B5": 0.5, "B1": 0.5}
+    agree, against = LE.verdicts(ua)
+    assert [line.split(":")[0] for line in agree] == [
+        "the attention constraint beats plain cross-attention", "A_r + A_l beats A_l alone"]
+    assert len(against) == 3  # C1 below C2 and C3; B5 = B1 is no gain
+    assert any("C1 0.600 vs C2 0.650 UA, -0.050 (paper C1 - C2: +0.004)" in x for x in against)
+    # the speech label-embedding gain is read against the paper's B5 - B2, not B5 - B1
+    assert any("paper B5 - B2: +0.013" in x for x in against)
 
 
 def test_pairwise_cosines():
@@ -481,9 +494,13 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
-    assert {"A1", "A5", "B5", "C1", "C4", "B5_K4", "score fusion"} <= set(metrics["systems"])
+    assert {"A1", "A5", "B5", "C1", "C4", "C1raw", "B5_K4", "score fusion"} <= set(
+        metrics["systems"])
+    assert "C1raw" in (tmp_path / "results/tables/table3_fusion.md").read_text()
+    terms = pd.read_csv(tmp_path / "results/tables/loss_terms.csv")
+    assert set(terms["system"]) == {"C1", "C4", "C1raw"} and terms["train_L_c"].gt(0).all()
     assert metrics["systems"]["C1"]["UA"]["folds"].keys() == {"seed0_fold0", "seed0_fold1"}
     for name in ("table1_unimodal", "table2_multimodal", "table3_fusion"):
         assert "leave-one-session-out" in (tmp_path / f"results/tables/{name}.md").read_text()
-    for fig in ("k_sweep", "label_maps", "confusion_full"):
+    for fig in ("k_sweep", "label_maps", "confusion_full", "loss_terms"):
         assert (tmp_path / f"results/figures/{fig}.png").stat().st_size > 1000

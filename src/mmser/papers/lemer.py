@@ -187,13 +187,14 @@ def term_scores(docs: Mapping[str, Sequence[Sequence[str]]], scoring: str = "cla
 
 
 def top_terms(scores: pd.DataFrame, k: int) -> dict[str, list[str]]:
-    """The top-`k` terms of each class (row) among those scoring above 0; ties go to the
-    alphabetically first term, so the choice is deterministic."""
+    """The top-`k` terms of each class (row) among those scoring above 0 (all of its terms
+    when none does, e.g. a contrast below 0 everywhere); ties go to the alphabetically first
+    term, so the choice is deterministic."""
     if k < 1:
         raise ValueError(f"top-K needs K >= 1, got {k}")
     top = {}
     for name, row in scores.iterrows():
-        kept = row[row > 0]
+        kept = row[row > 0] if (row > 0).any() else row
         order = sorted(range(len(kept)), key=lambda j: (-kept.iloc[j], str(kept.index[j])))
         top[str(name)] = [str(kept.index[j]) for j in order[:k]]
     return top
@@ -512,6 +513,40 @@ def score_fusion(a: pd.DataFrame, b: pd.DataFrame, classes: Sequence[str]) -> pd
 def softmax_np(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+# The paper's comparisons, (ours a, ours b, claim, the paper's rows for a and b). The
+# paper's speech label-embedding rows B3-B5 all include 2nd-stage pre-training, so its
+# label-embedding gain is B5 - B2; ours (no B2) is B5 - B1.
+CHECKS = (
+    ("A2", "A1", "historical utterances help the text model", "A2", "A1"),
+    ("A5", "A3", "TF-IDF keywords beat a random text label embedding", "A5", "A3"),
+    ("A5", "A4", "TF-IDF keywords beat the label word", "A5", "A4"),
+    ("B5", "B1", "a unit-initialised speech label embedding helps", "B5", "B2"),
+    ("B5", "B3", "unit init beats random init", "B5", "B3"),
+    ("B5", "B4", "unit init beats text-embedding init", "B5", "B4"),
+    ("C1", "score fusion", "the full model beats score fusion", "C1", "score fusion"),
+    ("C1", "C4", "the attention constraint beats plain cross-attention", "C1", "C4"),
+    ("C1", "C2", "the constraint beats adding A_l to A_r", "C1", "C2"),
+    ("C1", "C3", "the constraint beats A_l alone", "C1", "C3"),
+    ("C2", "C3", "A_r + A_l beats A_l alone", "C2", "C3"),
+)
+
+
+def verdicts(ua: Mapping[str, float], checks: Sequence[tuple] = CHECKS
+             ) -> tuple[list[str], list[str]]:
+    """Each of the paper's comparisons whose rows ran, as a sentence with our UA difference
+    and the paper's: (those that agree in sign, those that go against the paper; a tie
+    counts as against, since the paper claims a gain)."""
+    agree, against = [], []
+    for a, b, claim, pa, pb in checks:
+        if a not in ua or b not in ua:
+            continue
+        ours, paper = ua[a] - ua[b], (PAPER[pa][1] - PAPER[pb][1]) / 100
+        line = (f"{claim}: {a} {ua[a]:.3f} vs {b} {ua[b]:.3f} UA, {ours:+.3f} "
+                f"(paper {pa} - {pb}: {paper:+.3f})")
+        (agree if ours * paper > 0 else against).append(line)
+    return agree, against
 
 
 def paper_columns(table: pd.DataFrame, key: str = "system") -> pd.DataFrame:
