@@ -1,8 +1,10 @@
 """LE-MER (Wang et al., Interspeech 2023): label embeddings and label-guided cross-attention.
 
-- Label descriptions: the top-K TF-IDF terms of each class, one document per class, fitted on
-  a fold's training rows only: words of the transcripts (text) and discrete units of the
-  speech frames (speech). `tfidf_top`.
+- Label descriptions: the top-K terms of each class, fitted on a fold's training rows only:
+  words of the transcripts by TF-IDF over one document per class (text, `tfidf_top`), and
+  discrete units of the speech frames scored by `lemer.unit_scoring` (speech,
+  `term_scores`: per class, per utterance, or per-utterance contrast between classes).
+  `pairwise_cosines` and `top_overlap` show how far the classes' descriptions differ.
 - Discrete speech units: the wav2vec 2.0 quantizer's codevector ids (`QuantizerUnits`, the
   paper), or k-means over frozen frame states (`KMeansUnits`, the default's substitution:
   Whisper has no quantizer).
