@@ -191,6 +191,13 @@ def test_verdicts_follow_the_signs_of_ours_and_the_papers():
     assert any("paper B5 - B2: +0.013" in x for x in against)
 
 
+def test_label_only_ua_by_hand():
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    seqs = [torch.tensor([[2.0, 0.1], [1.0, 0.0]]), torch.tensor([[0.0, 1.0]]),
+            torch.tensor([[0.9, 0.1]])]  # the last is class 1 but closer to label 0
+    assert LE.label_only_ua(labels, seqs, [0, 1, 1]) == pytest.approx((1 + 0.5) / 2)
+
+
 def test_pairwise_cosines():
     emb = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
     cos = LE.pairwise_cosines(emb, ["x", "y", "z"])

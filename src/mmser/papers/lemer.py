@@ -214,6 +214,19 @@ def pairwise_cosines(embeddings: torch.Tensor, classes: Sequence[str]) -> pd.Dat
     return pd.DataFrame((unit @ unit.T).numpy(), index=list(classes), columns=list(classes))
 
 
+def label_only_ua(embedding: torch.Tensor, sequences: Sequence[torch.Tensor],
+                  labels: Sequence[int]) -> float:
+    """UA of the label embedding alone as a classifier, before any training: the argmax of
+    eq. 2 / 5's mean cosine of the states with each label (chance = 1 / classes)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from mmser.models.lemer import cosine_map
+
+    scores = torch.stack([cosine_map(s.float()[None], embedding.float())[0].mean(0)
+                          for s in sequences])
+    return float(balanced_accuracy_score(list(labels), scores.argmax(1).numpy()))
+
+
 def top_overlap(top: Mapping[str, Sequence]) -> pd.DataFrame:
     """Jaccard overlap of every pair of classes' top-K sets (1 = the same set)."""
     sets = {c: set(terms) for c, terms in top.items()}
