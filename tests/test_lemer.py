@@ -43,10 +43,10 @@ def _batch(lengths_t, lengths_s, d=8, seed=0, c=4):
     return items
 
 
-def _lemer(fusion="constraint", d=8, c=4, seed=0):
+def _lemer(fusion="constraint", d=8, c=4, seed=0, label_attention="normalised"):
     torch.manual_seed(seed)
     return LEM.LEMER("text", LEM.Branch(torch.randn(c, d)), LEM.Branch(torch.randn(c, d)), d, d,
-                     c, fusion)
+                     c, fusion, label_attention=label_attention)
 
 
 # --------------------------------------------------------------------------- losses by hand
@@ -67,6 +67,7 @@ def test_cosine_map_and_label_loss_by_hand():
 
 def test_lemer_loss_is_eq_12_by_hand():
     model = _lemer().eval()
+    assert model.label_attention == "normalised"
     batch = D.collate(_batch([3, 2], [4, 5]))
     out = model(batch)
     tm, sm, y = batch["text_mask"], batch["speech_mask"], batch["label"]
@@ -79,15 +80,60 @@ def test_lemer_loss_is_eq_12_by_hand():
     assert torch.allclose(out["A_l"][0, :3, :4], gt @ gs.T, atol=1e-6)
     assert torch.all(out["A_r"][0, :, 4:] == 0)  # padded frames get no attention
     pairs = tm[:, :, None] & sm[:, None, :]
-    lc = ((out["A_l"] - out["A_r"])[pairs] ** 2).mean()
+    # eq. 10, normalised reading: A_l softmaxed over the real frames, like A_r
+    al = torch.cat([torch.softmax(out["A_l"][i, :, : int(sm[i].sum())], -1)
+                    for i in range(2)], -1)
+    ar_real = torch.cat([out["A_r"][i, :, : int(sm[i].sum())] for i in range(2)], -1)
+    real = torch.cat([pairs[i, :, : int(sm[i].sum())] for i in range(2)], -1)
+    lc = ((al - ar_real)[real] ** 2).mean()
     lm = F.cross_entropy(out["logits"], y)
     lt = F.cross_entropy(masked_mean(out["G_t"], tm), y)
     ls = F.cross_entropy(masked_mean(out["G_s"], sm), y)
     assert out["loss"].item() == pytest.approx((lm + 0.5 * lc + 0.2 * lt + 0.2 * ls).item(),
                                                abs=1e-6)
-    # ablations without the constraint drop L_c only
+    assert out["parts"]["L_c"].item() == pytest.approx(lc.item(), abs=1e-6)
+    assert out["parts"]["L_m"].item() == pytest.approx(lm.item(), abs=1e-6)
+    # the raw reading: eq. 10 as printed, on A_l itself
+    raw = _lemer(label_attention="raw").eval()(batch)
+    lc_raw = ((raw["A_l"] - raw["A_r"])[pairs] ** 2).mean()
+    assert raw["loss"].item() == pytest.approx((lm + 0.5 * lc_raw + 0.2 * lt + 0.2 * ls).item(),
+                                               abs=1e-6)
+    # ablations without the constraint measure L_c but do not train on it
     vanilla = _lemer("vanilla").eval()(batch)
     assert torch.allclose(vanilla["A"], vanilla["A_r"])
+    assert vanilla["parts"]["L_c"].item() == pytest.approx(lc.item(), abs=1e-6)
+    assert vanilla["loss"].item() == pytest.approx((lm + 0.2 * lt + 0.2 * ls).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("reading", LEM.LABEL_ATTENTIONS)
+def test_c1_c2_c3_use_a_l_the_same_way(reading):
+    batch = D.collate(_batch([3, 2], [4, 5]))
+    c2 = _lemer("sum", label_attention=reading).eval()(batch)
+    c3 = _lemer("label", label_attention=reading).eval()(batch)
+    assert torch.allclose(c2["A"], c2["A_r"] + c3["A"], atol=1e-6)
+    sm = batch["speech_mask"]
+    assert torch.all(c3["A"][0, :, 4:] == 0)  # padded frames weigh nothing in either reading
+    if reading == "normalised":
+        assert torch.allclose(c3["A"][0].sum(-1), torch.ones(3))
+        assert torch.allclose(c3["A_l_target"], c3["A"])
+    else:
+        assert torch.allclose(c3["A"], c3["A_l"] * sm[:, None, :])
+
+
+def test_normalised_constraint_trains_a_r_only():
+    """The normalised reading's A_l is a fixed target: L_c moves W, not the label maps;
+    the raw reading's gradient reaches the label embeddings too."""
+    batch = D.collate(_batch([3, 2], [4, 5]))
+    for reading, reaches_labels in (("normalised", False), ("raw", True)):
+        model = _lemer(label_attention=reading)
+        model(batch)["parts"]  # the parts are detached: logged, never a second graph
+        out = model(batch)
+        lc = LEM.attention_mse(out["A_l_target"], out["A_r"], batch["text_mask"],
+                               batch["speech_mask"])
+        grads = torch.autograd.grad(lc, [model.W.weight, model.text.label], allow_unused=True)
+        assert grads[0] is not None and grads[0].abs().sum() > 0
+        assert (grads[1] is not None and grads[1].abs().sum() > 0) == reaches_labels
+        assert not out["parts"]["L_c"].requires_grad
 
 
 def test_tfidf_top_by_hand():
@@ -108,6 +154,56 @@ def test_unit_label_embedding_averages_the_top_units():
     assert torch.allclose(emb, torch.tensor([[0.5, 0.5], [1.5, 2.0]]))
 
 
+def test_unit_scorings_by_hand():
+    """Unit 0 is frequent in every class: one document per class ranks it first for both
+    (IDF 1: term frequency), the contrast ranks each class's own units first."""
+    docs = {"a": [["0", "0", "0", "1"], ["0", "2"]], "b": [["0", "0", "0", "1", "1"], ["0", "3"]]}
+    assert [t[0] for t in LE.top_terms(LE.term_scores(docs, "class"), 2).values()] == ["0", "0"]
+    scores = LE.term_scores(docs, "contrast")
+    # unit 2, only in a's second utterance: tf-idf idf/sqrt(1 + idf^2) there (unit 0 has
+    # idf 1: it is in all four utterances), 0 elsewhere; mean over a's 2 utterances, minus b's 0
+    idf = math.log(5 / 2) + 1
+    assert scores.loc["a", "2"] == pytest.approx(idf / math.sqrt(1 + idf ** 2) / 2)
+    assert np.allclose(scores.sum(0), 0)  # a unit typical of one class is atypical of the rest
+    top = LE.top_terms(scores, 2)
+    assert top == {"a": ["2", "0"], "b": ["3", "1"]}
+    overlap = LE.top_overlap(top)
+    assert overlap.loc["a", "b"] == 0 and overlap.loc["a", "a"] == 1
+    assert LE.top_overlap({"a": [1, 2, 3], "b": [2, 3, 4]}).loc["a", "b"] == pytest.approx(0.5)
+    units = {c: [np.array([int(t) for t in d]) for d in ds] for c, ds in docs.items()}
+    _, chosen = LE.unit_label_embedding(units, 1, lambda ids: torch.eye(4)[list(ids)],
+                                        "contrast")
+    assert chosen == {"a": [2], "b": [3]}
+    with pytest.raises(ValueError, match="scoring"):
+        LE.term_scores(docs, "chi2")
+    below = pd.DataFrame([[-0.3, -0.1, -0.2]], index=["c"], columns=["x", "y", "z"])
+    assert LE.top_terms(below, 2) == {"c": ["y", "z"]}  # never an empty description
+
+
+def test_verdicts_follow_the_signs_of_ours_and_the_papers():
+    ua = {"C1": 0.60, "C2": 0.65, "C3": 0.62, "C4": 0.55, "B5": 0.5, "B1": 0.5}
+    agree, against = LE.verdicts(ua)
+    assert [line.split(":")[0] for line in agree] == [
+        "the attention constraint beats plain cross-attention", "A_r + A_l beats A_l alone"]
+    assert len(against) == 3  # C1 below C2 and C3; B5 = B1 is no gain
+    assert any("C1 0.600 vs C2 0.650 UA, -0.050 (paper C1 - C2: +0.004)" in x for x in against)
+    # the speech label-embedding gain is read against the paper's B5 - B2, not B5 - B1
+    assert any("paper B5 - B2: +0.013" in x for x in against)
+
+
+def test_label_only_ua_by_hand():
+    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    seqs = [torch.tensor([[2.0, 0.1], [1.0, 0.0]]), torch.tensor([[0.0, 1.0]]),
+            torch.tensor([[0.9, 0.1]])]  # the last is class 1 but closer to label 0
+    assert LE.label_only_ua(labels, seqs, [0, 1, 1]) == pytest.approx((1 + 0.5) / 2)
+
+
+def test_pairwise_cosines():
+    emb = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    cos = LE.pairwise_cosines(emb, ["x", "y", "z"])
+    assert cos.loc["x", "y"] == pytest.approx(1.0) and cos.loc["x", "z"] == pytest.approx(0.0)
+
+
 def test_context_splices_previous_turns_within_the_token_limit():
     df = pd.DataFrame({"utt_id": ["u0", "u1", "u2", "x"], "text": ["a b", "c d", "e f", "z"],
                        "dialog_id": ["d", "d", "d", None], "turn_index": [0, 1, 2, None]})
@@ -123,9 +219,10 @@ def test_context_splices_previous_turns_within_the_token_limit():
 # ------------------------------------------------------------------------ shapes and masks
 
 
+@pytest.mark.parametrize("reading", LEM.LABEL_ATTENTIONS)
 @pytest.mark.parametrize("fusion", LEM.FUSIONS)
-def test_padding_does_not_change_an_utterance(fusion):
-    model = _lemer(fusion).eval()
+def test_padding_does_not_change_an_utterance(fusion, reading):
+    model = _lemer(fusion, label_attention=reading).eval()
     items = _batch([3, 7], [4, 9])
     alone = model(D.collate(items[:1]))
     together = model(D.collate(items))
@@ -147,6 +244,9 @@ def test_bad_inputs_fail_clearly():
         Params.from_dict({"lemer": {"speech_kk": 3}})
     with pytest.raises(ParamsError, match="units"):
         Params.from_dict({"lemer": {"units": "vq"}})
+    for key in ("unit_scoring", "label_attention"):
+        with pytest.raises(ParamsError, match=key):
+            Params.from_dict({"lemer": {key: "soft"}})
     sources = LE.LabelSources(CLASSES, {"a": "x"}, None, None, Lemer())
     with pytest.raises(ValueError, match="no training rows"):
         sources.text(pd.DataFrame({"utt_id": ["a"], "label": ["angry"]}), "tfidf", 4)
@@ -224,6 +324,12 @@ def test_training_never_sees_the_test_fold_and_is_repeatable(tmp_path, monkeypat
         assert kw["angry"][:1] in (["mad"], ["furious"])
     again, _ = _run(tmp_path / "b", corpus, items)
     pd.testing.assert_frame_equal(preds, again)
+    # the terms of eq. 12 are logged per epoch; the constraint's size is that of the
+    # normalised maps (squared differences of weights in [0, 1])
+    history = pd.read_csv(next((tmp_path / "a" / "C1").glob("seed0/fold0/history.csv")))
+    assert {"train_L_m", "train_L_c", "train_L_gt", "train_L_gs"} <= set(history.columns)
+    assert len(history) == 2 and history["train_L_c"].between(0, 1).all()
+    assert (history["train_L_c"] > 0).all()
     assert set(preds.columns) >= {"utt_id", "fold", "pred", "prob_angry"}
 
 
@@ -395,9 +501,13 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
-    assert {"A1", "A5", "B5", "C1", "C4", "B5_K4", "score fusion"} <= set(metrics["systems"])
+    assert {"A1", "A5", "B5", "C1", "C4", "C1raw", "B5_K4", "score fusion"} <= set(
+        metrics["systems"])
+    assert "C1raw" in (tmp_path / "results/tables/table3_fusion.md").read_text()
+    terms = pd.read_csv(tmp_path / "results/tables/loss_terms.csv")
+    assert set(terms["system"]) == {"C1", "C4", "C1raw"} and terms["train_L_c"].gt(0).all()
     assert metrics["systems"]["C1"]["UA"]["folds"].keys() == {"seed0_fold0", "seed0_fold1"}
     for name in ("table1_unimodal", "table2_multimodal", "table3_fusion"):
         assert "leave-one-session-out" in (tmp_path / f"results/tables/{name}.md").read_text()
-    for fig in ("k_sweep", "label_maps", "confusion_full"):
+    for fig in ("k_sweep", "label_maps", "confusion_full", "loss_terms"):
         assert (tmp_path / f"results/figures/{fig}.png").stat().st_size > 1000

@@ -171,6 +171,10 @@ class Lemer:
     k_grid: list = field(default_factory=lambda: [4])  # Figure 3 sweep of speech_k
     units: str = "kmeans"  # kmeans (no quantizer in Whisper) | quantizer (wav2vec 2.0)
     n_units: int = 32  # k-means clusters, fitted on each fold's training frames only
+    # how units are scored per class (mmser.papers.lemer.UNIT_SCORINGS): class | utterance | contrast
+    unit_scoring: str = "contrast"
+    # how A_l enters C1-C3 (mmser.models.lemer.LABEL_ATTENTIONS): normalised | raw
+    label_attention: str = "normalised"
     kmeans_frames: int = 20000  # frames sampled to fit k-means (speed)
     context_turns: int = 10  # previous turns of the dialogue spliced before the text
     context_tokens: int = 150  # token limit of the spliced text
@@ -190,7 +194,9 @@ class Lemer:
     threads: int = 0  # torch threads of this stage's training; 0 = training.threads
 
 
-CHOICES.update({"lemer.units": {"kmeans", "quantizer"}})
+CHOICES.update({"lemer.units": {"kmeans", "quantizer"},
+                "lemer.unit_scoring": {"class", "utterance", "contrast"},
+                "lemer.label_attention": {"normalised", "raw"}})
 
 
 @dataclass

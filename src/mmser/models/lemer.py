@@ -14,6 +14,10 @@ from torch import nn
 from mmser.models.layers import masked_max, masked_mean, masked_softmax
 
 FUSIONS = ("constraint", "sum", "label", "vanilla")  # LEMER's fusion choices (Table 3)
+# How A_l enters the fusion (C1-C3): "raw", eq. 9-10 as printed (cosine products in
+# [-1, 1] per class, summed; eq. 10 pulls A_l and A_r towards each other); "normalised",
+# softmax over the frames like A_r, and a fixed target (detached) in eq. 10.
+LABEL_ATTENTIONS = ("normalised", "raw")
 
 
 def attention_mse(a: torch.Tensor, b: torch.Tensor, tmask: torch.Tensor,
@@ -70,26 +74,35 @@ class Unimodal(nn.Module):
         h, g = self.branch(batch[self.key], mask)
         logits = self.head(masked_max(h, mask))
         y = batch["label"]
-        loss = F.cross_entropy(logits, y) + self.mu_label * label_loss(g, mask, y)
-        return {"loss": loss, "logits": logits, "G": g}
+        parts = {"L_m": F.cross_entropy(logits, y), "L_g": label_loss(g, mask, y)}
+        loss = parts["L_m"] + self.mu_label * parts["L_g"]
+        return {"loss": loss, "logits": logits, "G": g,
+                "parts": {k: v.detach() for k, v in parts.items()}}
 
 
 class LEMER(nn.Module):
     """Sec. 2.3, eq. 7-12: label-enhanced text and speech branches fused by cross-attention
     from tokens to frames. fusion (Table 3): "constraint" (C1: A_r, pulled towards A_l by
-    eq. 10), "sum" (C2: A_r + A_l), "label" (C3: A_l), "vanilla" (C4: A_r). Where A_l
-    weights the frames it is softmax-normalised over them, like A_r."""
+    eq. 10), "sum" (C2: A_r + A_l), "label" (C3: A_l), "vanilla" (C4: A_r).
+    label_attention (see LABEL_ATTENTIONS) says how A_l enters, the same in C1, C2 and C3.
+    `parts` of the output: the four terms of eq. 12, detached (L_c is measured in every
+    fusion, and counts in the loss only in "constraint")."""
 
     def __init__(self, text_key: str, text: Branch, speech: Branch, d_text: int,
                  d_speech: int, n_classes: int, fusion: str = "constraint",
-                 mu: Sequence[float] = (1.0, 0.5, 0.2, 0.2)):
+                 mu: Sequence[float] = (1.0, 0.5, 0.2, 0.2),
+                 label_attention: str = "normalised"):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r} is not one of {FUSIONS}")
+        if label_attention not in LABEL_ATTENTIONS:
+            raise ValueError(f"label_attention {label_attention!r} is not one of "
+                             f"{LABEL_ATTENTIONS}")
         if len(mu) != 4:
             raise ValueError(f"mu needs the 4 weights of eq. 12, got {list(mu)}")
         self.text_key, self.text, self.speech = text_key, text, speech
         self.fusion, self.mu, self.scale = fusion, tuple(mu), 1 / math.sqrt(d_text)
+        self.label_attention = label_attention
         self.W = nn.Linear(d_speech, d_text, bias=False)  # eq. 7's W
         self.head = nn.Linear(d_text + d_speech, n_classes)
 
@@ -99,9 +112,14 @@ class LEMER(nn.Module):
         # re-parametrises W (keeps early softmaxes soft).
         ar = masked_softmax((ht @ self.W.weight) @ hs.transpose(1, 2) * self.scale, smask)
         al = gt @ gs.transpose(1, 2)  # eq. 9
-        weights = {"constraint": ar, "vanilla": ar, "label": masked_softmax(al, smask),
-                   "sum": ar + masked_softmax(al, smask)}[self.fusion]
-        return {"A_r": ar, "A_l": al, "A": weights}
+        if self.label_attention == "normalised":
+            guide = masked_softmax(al, smask)
+            target = guide.detach()  # eq. 10 trains A_r towards A_l, not A_l towards A_r
+        else:  # padded frames get no weight in either reading
+            guide = target = al * smask[:, None, :].to(al.dtype)
+        weights = {"constraint": ar, "vanilla": ar, "label": guide,
+                   "sum": ar + guide}[self.fusion]
+        return {"A_r": ar, "A_l": al, "A_l_target": target, "A": weights}
 
     def forward(self, batch: dict) -> dict:
         tmask, smask = batch[f"{self.text_key}_mask"], batch["speech_mask"]
@@ -113,9 +131,13 @@ class LEMER(nn.Module):
         hm = torch.cat([ht, att["A"] @ hs], -1)  # eq. 8
         logits = self.head(masked_max(hm, tmask))  # eq. 11
         y = batch["label"]
-        constraint = attention_mse(att["A_l"], att["A_r"], tmask, smask) \
-            if self.fusion == "constraint" else torch.zeros((), device=y.device)
-        parts = (F.cross_entropy(logits, y), constraint, label_loss(gt, tmask, y),
-                 label_loss(gs, smask, y))
-        loss = sum(m * part for m, part in zip(self.mu, parts))  # eq. 12
-        return {"loss": loss, "logits": logits, "G_t": gt, "G_s": gs, **att}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.fusion == "constraint"):
+            constraint = attention_mse(att["A_l_target"], att["A_r"], tmask, smask)  # eq. 10
+        parts = {"L_m": F.cross_entropy(logits, y), "L_c": constraint,
+                 "L_gt": label_loss(gt, tmask, y), "L_gs": label_loss(gs, smask, y)}
+        mu = dict(zip(parts, self.mu))
+        if self.fusion != "constraint":
+            mu["L_c"] = 0.0  # measured (logged), not trained
+        loss = sum(mu[k] * part for k, part in parts.items())  # eq. 12
+        return {"loss": loss, "logits": logits, "G_t": gt, "G_s": gs, **att,
+                "parts": {k: v.detach() for k, v in parts.items()}}

@@ -1,8 +1,10 @@
 """LE-MER (Wang et al., Interspeech 2023): label embeddings and label-guided cross-attention.
 
-- Label descriptions: the top-K TF-IDF terms of each class, one document per class, fitted on
-  a fold's training rows only: words of the transcripts (text) and discrete units of the
-  speech frames (speech). `tfidf_top`.
+- Label descriptions: the top-K terms of each class, fitted on a fold's training rows only:
+  words of the transcripts by TF-IDF over one document per class (text, `tfidf_top`), and
+  discrete units of the speech frames scored by `lemer.unit_scoring` (speech,
+  `term_scores`: per class, per utterance, or per-utterance contrast between classes).
+  `pairwise_cosines` and `top_overlap` show how far the classes' descriptions differ.
 - Discrete speech units: the wav2vec 2.0 quantizer's codevector ids (`QuantizerUnits`, the
   paper), or k-means over frozen frame states (`KMeansUnits`, the default's substitution:
   Whisper has no quantizer).
@@ -48,6 +50,9 @@ class System:
     speech_init: str | None = None  # see SPEECH_INITS; None = no speech label embedding
     fusion: str = "constraint"  # see mmser.models.lemer.FUSIONS
     speech_k: int | None = None  # overrides lemer.speech_k (the Figure 3 sweep)
+    # how A_l enters the fusion (mmser.models.lemer.LABEL_ATTENTIONS); None = lemer's
+    label_attention: str | None = None
+    paper_row: str | None = None  # the paper's row this one also reads (default: its name)
 
 
 SYSTEMS = {s.name: s for s in [
@@ -65,6 +70,11 @@ SYSTEMS = {s.name: s for s in [
     System("C2", "A_r + A_l", "fusion", True, "tfidf", "units", "sum"),
     System("C3", "only A_l", "fusion", True, "tfidf", "units", "label"),
     System("C4", "only A_r", "fusion", True, "tfidf", "units", "vanilla"),
+    # C1 under each reading of eq. 10, whatever lemer.label_attention says
+    System("C1raw", "attention constraint, raw A_l (eq. 10 as printed)", "fusion", True,
+           "tfidf", "units", "constraint", label_attention="raw", paper_row="C1"),
+    System("C1norm", "attention constraint, softmaxed detached A_l", "fusion", True,
+           "tfidf", "units", "constraint", label_attention="normalised", paper_row="C1"),
 ]}
 
 # The paper's numbers (IEMOCAP, 4 classes, 5,531 utterances, leave-one-session-out; %).
@@ -135,6 +145,16 @@ def context_texts(df: pd.DataFrame, column: str, turns: int, max_tokens: int,
 
 # ------------------------------------------------------------------------------ TF-IDF
 
+# How a class's terms are scored (the top-K become its label description):
+# "class": TF-IDF with one document per class (the text keywords). With a few classes and a
+#   small vocabulary nearly every term is in every document, so IDF is 1 and the score is
+#   the term frequency: the classes' top units are nearly the same.
+# "utterance": TF-IDF with one document per utterance (IDF over the fold's training
+#   utterances); a class's score is the mean over its utterances.
+# "contrast": the utterance score of the class minus its mean over the other classes: a
+#   unit scores high where it is typical of this class and not of the others.
+UNIT_SCORINGS = ("class", "utterance", "contrast")
+
 
 def _tokens(doc: Sequence[str]) -> Sequence[str]:
     return doc
@@ -148,25 +168,77 @@ def words(texts: Sequence[str]) -> list[str]:
     return [w for t in texts for w in analyse(t)]
 
 
-def tfidf_top(docs: Mapping[str, Sequence[str]], k: int) -> dict[str, list[str]]:
-    """The top-`k` terms of each class by TF-IDF, one document (a list of terms) per class;
-    ties go to the alphabetically first term, so the choice is deterministic."""
+def term_scores(docs: Mapping[str, Sequence[Sequence[str]]], scoring: str = "class"
+                ) -> pd.DataFrame:
+    """Scores (classes x terms) of each class's terms; `docs`: class -> its documents (one
+    per utterance, each a list of terms). `scoring`: see UNIT_SCORINGS."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    empty = [c for c, doc in docs.items() if len(doc) == 0]
+    if scoring not in UNIT_SCORINGS:
+        raise ValueError(f"scoring {scoring!r} is not one of {UNIT_SCORINGS}")
+    empty = [c for c, ds in docs.items() if sum(len(d) for d in ds) == 0]
     if empty:
         raise ValueError(f"classes {empty} have no training material for a label embedding "
                          "(no words or frames in this fold's training rows)")
+    vectoriser = TfidfVectorizer(analyzer=_tokens)
+    if scoring == "class":
+        scores = vectoriser.fit_transform([[t for d in ds for t in d]
+                                           for ds in docs.values()]).toarray()
+    else:
+        matrix = vectoriser.fit_transform([list(d) for ds in docs.values() for d in ds])
+        bounds = np.cumsum([0, *(len(ds) for ds in docs.values())])
+        scores = np.stack([np.asarray(matrix[a:b].mean(0)).ravel()
+                           for a, b in zip(bounds[:-1], bounds[1:])])
+        if scoring == "contrast":
+            others = (scores.sum(0, keepdims=True) - scores) / max(1, len(scores) - 1)
+            scores = scores - others
+    return pd.DataFrame(scores, index=list(docs), columns=vectoriser.get_feature_names_out())
+
+
+def top_terms(scores: pd.DataFrame, k: int) -> dict[str, list[str]]:
+    """The top-`k` terms of each class (row) among those scoring above 0 (all of its terms
+    when none does, e.g. a contrast below 0 everywhere); ties go to the alphabetically first
+    term, so the choice is deterministic."""
     if k < 1:
         raise ValueError(f"top-K needs K >= 1, got {k}")
-    vectoriser = TfidfVectorizer(analyzer=_tokens)
-    scores = vectoriser.fit_transform([list(doc) for doc in docs.values()]).toarray()
-    terms = vectoriser.get_feature_names_out()
     top = {}
-    for row, name in zip(scores, docs):
-        order = sorted(np.flatnonzero(row > 0), key=lambda j: (-row[j], str(terms[j])))
-        top[name] = [str(terms[j]) for j in order[:k]]
+    for name, row in scores.iterrows():
+        kept = row[row > 0] if (row > 0).any() else row
+        order = sorted(range(len(kept)), key=lambda j: (-kept.iloc[j], str(kept.index[j])))
+        top[str(name)] = [str(kept.index[j]) for j in order[:k]]
     return top
+
+
+def tfidf_top(docs: Mapping[str, Sequence[str]], k: int) -> dict[str, list[str]]:
+    """The top-`k` terms of each class by TF-IDF, one document (a list of terms) per class."""
+    return top_terms(term_scores({c: [doc] for c, doc in docs.items()}, "class"), k)
+
+
+def pairwise_cosines(embeddings: torch.Tensor, classes: Sequence[str]) -> pd.DataFrame:
+    """Cosine of every pair of label embeddings (classes x classes): near 1 everywhere means
+    the labels cannot be told apart."""
+    unit = torch.nn.functional.normalize(embeddings.detach().float(), dim=-1)
+    return pd.DataFrame((unit @ unit.T).numpy(), index=list(classes), columns=list(classes))
+
+
+def label_only_ua(embedding: torch.Tensor, sequences: Sequence[torch.Tensor],
+                  labels: Sequence[int]) -> float:
+    """UA of the label embedding alone as a classifier, before any training: the argmax of
+    eq. 2 / 5's mean cosine of the states with each label (chance = 1 / classes)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from mmser.models.lemer import cosine_map
+
+    scores = torch.stack([cosine_map(s.float()[None], embedding.float())[0].mean(0)
+                          for s in sequences])
+    return float(balanced_accuracy_score(list(labels), scores.argmax(1).numpy()))
+
+
+def top_overlap(top: Mapping[str, Sequence]) -> pd.DataFrame:
+    """Jaccard overlap of every pair of classes' top-K sets (1 = the same set)."""
+    sets = {c: set(terms) for c, terms in top.items()}
+    return pd.DataFrame([[len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b]))
+                          for b in sets] for a in sets], index=list(sets), columns=list(sets))
 
 
 # ------------------------------------------------------------------------ speech units
@@ -244,11 +316,14 @@ class QuantizerUnits:
 
 
 def unit_label_embedding(units: Mapping[str, Sequence[np.ndarray]], k: int,
-                         vectors: Callable[[Sequence[int]], torch.Tensor]
+                         vectors: Callable[[Sequence[int]], torch.Tensor],
+                         scoring: str = "class"
                          ) -> tuple[torch.Tensor, dict[str, list[int]]]:
-    """Tonal label embedding (classes, dim): mean vector of each class's top-`k` TF-IDF units."""
-    docs = {c: [str(u) for seq in seqs for u in seq.tolist()] for c, seqs in units.items()}
-    top = {c: [int(u) for u in terms] for c, terms in tfidf_top(docs, k).items()}
+    """Tonal label embedding (classes, dim): mean vector of each class's top-`k` units, scored
+    by `scoring` (UNIT_SCORINGS) over the unit sequences of the class's utterances."""
+    docs = {c: [[str(u) for u in seq.tolist()] for seq in seqs] for c, seqs in units.items()}
+    top = {c: [int(u) for u in terms]
+           for c, terms in top_terms(term_scores(docs, scoring), k).items()}
     return torch.stack([vectors(top[c]).mean(0) for c in units]), top
 
 
@@ -347,7 +422,7 @@ class LabelSources:
             raise ValueError(f"speech label init {init!r} is not one of {SPEECH_INITS}")
         k = k or self.cfg.speech_k
         units, vectors = self._fold_units(rows)
-        embedding, top = unit_label_embedding(units, k, vectors)
+        embedding, top = unit_label_embedding(units, k, vectors, self.cfg.unit_scoring)
         self.top_units[(self.key(rows), k)] = top
         return embedding.detach()
 
@@ -420,7 +495,7 @@ def build_model(system: System, rows: pd.DataFrame, sources: LabelSources, enc: 
     text_top, text_lr = top(enc.text_top, enc.d_text, cfg.text_lr)
     text = Branch(text_init, text_top, top_lr=text_lr)
     return LEMER(text_key(system), text, speech, enc.d_text, enc.d_speech, n, system.fusion,
-                 mu)
+                 mu, system.label_attention or cfg.label_attention)
 
 
 def make_task(model: nn.Module, cfg: Lemer) -> Task:
@@ -462,11 +537,46 @@ def softmax_np(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+# The paper's comparisons, (ours a, ours b, claim, the paper's rows for a and b). The
+# paper's speech label-embedding rows B3-B5 all include 2nd-stage pre-training, so its
+# label-embedding gain is B5 - B2; ours (no B2) is B5 - B1.
+CHECKS = (
+    ("A2", "A1", "historical utterances help the text model", "A2", "A1"),
+    ("A5", "A3", "TF-IDF keywords beat a random text label embedding", "A5", "A3"),
+    ("A5", "A4", "TF-IDF keywords beat the label word", "A5", "A4"),
+    ("B5", "B1", "a unit-initialised speech label embedding helps", "B5", "B2"),
+    ("B5", "B3", "unit init beats random init", "B5", "B3"),
+    ("B5", "B4", "unit init beats text-embedding init", "B5", "B4"),
+    ("C1", "score fusion", "the full model beats score fusion", "C1", "score fusion"),
+    ("C1", "C4", "the attention constraint beats plain cross-attention", "C1", "C4"),
+    ("C1", "C2", "the constraint beats adding A_l to A_r", "C1", "C2"),
+    ("C1", "C3", "the constraint beats A_l alone", "C1", "C3"),
+    ("C2", "C3", "A_r + A_l beats A_l alone", "C2", "C3"),
+)
+
+
+def verdicts(ua: Mapping[str, float], checks: Sequence[tuple] = CHECKS
+             ) -> tuple[list[str], list[str]]:
+    """Each of the paper's comparisons whose rows ran, as a sentence with our UA difference
+    and the paper's: (those that agree in sign, those that go against the paper; a tie
+    counts as against, since the paper claims a gain)."""
+    agree, against = [], []
+    for a, b, claim, pa, pb in checks:
+        if a not in ua or b not in ua:
+            continue
+        ours, paper = ua[a] - ua[b], (PAPER[pa][1] - PAPER[pb][1]) / 100
+        line = (f"{claim}: {a} {ua[a]:.3f} vs {b} {ua[b]:.3f} UA, {ours:+.3f} "
+                f"(paper {pa} - {pb}: {paper:+.3f})")
+        (agree if ours * paper > 0 else against).append(line)
+    return agree, against
+
+
 def paper_columns(table: pd.DataFrame, key: str = "system") -> pd.DataFrame:
     """Add the paper's WA / UA (%) beside ours (rows the paper did not report stay empty)."""
     out = table.copy()
-    out["paper WA (%)"] = [PAPER.get(s, (None, None))[0] for s in out[key]]
-    out["paper UA (%)"] = [PAPER.get(s, (None, None))[1] for s in out[key]]
+    rows = [SYSTEMS[s].paper_row or s if s in SYSTEMS else s for s in out[key]]
+    out["paper WA (%)"] = [PAPER.get(s, (None, None))[0] for s in rows]
+    out["paper UA (%)"] = [PAPER.get(s, (None, None))[1] for s in rows]
     return out
 
 

@@ -71,8 +71,10 @@ class Task(L.LightningModule):
 
     kind: "classification" (score = UA of `logits`), "regression" (score = mean CCC of
     `pred` against `target`), or "loss" (score = minus the validation loss, for
-    pre-training). `val_metric`, when given, replaces the score: it receives the list of
-    the model's validation outputs (detached) and returns a number, higher is better.
+    pre-training). A model may also return `parts`, a dict of detached scalar loss terms:
+    their epoch means go into the history as `train_<name>`. `val_metric`, when given,
+    replaces the score: it receives the list of the model's validation outputs (detached)
+    and returns a number, higher is better.
     `param_groups` (a list of {"params", "lr"} dicts) gives parts their own learning rate.
     schedule: None | "cosine" (to `min_lr`) | "plateau" (on the validation score, with
     `plateau_patience`) | "warmup" (linear warm-up over `warmup_steps`, then constant).
@@ -97,6 +99,7 @@ class Task(L.LightningModule):
         self.param_groups, self.val_metric = param_groups, val_metric
         self._val_outputs: list[dict] = []
         self._train_losses: list[float] = []
+        self._train_parts: dict[str, list[float]] = {}  # a model's `parts`: loss terms
         self.history: list[dict] = []  # one row per epoch; saved in checkpoints, so it
         # survives an interrupted and resumed run
 
@@ -108,6 +111,8 @@ class Task(L.LightningModule):
         self.log("train_loss", out["loss"], on_step=False, on_epoch=True,
                  batch_size=_batch_size(batch))
         self._train_losses.append(out["loss"].item())
+        for name, value in out.get("parts", {}).items():  # logged per epoch as train_<name>
+            self._train_parts.setdefault(name, []).append(float(value))
         return out["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -127,11 +132,13 @@ class Task(L.LightningModule):
         score = float(self.score(outputs))
         self.log("val_score", score, prog_bar=True)
         losses, self._train_losses = self._train_losses, []
+        parts, self._train_parts = self._train_parts, {}
         self.history.append({
             "epoch": self.current_epoch,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": float(np.mean([o["loss"].item() for o in outputs])),
-            "val_score": score})
+            "val_score": score,
+            **{f"train_{name}": float(np.mean(values)) for name, values in parts.items()}})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history
