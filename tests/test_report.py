@@ -238,6 +238,17 @@ def test_comparison_flags_a_stage_with_other_folds_or_seeds(tmp_path):
     assert comp.loc["clap", "same design"] == "yes"
 
 
+def test_comparison_flags_speaker_dependent_pretraining(tmp_path):
+    root = make_results(tmp_path)
+    metrics = json.loads((root / "tokenwise" / "metrics.json").read_text())
+    metrics["pretraining"] = {"labels": {PROTOCOL: "speaker-dependent pre-training (the read "
+                                                   "speech of every voice)"}}
+    (root / "tokenwise" / "metrics.json").write_text(json.dumps(metrics))
+    comp = R.comparison(R.load_all(root)).set_index("paper")
+    assert comp.loc["tokenwise", "same design"].startswith("NO: speaker-dependent pre-training")
+    assert comp.loc["clap", "same design"] == "yes"
+
+
 def test_claims_on_synthetic_predictions(synthetic):
     table = R.claims(R.load_all(synthetic), n=200, seed=0)
     got = {(r["paper"], r["comparison (a − b)"]): r for r in table.to_dict("records")}

@@ -167,6 +167,10 @@ def stage_context(metrics: dict, slice_label: str = "") -> dict:
                                next((p for p in labels if "speaker-dependent" not in p), labels[0]))
     if slice_label.startswith("scenario "):
         ctx["protocol"] = f"{ctx['protocol']}; {slice_label}".strip("; ")
+    labels = (metrics.get("pretraining") or {}).get("labels") if isinstance(
+        metrics.get("pretraining"), dict) else None
+    if isinstance(labels, dict) and labels:  # what a pre-training stage's speech came from
+        ctx["pretraining"] = str(labels.get(ctx["protocol"], next(iter(labels.values()))))
     return ctx
 
 
@@ -266,6 +270,8 @@ def comparison(stages: dict, baseline: pd.DataFrame | None = None, n: int = 1000
             differs.append(f"protocol '{proto}' vs '{ref_protocol}'")
         if "speaker-dependent" in row["protocol"]:
             differs.append("speaker-dependent split")
+        if "speaker-dependent" in st.context.get("pretraining", ""):
+            differs.append(st.context["pretraining"])
         row["same design"] = "yes" if not differs else "NO: " + "; ".join(differs)
         diffs = against_baseline(st.main, system, baseline, n, seed)
         row["vs frozen baseline"] = format_diffs(diffs)
