@@ -2,7 +2,6 @@
 repeatability, the paper profile on tiny local models, and the notebook under papermill."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,7 +221,7 @@ def test_reading_says_plainly_where_the_run_goes_against_the_paper():
                       wer=0.42, weights=weights)
     text = "\n".join(lines)
     asr = [line for line in lines if line.startswith("- ASR")]
-    assert len(asr) == 2 and all(f"valence" in a and M.AGAINST in a for a in asr)
+    assert len(asr) == 2 and all("valence" in a and M.AGAINST in a for a in asr)
     assert all("WER 42.0%" in a for a in asr)
     loses = [line for line in lines if line.startswith("- Audio only, distilled − base")]
     assert len(loses) == 2 and all("as the paper" in line for line in loses)

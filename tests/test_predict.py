@@ -150,7 +150,7 @@ def test_distil_spec_reads_the_stage_sources(tiny):
 def test_tokenwise_predictor_matches_the_stage_model(tiny):
     """Live encoding + the exported weights give the probabilities that the stage's
     classifier gives on the cached features."""
-    tw, df = tiny["tokenwise"], tiny["df"]
+    tw = tiny["tokenwise"]
     sel = tw["spec"]["selection"]
     classifier = TWM.Classifier(torch.zeros(2, 64), 3, 8)
     classifier.load_state_dict(torch.load(

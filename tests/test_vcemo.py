@@ -2,7 +2,6 @@
 protocol, repeatability, Mandarin text, the paper profile and the notebook."""
 
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 

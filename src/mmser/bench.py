@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch threads: {torch.get_num_threads()}")
     rates = encoder_throughput(args.clips)
-    print(f"speech encoding, 3-s clips, one at a time (bundled Whisper tiny.en encoder):")
+    print("speech encoding, 3-s clips, one at a time (bundled Whisper tiny.en encoder):")
     print(f"  padded to 30 s     {rates['padded_30s']:8.1f} utterances/s")
     print(f"  own length         {rates['variable_length']:8.1f} utterances/s")
     print(f"  speed-up           {rates['speed_up']:8.1f} x  (target: >= 10 x)")
