@@ -17,7 +17,7 @@ from mmser.models import tokenwise as TWM
 from mmser.papers import tokenwise as TW
 from mmser.config import Params, ParamsError, Training, merged
 from mmser.training.loop import Task, fit
-from tiny_models import CLASSES, write_fake_manifest
+from tiny_models import CLASSES, read_by_labelled_voices, write_fake_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH_DIM, TEXT_DIM = 8, 6  # different widths: W_k and W_v project speech to text width
@@ -272,10 +272,7 @@ def test_pretraining_per_fold_never_hears_the_test_speakers(fixture, tmp_path, m
     fold's pre-training set; each fold's classifiers read B_s of its own pre-training."""
     corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
     store = F.FeatureStore(fixture / "features")
-    df = corpus.df.copy()  # the default corpus's read split is spoken by the labelled voices
-    read = df["split"] == "read"
-    df.loc[read, "speaker"] = [f"spk{i % 4}" for i in range(read.sum())]
-    corpus = D.Corpus(df, corpus.audio_root, corpus.protocol, corpus.name)
+    corpus = read_by_labelled_voices(corpus)  # as in the default corpus
     pools = []
     real = TW.pretrain
 
