@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,23 @@ def test_every_paper_profile_applies_cleanly(tmp_path):
         assert load(params) == expected, profile
         assert params.read_text().count("#") >= (ROOT / "params.yaml").read_text().count("#") - \
             5, profile  # comments kept (a profile may replace a commented list)
+
+
+@pytest.mark.parametrize("paper", ["clap", "distil", "lemer", "tokenwise", "vcemo"])
+def test_a_paper_profile_inherits_nothing_by_accident(paper):
+    """Every setting of the paper's section is written in its profile with the reason (the
+    paper's section, or "not stated (our choice)", or "unused"), and so are the corpus, its
+    classes and protocol and the training's device, precision and seeds: an inherited CPU
+    default (e.g. patience 1, 4 classes for a regression corpus) cannot slip into a GPU run."""
+    text = (ROOT / "profiles" / "paper" / f"{paper}.yaml").read_text()
+    profile = yaml.safe_load(text)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(params[paper]) <= set(profile[paper]), set(params[paper]) - set(profile[paper])
+    assert {"name", "root", "classes", "protocol"} <= set(profile["dataset"])
+    assert {"accelerator", "precision", "seeds"} <= set(profile["training"])
+    section = re.split(r"\n\S", text.split(f"\n{paper}:\n")[1])[0]  # to the next section
+    for line in section.splitlines():  # each setting of the paper's section says why
+        if line.startswith("  ") and not line.startswith("   ") and ":" in line:
+            key = line.strip().split(":")[0]
+            if key != "sizes":  # a mapping: its entries carry the reasons
+                assert "#" in line, f"{paper}.yaml: {key} has no reason beside it"
