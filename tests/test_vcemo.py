@@ -433,3 +433,17 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
     figures = {f.name for f in (tmp_path / "results/figures").iterdir()}
     assert {"confusion.png", "tsne_supcon.png", "tsne_ce.png", "ablation_ua.png",
             "curves.png"} <= figures
+
+
+def test_a_mixed_precision_step_enqueues_its_bf16_keys_in_the_full_precision_queue():
+    """The paper profile trains in bf16-mixed: the keys then come out in bf16 and must go
+    into the float32 queue (found by the profile's end-to-end test)."""
+    torch.manual_seed(0)
+    net = V.VcemoNet(V.MODALITIES, 16, 12, 12, dim=8, heads=2, dropout=0.0)
+    model = V.VcemoModel(net, 2, alpha=3.0, temperature=0.7, queue_size=8, momentum=1.0,
+                         dropout=0.0)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(_batch())
+    assert model.queue.dtype == torch.float32
+    assert (model.queue_labels[:2] >= 0).all() and model.queue[:2].abs().sum() > 0

@@ -297,7 +297,8 @@ class VcemoModel(nn.Module):
         size = len(self.queue)
         keys, labels = keys[-size:], labels[-size:]
         index = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % size
-        self.queue[index], self.queue_labels[index] = keys, labels
+        # under mixed precision the keys come out in bf16; the queue keeps full precision
+        self.queue[index], self.queue_labels[index] = keys.to(self.queue.dtype), labels
         self.queue_ptr.fill_(int((self.queue_ptr + len(keys)) % size))
 
     def forward(self, batch: dict) -> dict:
