@@ -3,6 +3,7 @@ per-utterance predictions for the report's paired comparisons."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from mmser.encode import probe
 from mmser.report.metrics import ccc
@@ -57,3 +58,12 @@ def test_ridge_recovers_dimensions_and_reports_ccc_per_fold():
     assert np.isclose(ccc(part["true_arousal"], part["pred_arousal"]),
                       out["folds"]["2"]["CCC_arousal"])
     assert len(preds) == 160
+
+
+def test_ridge_with_nothing_to_test_says_so():
+    """A cross-corpus run whose test corpus has no A/V/D: every rated row trains only."""
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    targets = pd.DataFrame({"arousal": X[:, 0]})
+    assert probe.tested_groups(np.full(20, -1)) == []
+    with pytest.raises(ValueError, match="no group to test"):
+        probe.ridge_leave_one_group_out(X, targets, np.full(20, -1))

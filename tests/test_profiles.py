@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 from test_corpora import build_iemocap
+
+from mmser.papers import clap as C
 from test_pipeline import _copy_project, _run, _set_params
 
 pytestmark = pytest.mark.notebook
@@ -84,7 +86,31 @@ def test_clap_profile_runs_end_to_end(project, tmp_path):
     assert all(f"Running stage '{s}'" in out for s in ("prepare", "transcribe", "features",
                                                        "clap"))
     metrics = json.loads((project / "results/clap/metrics.json").read_text())
-    assert set(metrics["systems"]) == {"none", "small", "full"}
+    dot = C.ablation_name("full", "dot")  # the profile's other reading of the CLIP logits
+    assert set(metrics["systems"]) == {"none", "small", "full", dot}
     assert all(len(m["UA"]["folds"]) == len(SESSIONS) for m in metrics["systems"].values())
-    assert {r["system"] for r in metrics["retrieval"]} == {"small", "full"}
+    assert {r["system"] for r in metrics["retrieval"]} == {"small", "full", dot}
     assert "iemocap" in metrics["setting"].lower()
+
+
+def test_vcemo_profile_runs_end_to_end(project, tmp_path):
+    models = build_paper_models(tmp_path)
+    params = _apply(
+        project, "vcemo",
+        encoders={"text": models["bert"]},
+        training={"accelerator": "cpu", "workers": 1, "seeds": [0], "claim_seeds": [0]},
+        transcribe={"compare_n": 0},
+        vcemo={"dim": 16, "heads": 2, "layers": 1, "proj_dim": 8, "queue_size": 16,
+               "batch_size": 8, "max_epochs": 1})
+    # as written: ASR text in, three augmented views, the paper's 50-epoch schedule without
+    # early stopping, the modality ablation
+    assert params["vcemo"]["text_source"] == "asr_text" and params["vcemo"]["n_augment"] == 3
+    assert params["vcemo"]["patience"] is None and params["vcemo"]["ablation"] is True
+    out = _run(["dvc", "repro", "vcemo"], project).stdout
+    assert "Running stage 'vcemo'" in out
+    metrics = json.loads((project / "results/vcemo/metrics.json").read_text())
+    assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2019 (MHA-2)",
+            "Xu et al. 2019"} <= set(metrics["systems"])
+    assert all(len(m["UA"]["folds"]) == len(SESSIONS) for m in metrics["systems"].values())
+    assert (project / "results/vcemo/tables/ablation.md").is_file()
+    assert metrics["corpus"] == "iemocap"

@@ -26,8 +26,10 @@ BASELINE = f"{BASELINE_PREFIX}audio + text"
 BASELINE_AVD = f"{BASELINE_PREFIX}audio + text (ridge)"
 
 
-def _test_groups(groups: np.ndarray, never_tested: Sequence) -> list:
-    return sorted(set(groups) - set(never_tested), key=str)
+def tested_groups(groups: Sequence, never_tested: Sequence = (-1,)) -> list:
+    """The groups a probe holds out in turn (a cross-corpus run's training corpus, group
+    -1, only ever trains)."""
+    return sorted(set(np.asarray(groups)) - set(never_tested), key=str)
 
 
 def leave_one_group_out(features: np.ndarray, labels: Sequence[str], groups: Sequence,
@@ -43,7 +45,7 @@ def leave_one_group_out(features: np.ndarray, labels: Sequence[str], groups: Seq
     ids = np.asarray(ids if ids is not None else np.arange(len(labels)).astype(str))
     classes = sorted(set(labels))
     folds, predictions = {}, []
-    for group in _test_groups(groups, never_tested):
+    for group in tested_groups(groups, never_tested):
         test = groups == group
         model = make_pipeline(StandardScaler(),
                               LogisticRegression(C=C, max_iter=2000, random_state=seed))
@@ -65,10 +67,13 @@ def ridge_leave_one_group_out(features: np.ndarray, targets: pd.DataFrame, group
     every column of `targets` (e.g. arousal, valence, dominance); CCC per fold and mean ±
     std, and `predictions` (utt_id, fold, true_<col>, pred_<col>)."""
     groups = np.asarray(groups)
+    if not tested_groups(groups, never_tested):
+        raise ValueError("no group to test: every row is in a never-tested group "
+                         f"{list(never_tested)} (e.g. only the training corpus has the targets)")
     ids = np.asarray(ids if ids is not None else np.arange(len(targets)).astype(str))
     y = targets.to_numpy(dtype=float)
     folds, predictions = {}, []
-    for group in _test_groups(groups, never_tested):
+    for group in tested_groups(groups, never_tested):
         test = groups == group
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
         pred = model.fit(features[~test], y[~test]).predict(features[test])
