@@ -297,13 +297,20 @@ def test_ravdess_speech_only(tmp_path):
                  "03-02-05-01-01-01-02", "03-01-03-02-02-02-02"]:
         actor = name[-2:]
         wav(tmp_path / f"Actor_{actor}" / f"{name}.wav", sr=48_000)
-    df, summary = corpora.load("ravdess", tmp_path)
+    df, summary = corpora.load("ravdess", tmp_path, max_lost_fraction=1.0)
     assert len(df) == 4 and set(df["label"]) == {"angry", "calm", "neutral", "happy"}
-    assert summary["dropped"] == {"vocal channel 02 is song, not speech (01)": 1}
+    # the two actors' 116 other speech files are missing: listed as lost, by name
+    assert summary["dropped"] == {"vocal channel 02 is song, not speech (01)": 1,
+                                  "missing audio": 116}
+    assert summary["listed_audio"] == 120 and len(summary["lost"]) == 116
+    assert "03-01-08-02-02-02-02" in summary["lost"]
+    assert "03-01-01-02-01-01-01" not in summary["lost"]  # neutral has no strong intensity
+    with pytest.raises(CorpusError, match="116 of 120 listed audio files are missing"):
+        corpora.load("ravdess", tmp_path)
     row = df.set_index("utt_id").loc["03-01-03-02-02-02-02"]
     assert row["speaker"] == "Actor_02" and row["text"] == "Dogs are sitting by the door"
     assert row["sample_rate"] == 48_000 and row["x_intensity"] == "strong"
-    df4, summary4 = corpora.load("ravdess", tmp_path, classes=4)
+    df4, summary4 = corpora.load("ravdess", tmp_path, classes=4, max_lost_fraction=1.0)
     assert "calm" not in set(df4["label"]) and len(df4) == 4
     assert summary4["noted"]["kept without a category (label '02' outside the 4-class map)"] == 1
 
@@ -395,6 +402,26 @@ def test_the_same_audio_under_two_ids_is_refused(tmp_path):
                   "label": ["sad", "happy", "sad"]}).to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(CorpusError, match=r"identical audio .*x \(a.wav\), y \(copy.wav\)"):
         corpora.load("csv", tmp_path)
+
+
+def test_a_copy_with_the_same_label_speaker_and_text_is_kept_once(tmp_path):
+    """RAVDESS's public 2.4-s copy holds one file under two repetitions' names: the first
+    id keeps it, the other is lost, named in the summary and counted against
+    max_lost_fraction."""
+    actor = tmp_path / "Actor_07"
+    wav(actor / "03-01-03-01-02-01-07.wav", sr=48_000)
+    wav(actor / "03-01-05-01-02-01-07.wav", sr=48_000)
+    (actor / "03-01-03-01-02-02-07.wav").write_bytes((actor / "03-01-03-01-02-01-07.wav")
+                                                     .read_bytes())
+    df, summary = corpora.load("ravdess", tmp_path, max_lost_fraction=1.0)
+    assert sorted(df["utt_id"]) == ["03-01-03-01-02-01-07", "03-01-05-01-02-01-07"]
+    assert summary["kept"] == 2 and summary["lost"][-1] == "03-01-03-01-02-02-07"
+    assert summary["dropped"][corpora.COPY] == 1 and len(summary["lost"]) == 58
+    assert "identical audio to Actor_07/03-01-03-01-02-01-07.wav" in \
+        summary["problems"]["03-01-03-01-02-02-07"]
+    with pytest.raises(CorpusError, match=r"58 of 60 listed audio files are missing, "
+                                          r"unreadable or copies"):
+        corpora.load("ravdess", tmp_path, max_lost_fraction=0.5)
 
 
 def test_label_variants_are_one_class_and_blank_text_is_no_text(tmp_path):

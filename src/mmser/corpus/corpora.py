@@ -514,7 +514,30 @@ def load_ravdess(root: Path, classes: int | None = None) -> tuple[pd.DataFrame, 
                          "text": RAVDESS_TEXTS.get(statement), "label": label or None,
                          "x_raw_label": emotion,
                          "x_intensity": {"01": "normal", "02": "strong"}.get(intensity)})
+    for actor in actors:
+        _lose_absent_ravdess_speech(actor, summary)
     return _finish(rows, "ravdess", summary)
+
+
+def _ravdess_speech_names(actor_id: str) -> list[str]:
+    """The 60 speech files RAVDESS records per actor: 8 emotions (neutral at normal
+    intensity only) x 2 statements x 2 repetitions."""
+    return [f"03-01-{emotion}-{intensity}-{statement}-{rep}-{actor_id}"
+            for emotion in _RAVDESS_ALL for intensity in ("01", "02")
+            if not (emotion == "01" and intensity == "02")
+            for statement in ("01", "02") for rep in ("01", "02")]
+
+
+def _lose_absent_ravdess_speech(actor: Path, summary: _Summary) -> None:
+    """A copy that lacks some of an actor's speech files (the public 2.4-s copy lacks six)
+    has them listed as lost, so `max_lost_fraction` applies to them like to a broken file."""
+    present = {p.stem for p in _audio_files(actor, ".wav")}
+    for name in _ravdess_speech_names(actor.name.removeprefix("Actor_")):
+        if name not in present:
+            summary.listed_audio += 1
+            path = actor / f"{name}.wav"
+            _lose(name, f"{path}: not found (RAVDESS records 60 speech files per actor)",
+                  path, summary)
 
 
 # ---------------------------------------------------------------------------- CREMA-D
@@ -704,11 +727,14 @@ def load(name: str, root: str | Path, classes: int | None = None,
     if dup:
         raise CorpusError(f"{root}: {name} lists {len(dup)} utterance ids more than once, "
                           f"e.g. {dup[:EXAMPLES]}")
-    _refuse_shared_audio(df, root, name)
+    _refuse_shared_audio(df, root, name, "path", "the same file")
+    df = _keep_copies_once(df, summary)
+    _refuse_shared_audio(df, root, name, "x_audio_sha256", "identical audio",
+                         ", which differ in speaker, text or label")
     lost, listed = len(summary["lost"]), summary["listed_audio"]
     if listed and lost / listed > max_lost_fraction:
         err = CorpusError(
-            f"{root}: {lost} of {listed} listed audio files are missing or unreadable "
+            f"{root}: {lost} of {listed} listed audio files are missing, unreadable or copies "
             f"({lost / listed:.1%} > max_lost_fraction {max_lost_fraction:.1%}), "
             f"e.g. {summary['lost'][:EXAMPLES]}; is the copy complete? "
             f"(the error's .summary lists them all)")
@@ -720,19 +746,49 @@ def load(name: str, root: str | Path, classes: int | None = None,
     return df, summary
 
 
-def _refuse_shared_audio(df: pd.DataFrame, root: Path, name: str) -> None:
+# What makes two ids one recording's copies rather than two recordings: the same audio,
+# speaker, transcript and category. A copy that differs in any of them is refused.
+_COPY_KEYS = ["x_audio_sha256", "speaker", "text", "label", "x_raw_label"]
+COPY = "identical audio under another id (kept once)"
+
+
+def _keep_copies_once(df: pd.DataFrame, summary: dict) -> pd.DataFrame:
+    """A public copy of a corpus can hold one file twice under two ids with the same label,
+    speaker and text (RAVDESS's 2.4-s copy: Actor 07's happy statement 02, repetitions 1
+    and 2). The first id keeps the audio; the others are lost (their own recording is not
+    on disk), recorded in the summary with both files named, and counted against
+    `max_lost_fraction`. Copies that disagree on any of `_COPY_KEYS` stay an error."""
+    if df.empty or "x_audio_sha256" not in df.columns:
+        return df
+    keys = [c for c in _COPY_KEYS if c in df.columns]
+    group = df.groupby(keys, dropna=False, sort=False).ngroup()
+    first = df.index.to_series().groupby(group).transform("first")  # each group's first row
+    copies = df.index[first != df.index]
+    for i in copies:
+        row, kept = df.loc[i], df.loc[first[i]]
+        message = (f"{summary['root']}/{row['path']}: identical audio to {kept['path']} "
+                   f"(id {kept['utt_id']}), with the same speaker, text and label; kept once")
+        summary["dropped"][COPY] = summary["dropped"].get(COPY, 0) + 1
+        summary["examples"].setdefault(COPY, []).append(row["utt_id"])
+        summary["lost"].append(row["utt_id"])
+        summary["problems"][row["utt_id"]] = message
+    summary["kept"] = len(df) - len(copies)
+    return df.drop(index=copies).reset_index(drop=True)
+
+
+def _refuse_shared_audio(df: pd.DataFrame, root: Path, name: str, column: str,
+                         what: str, why: str = "") -> None:
     """One recording under two ids could land in a training and a test fold (a leak), or
     carry two labels: refused, naming the ids and their files."""
-    for column, what in (("path", "the same file"), ("x_audio_sha256", "identical audio")):
-        if column not in df.columns or df.empty:
-            continue
-        shared = df[df[column].duplicated(keep=False)]
-        if not shared.empty:
-            first = shared[shared[column] == shared[column].iloc[0]]
-            ids = ", ".join(f"{u} ({p})" for u, p in zip(first["utt_id"], first["path"]))
-            raise CorpusError(f"{root}: {name} lists {what} under {shared[column].nunique()} "
-                              f"group(s) of ids, e.g. {ids}; one recording must have one id "
-                              "(remove the copies from the listing)")
+    if column not in df.columns or df.empty:
+        return
+    shared = df[df[column].duplicated(keep=False)]
+    if not shared.empty:
+        first = shared[shared[column] == shared[column].iloc[0]]
+        ids = ", ".join(f"{u} ({p})" for u, p in zip(first["utt_id"], first["path"]))
+        raise CorpusError(f"{root}: {name} lists {what} under {shared[column].nunique()} "
+                          f"group(s) of ids, e.g. {ids}{why}; one recording must have one "
+                          "id (remove the copies from the listing)")
 
 
 # ------------------------------------------------------------------- several corpora at once
