@@ -212,8 +212,19 @@ def test_context_splices_previous_turns_within_the_token_limit():
     assert ctx["u0"] == "a b" and ctx["u1"] == "a b c d" and ctx["u2"] == "c d e f"
     assert ctx["x"] == "z"
     assert LE.context_texts(df, "text", 1, 99, count)["u2"] == "c d e f"
-    with pytest.raises(ValueError, match="dialog_id"):
-        LE.context_texts(df.assign(dialog_id=None), "text", 1, 99, count)
+    # a corpus without dialogues (RAVDESS, EmoDB): every row is its own text
+    alone = LE.context_texts(df.drop(columns=["dialog_id", "turn_index"]), "text", 1, 99, count)
+    assert alone.to_dict() == {"u0": "a b", "u1": "c d", "u2": "e f", "x": "z"}
+
+
+def test_a_corpus_without_dialogues_leaves_out_only_the_history_row():
+    run = LE.systems(["A1", "A2", "A5", "B5", "C1", "C4"])
+    kept, skipped = LE.for_corpus(run, dialogues=False)
+    assert [s.name for s in kept] == ["A1", "A5", "B5", "C1", "C4"]
+    assert list(skipped) == ["A2"] and skipped["A2"].startswith("not applicable, because")
+    assert LE.for_corpus(run, dialogues=True) == (run, {})
+    df = pd.DataFrame({"dialog_id": [None, None]})
+    assert not LE.has_dialogues(df) and LE.has_dialogues(df.assign(dialog_id=["d", None]))
 
 
 # ------------------------------------------------------------------------ shapes and masks

@@ -3,6 +3,7 @@ parts, the protocol, determinism, the paper profile on tiny local models, the no
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +309,24 @@ def test_pretraining_per_fold_never_hears_the_test_speakers(fixture, tmp_path, m
     assert TW.SPEAKER_DEPENDENT_PRETRAINING in TW.pretraining_label(corpus, False)
     other = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")  # read by spk9 only
     assert "other speakers" in TW.pretraining_label(other, False)
+
+
+def test_a_corpus_without_read_speech_pretrains_each_fold_on_its_own_training_rows(fixture):
+    """RAVDESS and EmoDB have no read speech: each fold pre-trains on its own training and
+    validation utterances (never a test one), per fold whatever was asked, and says so."""
+    corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
+    corpus = replace(corpus, df=corpus.df[corpus.df["split"] != "read"])
+    assert len(corpus.read) == 0
+    assert TW.pretrain_speakers(corpus, "all") == "fold"
+    for fold in corpus.folds(seed=0):
+        rows = TW.pretraining_rows(corpus, fold)
+        assert set(rows["utt_id"]) == set(fold.train()["utt_id"]) | set(fold.val()["utt_id"])
+        fold.select(checkpoint="none: this test only reads the fold's parts")
+        assert not set(rows["utt_id"]) & set(fold.test()["utt_id"]) and len(fold.test())
+    assert TW.pretraining_label(corpus, True) == TW.OWN_SPEECH
+    assert TW.pretraining_label(corpus, False).startswith(TW.SPEAKER_DEPENDENT_PRETRAINING)
+    with_read = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
+    assert TW.pretrain_speakers(with_read, "all") == "all"
 
 
 def test_paper_table3_duplicate_is_flagged():

@@ -96,6 +96,7 @@ def bound(path: str) -> Bound | None:
 @dataclass
 class Dataset:
     name: str = "synthetic"  # synthetic, or a real corpus under data/ (see README)
+    label: str | None = None  # how every table names the corpus; None = `name`
     root: str = "src/mmser/corpus/synth_text.yaml"  # what the prepare stage reads
     classes: int | None = 4  # synthetic: 4 or 6; real corpora: see mmser.corpus.corpora
     protocol: str = "loso"  # how folds are made (mmser.corpus.protocols)

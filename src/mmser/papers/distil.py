@@ -269,7 +269,7 @@ class Builder:
             raise ValueError(f"transcripts must be text or asr_text, not {system.transcripts!r}")
 
         def make(rows: pd.DataFrame) -> list[dict]:
-            targets = D.dimensions(rows, self.corpus.name)
+            targets = D.dimensions(rows, self.corpus.key)
             waves = self.states.speech(speech, rows["utt_id"], s_layer)
             out = [{"speech": w, "target": t} for w, t in zip(waves, targets)]
             if system.modality == "A+T":
@@ -438,7 +438,7 @@ def layer_importance(builder: Builder, corpus: D.Corpus, size: str, training, *,
         for fold in corpus.folds(seed=seed):
             for d, name in enumerate(D.DIMENSIONS):
                 def make(rows: pd.DataFrame) -> list[dict]:
-                    targets = D.dimensions(rows, corpus.name)[:, [d]]
+                    targets = D.dimensions(rows, corpus.key)[:, [d]]
                     states = builder.states.speech(spec, rows["utt_id"], layer=None)
                     return [{"speech": s, "target": t} for s, t in zip(states, targets)]
 

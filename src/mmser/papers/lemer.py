@@ -102,6 +102,29 @@ def systems(names: Sequence[str], k_grid: Sequence[int] = ()) -> list[System]:
                           speech_k=int(k)) for k in k_grid]
 
 
+NO_DIALOGUES = ("the corpus has no dialogues (no dialog_id and turn_index), so no turn has "
+                "a history to add")
+
+
+def has_dialogues(df: pd.DataFrame) -> bool:
+    """Whether the manifest places utterances in dialogues (IEMOCAP: yes; RAVDESS, EmoDB,
+    MSP-Podcast: no)."""
+    return "dialog_id" in df.columns and bool(df["dialog_id"].notna().any())
+
+
+def for_corpus(run: Sequence[System], dialogues: bool
+               ) -> tuple[list[System], dict[str, str]]:
+    """The rows a corpus allows, and why the others are not applicable. Without dialogues
+    every "context" is the utterance's own text (`context_texts`): the label-embedding and
+    fusion rows still test what they test, but A2 (A1 plus the history) would only repeat
+    A1, so it does not run."""
+    if dialogues:
+        return list(run), {}
+    history_only = [s for s in run if s.kind == "text" and s.context and s.text_init is None]
+    return ([s for s in run if s not in history_only],
+            {s.name: f"not applicable, because {NO_DIALOGUES}" for s in history_only})
+
+
 def text_key(system: System) -> str:
     return "context" if system.context else "text"
 
@@ -124,10 +147,11 @@ def context_texts(df: pd.DataFrame, column: str, turns: int, max_tokens: int,
     transcribed turn of the dialogue in `turn_index` order, whatever its label (IEMOCAP's
     frustrated or "xxx" turns with 4 classes too), so that which turns a history holds
     never depends on the neighbours' labels. A turn whose `column` text is missing or
-    blank is skipped in the history; a row without text of its own gets its history only."""
-    if "dialog_id" not in df.columns or df["dialog_id"].isna().all():
-        raise ValueError("text context needs dialog_id and turn_index in the manifest; this "
-                         "corpus has none (leave out the rows with context: A2-A5, C1-C4)")
+    blank is skipped in the history; a row without text of its own gets its history only.
+    A row outside any dialogue (every row of a corpus without dialogues: `for_corpus`) is
+    its own text."""
+    if "dialog_id" not in df.columns:
+        df = df.assign(dialog_id=pd.NA, turn_index=pd.NA)
     out = {}
     for _, dialogue in df[df["dialog_id"].notna()].groupby("dialog_id"):
         dialogue = dialogue.sort_values("turn_index", kind="stable")

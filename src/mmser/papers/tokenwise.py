@@ -123,11 +123,35 @@ def attention_map(model: Aligner, item: dict) -> np.ndarray:
     return attention[0].numpy()
 
 
+OWN_SPEECH = ("pre-training on each fold's own training speech and transcripts (the corpus "
+              "has no read speech; the paper pre-trains on LibriSpeech)")
+
+
+def pretraining_rows(corpus: D.Corpus, fold: Fold) -> pd.DataFrame:
+    """What fold `fold` pre-trains on: the read speech without its held-out voices
+    (`Corpus.read_for_fold`), or, for a corpus without read speech (RAVDESS, EmoDB,
+    IEMOCAP without LibriSpeech), the fold's own training and validation utterances, speech
+    and transcripts, their labels unused. Never a test utterance of the fold."""
+    if len(corpus.read):
+        return corpus.read_for_fold(fold)
+    return pd.concat([fold.train(), fold.val()])
+
+
+def pretrain_speakers(corpus: D.Corpus, asked: str) -> str:
+    """tokenwise.pretrain_speakers as it can run: a corpus without read speech pre-trains
+    on each fold's own rows, so per fold whatever was asked (one pre-training on every
+    labelled utterance would hear the test utterances)."""
+    return asked if len(corpus.read) else "fold"
+
+
 def pretraining_label(corpus: D.Corpus, test_speakers_left_out: bool) -> str:
     """What the pre-training heard, printed beside every number of ours: whether the read
     speech shares voices with the labelled speech at all (the default corpus: yes;
     LibriSpeech: no) and whether every fold's pre-training left its test speakers out
     (`FoldPretraining.left_out_everywhere`; a speaker-dependent split has none to leave)."""
+    if not len(corpus.read):
+        return OWN_SPEECH if test_speakers_left_out else \
+            f"{SPEAKER_DEPENDENT_PRETRAINING}: {OWN_SPEECH}"
     shared = set(corpus.read["speaker"].dropna()) & set(corpus.labelled["speaker"].dropna())
     if not shared:
         return "pre-training on other speakers' read speech"
@@ -200,7 +224,7 @@ def pretrain(store: FeatureStore, read: pd.DataFrame, tw, training, seed: int,
 class FoldPretraining:
     """`evaluate(fold_views=...)` for tokenwise.pretrain_speakers = fold: each fold's B_s
     functionals come from a pre-training on the read speech without the fold's test
-    speakers (`Corpus.read_for_fold`), one pre-training per distinct read set (`cache`,
+    speakers (`pretraining_rows`), one pre-training per distinct read set (`cache`,
     shared between protocols; a speaker-dependent split holds no speaker out and reuses
     the all-speaker one). `items` are the labelled utterances' pre-training items, in
     `corpus.labelled` order."""
@@ -224,12 +248,13 @@ class FoldPretraining:
         return self.cache[key]
 
     def __call__(self, fold: Fold) -> dict[str, torch.Tensor]:
-        read = self.corpus.read_for_fold(fold)
+        read = pretraining_rows(self.corpus, fold)
         pre, view = self.pretraining(read)
         key = read_digest(read)
         if self.by_fold.get(fold.index) != key:
             self.by_fold[fold.index] = key
-            left_out = sorted(set(self.corpus.read["speaker"].dropna().astype(str))
+            voices = self.corpus.read if len(self.corpus.read) else self.corpus.labelled
+            left_out = sorted(set(voices["speaker"].dropna().astype(str))
                               - set(read["speaker"].dropna().astype(str)))
             self.records.append({"protocol": self.corpus.protocol_label, "fold": fold.index,
                                  "read utterances": len(read),

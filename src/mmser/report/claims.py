@@ -17,6 +17,7 @@ import numpy as np
 
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "does not agree", "inconclusive"
 NOT_RUN = "not run"  # a stage or system that has no results
+NOT_APPLICABLE = "not applicable"  # a stage or system the corpus does not allow
 
 
 def find_system(systems: Sequence[str], candidates: Sequence[str]) -> str | None:

@@ -36,11 +36,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmser.report.claims import (AGREES, CLAIMS, DISAGREES, GAIN, INCONCLUSIVE, NOT_RUN,
-                                 Claim, find_system, verdict)
+from mmser.report.claims import (AGREES, CLAIMS, DISAGREES, GAIN, INCONCLUSIVE,
+                                 NOT_APPLICABLE, NOT_RUN, Claim, find_system, verdict)
 from mmser.encode.probe import BASELINE, BASELINE_AVD
 from mmser.report.baseline import against_baseline, baseline_verdict, format_diffs
-from mmser.report.results import bootstrap_ccc_gain, bootstrap_metric, summarise
+from mmser.report.results import (bootstrap_ccc_gain, bootstrap_metric, read_not_applicable,
+                                  summarise)
 
 STAGES = ("clap", "lemer", "distil", "vcemo", "tokenwise")
 TITLES = {
@@ -79,10 +80,16 @@ class Stage:
     slice: str = ""  # how the main slice was chosen ("" = everything)
     context: dict = field(default_factory=dict)  # corpus, protocol, profile
     missing: str | None = None  # why it cannot be reported
+    not_applicable: dict = field(default_factory=dict)  # system ("*": all) -> why not
 
     @property
     def ran(self) -> bool:
         return self.missing is None
+
+    @property
+    def status(self) -> str:
+        """What a row says for a stage that did not run: not run, or not applicable."""
+        return NOT_APPLICABLE if "*" in self.not_applicable else NOT_RUN
 
 
 def predictions_path(results_dir: str | Path, stage: str) -> Path | None:
@@ -96,12 +103,14 @@ def predictions_path(results_dir: str | Path, stage: str) -> Path | None:
 
 def load_stage(results_dir: str | Path, stage: str) -> Stage:
     """One stage's results; `missing` says what is absent instead of raising."""
-    out = Stage(stage)
+    out = Stage(stage, not_applicable=read_not_applicable(Path(results_dir, stage)))
     metrics_file = Path(results_dir, stage, "metrics.json")
     if metrics_file.is_file():
         out.metrics = json.loads(metrics_file.read_text())
     path = predictions_path(results_dir, stage)
-    if path is None:
+    if "*" in out.not_applicable:  # the corpus does not allow the stage (e.g. no A/V/D)
+        out.missing = out.not_applicable["*"]
+    elif path is None:
         out.missing = (f"{NOT_RUN}: no results/{stage}/tables/predictions.csv"
                        if out.metrics is not None else f"{NOT_RUN}: no results/{stage}/")
     else:
@@ -244,7 +253,7 @@ def comparison(stages: dict, baseline: pd.DataFrame | None = None, n: int = 1000
                "test utterances": ""}
         row.update({m: "—" for m in CLASSIFICATION_METRICS + CCC_METRICS})
         if not st.ran:
-            row.update({"system": NOT_RUN, "same design": st.missing})
+            row.update({"system": st.status, "same design": st.missing})
             rows.append(row)
             continue
         system = find_system(st.main["system"], MAIN_SYSTEMS.get(name, ()))
@@ -325,7 +334,7 @@ def _claim_row(claim: Claim, st: Stage, n: int, seed: int) -> dict:
            "protocol": st.context.get("protocol", ""), "ours": "—", "95% CI": "—",
            "verdict": NOT_RUN, "diff": np.nan, "low": np.nan, "high": np.nan, "seeds": 0}
     if not st.ran:
-        row["note"] = st.missing
+        row.update({"verdict": st.status, "note": st.missing})
         return row
     systems = list(st.main["system"])
     pair = None
@@ -458,7 +467,7 @@ def paper_vs_ours(stages: dict) -> pd.DataFrame:
     for name, st in stages.items():
         if not st.ran:
             rows.append({"paper": name, "paper system": "—", "paper setting": "—",
-                         "metric": "—", "paper value": "—", "our system": NOT_RUN,
+                         "metric": "—", "paper value": "—", "our system": st.status,
                          "ours": "—", "our corpus": "", "our protocol": "",
                          "our profile": "", "note": st.missing})
             continue
@@ -564,7 +573,8 @@ def metrics_json(comp: pd.DataFrame, claim_table: pd.DataFrame) -> dict:
             value = str(r.get(metric, "—"))
             if "±" in value:
                 entry[metric] = float(value.split("±")[0])
-        out["comparison"][r["paper"]] = entry or {"status": NOT_RUN}
+        out["comparison"][r["paper"]] = entry or {
+            "status": r["system"] if r["system"] in (NOT_RUN, NOT_APPLICABLE) else NOT_RUN}
     for r in claim_table.to_dict("records"):
         key = r.get("key", r["paper"])
         entry = {"verdict": r["verdict"], "seeds": int(r.get("seeds") or 0)}

@@ -204,6 +204,27 @@ def add_baseline(preds: pd.DataFrame, system: str, baseline: pd.DataFrame | None
     return with_baseline(preds, baseline, system, base)
 
 
+NOT_APPLICABLE = "not_applicable"  # tables/not_applicable.csv: rows a corpus does not allow
+
+
+def write_not_applicable(reasons: dict[str, str], tables_dir: str | Path) -> None:
+    """Record the systems (or "*", the whole stage) that the corpus does not allow, with
+    why, in `tables_dir`/not_applicable.csv|md; the report shows them as rows. Written
+    empty when everything applies, so a stale file never outlives a corpus switch."""
+    table = pd.DataFrame({"system": list(reasons), "reason": list(reasons.values())},
+                         columns=["system", "reason"])
+    write_table(table, Path(tables_dir) / NOT_APPLICABLE)
+
+
+def read_not_applicable(stage_dir: str | Path) -> dict[str, str]:
+    """What `write_not_applicable` recorded for a stage's results folder ({} if nothing)."""
+    path = Path(stage_dir) / "tables" / f"{NOT_APPLICABLE}.csv"
+    if not path.exists():
+        return {}
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return dict(zip(table["system"], table["reason"]))
+
+
 def write_table(table: pd.DataFrame, stem: str | Path, floatfmt: str = ".3f") -> str:
     """Write `stem`.csv and `stem`.md; return the Markdown."""
     stem = Path(stem)

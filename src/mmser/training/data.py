@@ -35,13 +35,15 @@ class Corpus:
     df: pd.DataFrame
     audio_root: Path
     protocol: str
-    name: str
+    name: str  # as every table names it (dataset.label, else the loader's name)
     test_corpus: str | None = None
     rows: str = "labelled"  # the rows `folds` splits: "labelled" or "rated" (see ROWS)
+    key: str = ""  # the loader's name (dataset.name), e.g. for the A/V/D rating scale
 
     def __post_init__(self) -> None:
         if self.rows not in ROWS:
             raise ValueError(f"rows={self.rows!r}: the folds split one of {ROWS}")
+        self.key = self.key or self.name
 
     @property
     def labelled(self) -> pd.DataFrame:
@@ -96,8 +98,9 @@ def load_corpus(corpus_dir: str | Path = "interim/corpus",
     info = manifest.corpus_info(corpus_dir)
     protocol = info["protocol"]["name"] if isinstance(info.get("protocol"), dict) \
         else str(info.get("protocol", "loso"))
+    name = str(info.get("name", ""))
     return Corpus(manifest.read(manifest_path), Path(info["audio_root"]), protocol,
-                  str(info.get("name", "")), info.get("test_corpus"), rows)
+                  str(info.get("label") or name), info.get("test_corpus"), rows, key=name)
 
 
 def label_ids(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
