@@ -198,6 +198,16 @@ def test_cli_one_file_prints_probabilities_and_real_time_factor(tiny, capsys):
     assert "emotion:" in out and all(c in out for c in LABELS)
     assert "text (given): 'what a lovely day'" in out
     assert "real-time factor" in err and "processing / audio" in err
+    assert "trained on synthesised speech" in err  # the tiny corpus is the synthetic kind
+
+
+def test_a_predictor_records_what_it_heard_and_warns_only_for_synthetic_speech(tiny):
+    spec = json.loads((tiny["tokenwise"]["dir"] / PR.SPEC).read_text())
+    assert spec["trained_on"]["synthetic"] and spec["trained_on"]["corpus_key"] == "synthetic"
+    assert PR.heard_warning(spec)
+    real = {**spec, "trained_on": {**spec["trained_on"], "corpus": "RAVDESS (2.4-s public copy)",
+                                   "corpus_key": "ravdess", "synthetic": False}}
+    assert PR.heard_warning(real) is None
 
 
 def test_cli_transcribes_with_the_bundled_asr_when_no_text(tiny, tmp_path):

@@ -61,6 +61,27 @@ class PredictorError(RuntimeError):
 # ------------------------------------------------------------------------ export / load
 
 
+SYNTHETIC = "synthetic"  # the embedded default corpus (espeak-ng), by its loader name
+
+
+def trained_on(corpus, transcripts: str, source: str | Path) -> dict:
+    """The spec's record of what a predictor has heard (`corpus` a training.data.Corpus)."""
+    return {"corpus": corpus.name, "corpus_key": corpus.key,
+            "synthetic": corpus.key == SYNTHETIC, "transcripts": transcripts,
+            "source": str(source)}
+
+
+def heard_warning(spec: dict) -> str | None:
+    """A warning when the predictor learnt from synthesised speech: on real recordings its
+    probabilities are confident and mean little (README "Real speech")."""
+    heard = spec.get("trained_on") or {}
+    if not (heard.get("synthetic") or heard.get("corpus") == SYNTHETIC):
+        return None
+    return ("warning: this model was trained on synthesised speech (espeak-ng, the default "
+            "corpus); on real recordings its probabilities mean little. Train one on real "
+            "speech and pass --model (README: Real speech)")
+
+
 def write_predictor(out_dir: str | Path, spec: dict, state: dict[str, torch.Tensor]) -> Path:
     """Write `spec.json` and `weights.safetensors` (the paper modules' export_predictor)."""
     from safetensors.torch import save_file
@@ -352,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = load_predictor(args.model)
     except Exception as err:  # PredictorError, or an encoder the spec names is missing
         return fail(str(err), 2)
+    warning = heard_warning(predictor.spec)
+    if warning:
+        print(warning, file=sys.stderr)
     if predictor.needs_text and args.text is None:
         from mmser.encode import asr
 

@@ -816,7 +816,7 @@ def export_predictor(out_dir: str | Path, builder: Builder, system: System,
     checkpoint (over seeds and folds) with the best validation mean CCC (`done.json`;
     first of ties in seed, fold order); no test score is read. Returns the spec.
     """
-    from mmser.predict import write_predictor
+    from mmser.predict import trained_on, write_predictor
 
     runs = []
     for seed in seeds:
@@ -859,8 +859,7 @@ def export_predictor(out_dir: str | Path, builder: Builder, system: System,
                     "(chosen on validation only, never on test); not retrained",
             "protocol": corpus.protocol_label, "seed": seed, "fold": fold,
             "val_CCC": float(done["best_score"]), "epoch": int(done["best_epoch"])},
-        "trained_on": {"corpus": builder.corpus.name, "transcripts": system.transcripts,
-                       "source": str(folder / T.BEST)},
+        "trained_on": trained_on(builder.corpus, system.transcripts, folder / T.BEST),
     }
     write_predictor(out_dir, spec, model.state_dict())
     return spec

@@ -597,7 +597,7 @@ def export_predictor(out_dir: str | Path, aligner: Aligner | Callable[[int], Ali
     the best (first of ties in seed, fold order) is exported. Validation only: no test
     score is read. Returns the spec.
     """
-    from mmser.predict import write_predictor
+    from mmser.predict import trained_on, write_predictor
 
     if system != PREDICTOR_SYSTEM:
         raise ValueError(f"only {PREDICTOR_SYSTEM!r} can be exported (speech + text), "
@@ -640,8 +640,7 @@ def export_predictor(out_dir: str | Path, aligner: Aligner | Callable[[int], Ali
             "protocol": corpus.protocol_label, "seed": seed, "fold": fold,
             "val_UAR": float(best["val_UAR"]), "epoch": int(best["epoch"]),
             "batch_size": int(best["batch_size"]), "lr": float(best["lr"])},
-        "trained_on": {"corpus": corpus.name, "transcripts": cfg.text_source,
-                       "source": str(path)},
+        "trained_on": trained_on(corpus, cfg.text_source, path),
     }
     write_predictor(out_dir, spec, model.state_dict())
     return spec
