@@ -363,6 +363,27 @@ def test_readme_block_is_rewritten_and_checked(synthetic, tmp_path, capsys):
         R.write_readme(readme, out)
 
 
+def test_a_corpus_run_has_its_own_block_with_its_not_applicable_rows(synthetic, tmp_path):
+    """README's second block (the RAVDESS run) is written between its own markers, from the
+    tables that run wrote, and lists what the corpus did not allow; the default block is
+    left alone."""
+    out = _report_tables(synthetic, tmp_path / "ravdess")
+    from mmser.report.results import write_not_applicable, write_table
+
+    write_not_applicable({"*": "not applicable, because no A/V/D"}, synthetic / "distil" / "tables")
+    write_table(R.not_applicable_rows(synthetic), out / "tables" / "not_applicable_rows")
+    start, end = R.markers("ravdess")
+    readme = tmp_path / "README.md"
+    default = f"{R.README_START}\nkept\n{R.README_END}"
+    readme.write_text(f"{default}\n\n{start}\nold\n{end}\n")
+    args = ["--readme-path", str(readme), "--report-dir", str(out), "--block", "ravdess"]
+    assert R.main(["--readme", *args]) == 0 and R.main(["--check", *args]) == 0
+    block = R.readme_current(readme, "ravdess")
+    assert "profiles/ravdess.yaml" in block and "--block ravdess" in block
+    assert "| distil  | the whole stage | not applicable, because no A/V/D |" in block
+    assert R.readme_current(readme) == default
+
+
 def test_the_readme_block_matches_the_committed_results():
     """The tables are DVC outputs (absent from a fresh clone until `dvc pull` or `dvc
     repro`); the report's metrics.json is in Git: the block's verdicts must match it."""
