@@ -413,6 +413,11 @@ def test_the_readme_block_matches_the_committed_results():
     if (report_dir / "tables" / "comparison.csv").is_file():
         assert block == R.readme_block(report_dir), (
             "README.md's results block is stale: run `python -m mmser.report.compare --readme`")
+    ravdess = ROOT / "results" / "ravdess"  # the RAVDESS run's tables, kept in Git
+    if (ravdess / "tables" / "comparison.csv").is_file():
+        assert R.readme_current(ROOT / "README.md", "ravdess") == R.readme_block(
+            ravdess, "ravdess"), "README.md's RAVDESS block is stale: run `python -m " \
+            "mmser.report.compare --readme --block ravdess --report-dir results/ravdess`"
 
 
 def test_dvc_report_stage_and_plots():
