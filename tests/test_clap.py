@@ -393,8 +393,8 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
     folds = pd.read_csv(tmp_path / "results/tables/fold_metrics.csv")
     assert set(folds["system"]) == {"none", "small", "full", "full · dot"}
-    assert set(metrics) == {"setting", "full", "none", "claims"}  # the claim's two systems
-    assert 0 <= metrics["full"]["WA"] <= 1 and metrics["claims"]["clap"]["verdict"]
+    assert set(metrics) == {"setting", "full", "none", "claim"}  # the claim's two systems
+    assert 0 <= metrics["full"]["WA"] <= 1 and metrics["claim"]["clap"]["verdict"]
     run = json.loads((tmp_path / "results/run.json").read_text())
     assert run["similarity"]["ablation"] == {"full · dot": "dot"}
     assert "test speakers" in run["pretraining_read"]

@@ -42,12 +42,12 @@ def test_metrics_json_holds_the_headline_and_the_rest_goes_beside_it(tmp_path):
     # 2 systems x UA, WA, macro-F1 x (mean, std), and the claim's difference: 13 numbers
     # (vcemo's metrics.json of the last full run, before: 392, every fold, system and CI)
     assert len(numbers_in(written)) == 13 <= MAX_NUMBERS
-    assert set(written) == {"corpus", "protocol", "profile", "VCEMO (SupCon)", "VCEMO", "claims"}
+    assert set(written) == {"corpus", "protocol", "profile", "VCEMO (SupCon)", "VCEMO", "claim"}
     ua = mean_std(per_fold.loc[per_fold["system"] == "VCEMO", "UA"])
     assert written["VCEMO"]["UA"] == round(ua["mean"], 4)
     assert written["VCEMO"]["UA_std"] == round(ua["std"], 4)
     assert "weighted_F1" not in written["VCEMO"]
-    assert written["claims"] == {"vcemo": {"diff": 0.03, "verdict": AGREES}}
+    assert written["claim"] == {"vcemo": {"diff": 0.03, "verdict": AGREES}}
     # nothing lost: every system, seed and fold; the timings and the detail in run.json
     folds = pd.read_csv(tmp_path / "results" / "tables" / "fold_metrics.csv")
     pd.testing.assert_frame_equal(folds, per_fold)

@@ -504,7 +504,7 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     folds = pd.read_csv(tmp_path / "results/tables/fold_metrics.csv")
     assert {"A1", "A5", "B5", "C1", "C4", "C1raw", "B5_K4", "score fusion"} <= set(
         folds["system"])
-    assert {"C1", "C4"} <= set(metrics) and "lemer" in metrics["claims"]
+    assert {"C1", "C4"} <= set(metrics) and "lemer" in metrics["claim"]
     assert "C1raw" in (tmp_path / "results/tables/table3_fusion.md").read_text()
     terms = pd.read_csv(tmp_path / "results/tables/loss_terms.csv")
     assert set(terms["system"]) == {"C1", "C4", "C1raw"} and terms["train_L_c"].gt(0).all()

@@ -454,7 +454,7 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
     assert {"ours B_s [loso]", "ours B_s [random_70_20_10]"} <= systems
     # the main protocol's ours, speech and text systems, and both claims
     assert {"ours B_s [loso]", "speech whisper-tiny.en [loso]"} <= set(metrics)
-    assert set(metrics["claims"]) == {"tokenwise_vs_speech", "tokenwise_vs_text"}
+    assert set(metrics["claim"]) == {"tokenwise_vs_speech", "tokenwise_vs_text"}
     assert 0 <= metrics["ours B_s [loso]"]["UA"] <= 1
     assert 0 <= run["pretraining"]["knn_val_accuracy"] <= 1
     tables = tmp_path / "results/tables"

@@ -417,7 +417,7 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
     assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2019 (MHA-2)", "Xu et al. 2019",
             "Embeddings", "BERT + Acoustic"} <= systems
     assert len(systems) == 4 + 6 and 0 <= metrics["VCEMO"]["UA"] <= 1
-    assert set(metrics) == {"corpus", "protocol", "profile", "VCEMO (SupCon)", "VCEMO", "claims"}
+    assert set(metrics) == {"corpus", "protocol", "profile", "VCEMO (SupCon)", "VCEMO", "claim"}
     run = json.loads((tmp_path / "results/run.json").read_text())
     assert set(run["mandarin"]) == {"VCEMO (SupCon)", "VCEMO"}
     assert set(run["versus_baselines"]) == {"Yoon et al. 2019 (MHA-2)", "Xu et al. 2019"}

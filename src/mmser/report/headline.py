@@ -7,8 +7,9 @@ cache hits):
 
 - the main systems' mean and std over folds and seeds (`HEADLINE`: UA, WA and macro-F1 of
   a classifier, the CCC of each dimension of a regressor); the caller names them;
-- each paper claim the stage tests (`mmser.report.claims.measured`): the measured
-  difference and its verdict;
+- under `claim`, each paper claim the stage tests (`mmser.report.claims.measured`): the
+  measured difference and its verdict (the report's metrics.json has every claim under
+  `claims`: two names, so that `dvc exp show` need not prefix both with their file);
 - the strings the report reads (corpus, protocol, profile) and, for a stage without
   systems (prepare, transcribe, report), its own few numbers.
 
@@ -65,7 +66,7 @@ def write_metrics(path: str | Path, per_fold: pd.DataFrame | None = None,
         (path.parent / "tables").mkdir(exist_ok=True)
         per_fold.to_csv(path.parent / "tables" / "fold_metrics.csv", index=False)
     if claims:
-        out["claims"] = dict(claims)
+        out["claim"] = dict(claims)
     out.update(numbers or {})
     out = _rounded(out)
     _write_json(path, out)
