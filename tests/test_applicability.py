@@ -40,6 +40,7 @@ def test_a_stage_that_does_not_apply_writes_its_outputs_and_the_report_says_why(
                    str(root / "manifest.csv"), "--", "touch", str(ran)]) == 0
     assert not ran.exists()  # the notebook's command did not run
     for path in ("results/distil/tables/not_applicable.csv", "results/distil/figures",
+                 "results/distil/run.json",
                  "models/distil", "reports/distil.ipynb"):
         assert (tmp_path / path).exists(), path
     metrics = json.loads((tmp_path / "results/distil/metrics.json").read_text())

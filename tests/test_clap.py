@@ -391,10 +391,13 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
                     "cache_dir": str(tmp_path / "cache"),
                     "curves_csv": str(tmp_path / "curves.csv")}, progress_bar=False)
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
-    assert set(metrics["systems"]) == {"none", "small", "full", "full · dot"}
-    assert metrics["similarity"]["ablation"] == {"full · dot": "dot"}
-    assert "test speakers" in metrics["pretraining_read"]
-    assert 0 <= metrics["systems"]["full"]["WA"]["mean"] <= 1
+    folds = pd.read_csv(tmp_path / "results/tables/fold_metrics.csv")
+    assert set(folds["system"]) == {"none", "small", "full", "full · dot"}
+    assert set(metrics) == {"setting", "full", "none", "claim"}  # the claim's two systems
+    assert 0 <= metrics["full"]["WA"] <= 1 and metrics["claim"]["clap"]["verdict"]
+    run = json.loads((tmp_path / "results/run.json").read_text())
+    assert run["similarity"]["ablation"] == {"full · dot": "dot"}
+    assert "test speakers" in run["pretraining_read"]
     for name in ("table1.md", "table3.md", "retrieval.md", "bootstrap.md"):
         assert (tmp_path / "results/tables" / name).is_file()
     figures = {f.name for f in (tmp_path / "results/figures").iterdir()}

@@ -1,5 +1,6 @@
+import json
+
 import numpy as np
-import pandas as pd
 import torch
 
 from mmser.encode import features as F
@@ -144,15 +145,15 @@ def test_feature_store_reads_back_by_utterance_and_text(tmp_path):
     assert store.speech(["u1"], layer=None)[0].shape == (3, 10, 4)
     assert store.text(["bye now"], layer=0)[0].shape[-1] == text_enc.dim
     assert store.token_ids(["hello"])[0].tolist() == text_enc.tokenizer("hello")["input_ids"]
-    # four reads served from the cache (states and token ids), no encoder run: what
-    # metrics.json reports
+    # four reads served from the cache (states and token ids), no encoder run: what a
+    # stage's run.json reports
     assert F.ENCODER_USE["cache_reads"] - used.get("cache_reads", 0) == 4
     assert F.ENCODER_USE["encoder_forwards"] == used.get("encoder_forwards", 0)
-    from mmser.report.results import write_metrics
+    from mmser.report.headline import write_metrics
 
-    written = write_metrics(tmp_path / "m.json", pd.DataFrame(
-        {"system": ["s"], "seed": [0], "fold": [0], "n": [1], "UA": [0.5]}))
-    assert written["encoder_use"]["cache_reads"] == F.ENCODER_USE["cache_reads"]
+    write_metrics(tmp_path / "m.json", numbers={"n": 1})
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["encoder_use"]["cache_reads"] == F.ENCODER_USE["cache_reads"]
     import pytest
 
     with pytest.raises(KeyError, match="'u3'.*features.splits"):

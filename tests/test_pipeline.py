@@ -8,6 +8,7 @@ back an experiment's and a commit's outputs. Each paper's own notebook test
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from mmser.report.headline import MAX_NUMBERS, numbers_in
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -95,11 +98,34 @@ def test_every_stage_wrote_its_results(project):
     readme = (project / "README.md").read_text()
     assert "Not generated yet" not in readme  # the report stage wrote the results block
     features = json.loads((project / "results/features/metrics.json").read_text())
-    assert {"audio", "text", "audio + text"} <= set(features["probe"])
-    assert all(v["misses"] > 0 for v in features["cache"].values())
+    assert {"audio", "text", "audio + text"} <= set(features)  # the linear probes
+    run = json.loads((project / "results/features/run.json").read_text())
+    assert all(v["misses"] > 0 for v in run["cache"].values())
     assert (project / "results/features/corpus_card.md").read_text().count("Measured") == 1
     shown = _run(["dvc", "metrics", "show"], project).stdout
     assert "results/features/metrics.json" in shown
+
+
+# a key of metrics.json that names a timing or a count of cache use: it would change from run
+# to run without a change of result, and make every run differ in `dvc exp show --only-changed`
+RUN_TO_RUN = re.compile(r"second|minute|time|generation_s|encoder_use|cache|hit|miss|forward")
+
+
+def test_metrics_hold_a_few_headline_numbers(project):
+    """`dvc metrics show` and `dvc exp show` make a column of every number of every
+    metrics.json: each stage writes a few (`mmser.report.headline`), none of them a timing,
+    and everything else to outputs that are no DVC metric (run.json, tables/)."""
+    for stage in STAGES:
+        metrics = json.loads((project / f"results/{stage}/metrics.json").read_text())
+        numbers = numbers_in(metrics)
+        assert 0 < len(numbers) <= MAX_NUMBERS, (stage, numbers)
+        assert not [n for n in numbers if RUN_TO_RUN.search(n)], (stage, numbers)
+        assert (project / f"results/{stage}/run.json").is_file()
+    for paper in PAPERS:
+        assert (project / f"results/{paper}/tables/fold_metrics.csv").is_file()
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], project).stdout)
+    files = {f for rev in shown.values() for f in rev["data"]}
+    assert files == {f"results/{s}/metrics.json" for s in STAGES}
 
 
 NOISE = ("Warning", "warn(", "Traceback", "ipywidgets", "it/s]", "s/it]", "%|", "LitLogger",
@@ -225,6 +251,6 @@ def test_changed_parameter_reruns_only_its_readers(project):
     assert set(_status(project)) == {"features"}  # its readers follow only if its outputs change
     out = _run(["dvc", "repro", "features"], project).stdout
     assert "Running stage 'features'" in out and "Running stage 'prepare'" not in out
-    features = json.loads((project / "results/features/metrics.json").read_text())
+    run = json.loads((project / "results/features/run.json").read_text())
     # the persisted cache served every clip and text: nothing was encoded again
-    assert all(v["misses"] == 0 for v in features["cache"].values())
+    assert all(v["misses"] == 0 for v in run["cache"].values())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 from test_corpora import build_emodb, build_iemocap, wav
@@ -24,8 +25,8 @@ def project(tmp_path_factory):
     return project
 
 
-def _features_metrics(project):
-    return json.loads((project / "results/features/metrics.json").read_text())
+def _features_folds(project):
+    return pd.read_csv(project / "results/features/tables/fold_metrics.csv")
 
 
 def test_emodb_through_prepare_transcribe_and_features(project):
@@ -42,8 +43,9 @@ def test_emodb_through_prepare_transcribe_and_features(project):
     summary = json.loads((project / "results/prepare/summary.json").read_text())
     assert sum(n for reason, n in summary["noted"].items()
                if reason.startswith("kept without a category")) == 3
-    features = _features_metrics(project)
-    assert features["utterances"] == 8 and "audio" in features["probe"]
+    run = json.loads((project / "results/features/run.json").read_text())
+    metrics = json.loads((project / "results/features/metrics.json").read_text())
+    assert run["utterances"] == 8 and "UA" in metrics["audio"]
     assert "Running stage" not in _run(["dvc", "repro", "features"], project).stdout
 
 
@@ -56,8 +58,8 @@ def test_cross_corpus_iemocap_to_emodb(project):
     assert info["test_corpus"] == "emodb" and info["protocol"]["name"] == "cross_corpus"
     folds = (project / "results/prepare/folds.csv").read_text()
     assert "cross-corpus" in folds
-    features = _features_metrics(project)
-    assert list(features["probe_folds"]["audio"]) == ["0"]  # one test fold: EmoDB
+    folds = _features_folds(project)
+    assert list(folds.loc[folds["system"] == "audio", "fold"]) == [0]  # one test fold: EmoDB
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["dataset"]["test_corpus"] == "emodb"
 

@@ -136,10 +136,12 @@ def test_bench_helpers(tmp_path):
     assert rates["distil"]["steps_per_s"] == 5.0 and rates["distil"]["runs"] == 2
     assert rates["clap"]["timed"] == 0
     (tmp_path / "features").mkdir()
-    (tmp_path / "features" / "metrics.json").write_text(json.dumps({"cache": {
-        "speech": {"hits": 0, "misses": 10}, "text": {"hits": 2, "misses": 8}}}))
-    (tmp_path / "clap" / "metrics.json").write_text(json.dumps(
-        {"systems": {}, "encoder_use": {"encoder_forwards": 0, "cache_reads": 20}}))
+    # run.json: the features stage's own encoder use counts its cache misses again
+    (tmp_path / "features" / "run.json").write_text(json.dumps({"cache": {
+        "speech": {"hits": 0, "misses": 10}, "text": {"hits": 2, "misses": 8}},
+        "encoder_use": {"encoder_forwards": 18}}))
+    (tmp_path / "clap" / "run.json").write_text(json.dumps(
+        {"seconds": 1.0, "encoder_use": {"encoder_forwards": 0, "cache_reads": 20}}))
     use = bench.encoder_use(tmp_path)
     assert use["encoder_forwards"] == 18 and use["cache_reads"] == 22
     assert use["per_input"] == 0.9

@@ -468,9 +468,14 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
                     "models_dir": str(tmp_path / "models"),
                     "curves_csv": str(tmp_path / "curves.csv")})
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
-    assert {"ours B_s [loso]", "ours B_s [random_70_20_10]"} <= set(metrics["systems"])
-    assert 0 <= metrics["systems"]["ours B_s [loso]"]["UA"]["mean"] <= 1
-    assert 0 <= metrics["pretraining"]["knn_val_accuracy"] <= 1
+    run = json.loads((tmp_path / "results/run.json").read_text())
+    systems = set(pd.read_csv(tmp_path / "results/tables/fold_metrics.csv")["system"])
+    assert {"ours B_s [loso]", "ours B_s [random_70_20_10]"} <= systems
+    # the main protocol's ours, speech and text systems, and both claims
+    assert {"ours B_s [loso]", "speech whisper-tiny.en [loso]"} <= set(metrics)
+    assert set(metrics["claim"]) == {"tokenwise_vs_speech", "tokenwise_vs_text"}
+    assert 0 <= metrics["ours B_s [loso]"]["UA"] <= 1
+    assert 0 <= run["pretraining"]["knn_val_accuracy"] <= 1
     tables = tmp_path / "results/tables"
     for name in ("table3.md", "pretraining.md", "bootstrap.md", "layers_val_uar.md"):
         assert (tables / name).is_file()
@@ -478,15 +483,15 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
     assert "speaker-dependent" in (tables / "table3.md").read_text()
     # the speech row is the last layer; the every-layer search is an extra, labelled row
     assert {"speech whisper-tiny.en [loso]",
-            "layer search: speech whisper-tiny.en [loso]"} <= set(metrics["systems"])
+            "layer search: speech whisper-tiny.en [loso]"} <= systems
     chosen = pd.read_csv(tables / "chosen_views.csv")
     last = chosen[chosen["system"].str.startswith("speech ")]
     assert len(last) and last["view"].str.endswith("L2").all()  # 3 states: the last is 2
     assert "86.53*" in (tables / "table3.md").read_text()
-    assert metrics["paper_table3_duplicates"] == [["EmoDB Whisper", "IEMOCAP WavLM"]]
-    assert set(metrics["notes"]) == {"ours B_s [loso]", "ours B_s [random_70_20_10]"}
-    assert metrics["pretraining"]["speakers"] == "fold"
-    assert len(metrics["pretraining"]["folds"]) >= 2
+    assert run["paper_table3_duplicates"] == [["EmoDB Whisper", "IEMOCAP WavLM"]]
+    assert set(run["notes"]) == {"ours B_s [loso]", "ours B_s [random_70_20_10]"}
+    assert run["pretraining"]["speakers"] == "fold"
+    assert len(run["pretraining"]["folds"]) >= 2
     figures = {f.name for f in (tmp_path / "results/figures").iterdir()}
     assert {"fig2_3_pretraining.png", "fig4_attention.png", "confusion_ours.png",
             "layers_val_uar.png"} <= figures

@@ -413,12 +413,14 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
                     "results_dir": str(tmp_path / "results"),
                     "models_dir": str(tmp_path / "models")}, progress_bar=False)
     metrics = json.loads((tmp_path / "results/metrics.json").read_text())
-    systems = metrics["systems"]
+    systems = set(pd.read_csv(tmp_path / "results/tables/fold_metrics.csv")["system"])
     assert {"VCEMO (SupCon)", "VCEMO", "Yoon et al. 2019 (MHA-2)", "Xu et al. 2019",
-            "Embeddings", "BERT + Acoustic"} <= set(systems)
-    assert len(systems) == 4 + 6 and 0 <= systems["VCEMO"]["UA"]["mean"] <= 1
-    assert set(metrics["mandarin"]) == {"VCEMO (SupCon)", "VCEMO"}
-    assert set(metrics["versus_baselines"]) == {"Yoon et al. 2019 (MHA-2)", "Xu et al. 2019"}
+            "Embeddings", "BERT + Acoustic"} <= systems
+    assert len(systems) == 4 + 6 and 0 <= metrics["VCEMO"]["UA"] <= 1
+    assert set(metrics) == {"corpus", "protocol", "profile", "VCEMO (SupCon)", "VCEMO", "claim"}
+    run = json.loads((tmp_path / "results/run.json").read_text())
+    assert set(run["mandarin"]) == {"VCEMO (SupCon)", "VCEMO"}
+    assert set(run["versus_baselines"]) == {"Yoon et al. 2019 (MHA-2)", "Xu et al. 2019"}
     import nbformat
 
     printed = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells

@@ -10,9 +10,10 @@ Prints, for whatever the last pipeline run left behind:
   `make repro-timed`) writes: it runs `dvc repro --single-item <stage>` for each stage in
   dvc.yaml's order under `/usr/bin/time` (peak memory: the largest process of the stage);
 - how the frozen encoders were used: live forward passes against cache reads, from the
-  features stage's cache counts (`results/features/metrics.json`) and, where a stage
-  records it, the "encoder_use" of `results/<stage>/metrics.json` ({"encoder_forwards":
-  n, "cache_reads": n}, written by `mmser.report.results.write_metrics`). Target: each frozen encoder runs once per distinct input.
+  features stage's cache counts and every stage's "encoder_use" ({"encoder_forwards": n,
+  "cache_reads": n}), both in `results/<stage>/run.json` (written beside metrics.json by
+  `mmser.report.headline.write_metrics`). Target: each frozen encoder runs once per
+  distinct input.
 A benchmark, not a test: it prints figures and asserts nothing.
 """
 
@@ -136,19 +137,20 @@ def run_stages(stages: list[str], force: bool = False,
 
 
 def encoder_use(results: str | Path = "results") -> dict[str, float]:
-    """Live encoder forward passes against reads served from the feature cache: the
-    features stage's cache counts (a miss is one forward of one input) plus every stage's
-    `encoder_use` in metrics.json. `per_input`: forwards per distinct input of the features stage."""
-    results = Path(results)
+    """Live encoder forward passes against reads served from the feature cache, from each
+    stage's run.json: the features stage by its cache counts (a miss is one forward of one
+    input), every other stage by its `encoder_use`. `per_input`: forwards per distinct input
+    of the features stage."""
     forwards = reads = inputs = 0
-    features = results / "features" / "metrics.json"
-    if features.is_file():
-        for counts in json.loads(features.read_text()).get("cache", {}).values():
-            forwards += counts["misses"]
-            reads += counts["hits"]
-            inputs += counts["hits"] + counts["misses"]  # each input asked once per run
-    for path in sorted(results.glob("*/metrics.json")):
-        counts = json.loads(path.read_text()).get("encoder_use", {})
+    for path in sorted(Path(results).glob("*/run.json")):
+        record = json.loads(path.read_text())
+        if "cache" in record:  # the features stage (its encoder_use counts the same misses)
+            for counts in record["cache"].values():
+                forwards += counts["misses"]
+                reads += counts["hits"]
+                inputs += counts["hits"] + counts["misses"]  # each input asked once per run
+            continue
+        counts = record.get("encoder_use", {})
         forwards += int(counts.get("encoder_forwards", 0))
         reads += int(counts.get("cache_reads", 0))
     total = forwards + reads
@@ -204,12 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  padded to 30 s     {rates['padded_30s']:8.1f} utterances/s")
     print(f"  own length         {rates['variable_length']:8.1f} utterances/s")
     print(f"  speed-up           {rates['speed_up']:8.1f} x  (target: >= 10 x)")
-    prep = Path("results/prepare/metrics.json")
-    if prep.is_file():
-        meta = json.loads(prep.read_text())
-        n = sum(meta["utterances"].values())
-        print(f"corpus generation    {meta['generation_s']:8.1f} s for {n} utterances "
-              "(target: < 180 s)")
+    prep = Path("results/prepare")
+    if (prep / "run.json").is_file():
+        n = sum(json.loads((prep / "metrics.json").read_text())["utterances"].values())
+        seconds = json.loads((prep / "run.json").read_text())["generation_s"]
+        print(f"corpus generation    {seconds:8.1f} s for {n} utterances (target: < 180 s)")
     times = stage_times()
     if times:
         for stage, seconds in times.items():

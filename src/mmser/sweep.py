@@ -81,7 +81,7 @@ def experiment_rows(shown: Sequence[dict]) -> tuple[pd.DataFrame, list[str]]:
 
 def aggregate(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per paper and metric: mean, std over runs, n runs, values; per claim and run: its
-    bootstrap difference, CI and verdict)."""
+    bootstrap difference and verdict)."""
     if runs.empty:
         raise ValueError("no finished run of the pipeline to aggregate (run `make sweep`)")
     seeds = [",".join(map(str, s)) for s in runs["seeds"]]
@@ -98,8 +98,7 @@ def aggregate(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         claim = column[len("claims."):-len(".verdict")]
         for seed, (_, run) in zip(seeds, runs.iterrows()):
             claims.append({"claim": claim, "seeds": seed, "run": run["run"],
-                           **{k: run.get(f"claims.{claim}.{k}") for k in
-                              ("diff", "low", "high", "verdict")}})
+                           **{k: run.get(f"claims.{claim}.{k}") for k in ("diff", "verdict")}})
     return pd.DataFrame(scores), pd.DataFrame(claims)
 
 

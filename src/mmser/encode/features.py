@@ -192,8 +192,8 @@ def write_index(root: str | Path, utt_ids: Sequence[str] | None = None,
     write_text(root / KEYS, json.dumps(known, indent=2))
 
 
-# This process's live encoder forwards (inputs encoded) and cache reads; paper stages report
-# them in metrics.json ("encoder_use"), `python -m mmser.bench` sums them over stages.
+# This process's live encoder forwards (inputs encoded) and cache reads; every stage records
+# them in its run.json ("encoder_use"), `python -m mmser.bench` sums them over stages.
 ENCODER_USE: Counter = Counter()
 
 

@@ -10,8 +10,8 @@ reader all see "not applicable, because ...":
     python -m mmser.papers.applicability distil -- papermill ... notebooks/distil.ipynb ...
 
 runs the command after `--` when the stage applies, and otherwise writes the stage's
-`metrics.json`, `tables/not_applicable.csv|md`, an empty figures folder, its models folder
-and a one-cell executed report.
+`metrics.json` and `run.json`, `tables/not_applicable.csv|md`, a figures and a models folder
+(each with a README saying why they are empty) and a one-cell executed report.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def write_not_applicable_stage(stage: str, reason: str, corpus: str, protocol: s
     (models_dir / "README.md").write_text(f"No models: {sentence}.\n")
     (results_dir / "metrics.json").write_text(json.dumps(
         {"not_applicable": sentence, "corpus": corpus, "protocol": protocol}, indent=2))
+    (results_dir / "run.json").write_text(json.dumps({"not_applicable": sentence}, indent=2))
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_markdown_cell(
         f"# Paper stage `{stage}`: {sentence}\n\nThe notebook `notebooks/{stage}.ipynb` did "

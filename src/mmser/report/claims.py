@@ -10,7 +10,7 @@ utterances with all their seeds' predictions together.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +81,27 @@ CLAIMS = (
           "Tokenwise multimodal features beat text-only (BERT) features",
           (("ours B_s", "text *"),), "UA", 1),
 )
+
+
+def measured(tests: Mapping[str, Mapping]) -> dict[str, dict]:
+    """What a stage's metrics.json says of the claims it tests: per claim key, the measured
+    difference and its verdict. `tests`: claim key -> a paired bootstrap of the claim's
+    systems (diff, low, high; and a, b, metric when it names them, which must be the
+    claim's: an error says when they are not)."""
+    out = {}
+    for key, test in tests.items():
+        claim = next((c for c in CLAIMS if c.key == key), None)
+        if claim is None:
+            raise KeyError(f"no claim {key!r}; the claims are {[c.key for c in CLAIMS]}")
+        if test.get("metric", claim.metric) != claim.metric:
+            raise ValueError(f"claim {key!r} is about {claim.metric}, not {test['metric']}")
+        if "a" in test and not any(find_system([test["a"]], [a]) and find_system([test["b"]], [b])
+                                   for a, b in claim.pairs):
+            raise ValueError(f"claim {key!r} compares one of {claim.pairs}, not "
+                             f"({test['a']!r}, {test['b']!r})")
+        out[key] = {"diff": float(test["diff"]),
+                    "verdict": verdict(test["low"], test["high"], claim.direction)}
+    return out
 
 
 def claim_seeds(stage: str, system: str, training) -> list[int]:

@@ -40,6 +40,7 @@ from mmser.report.claims import (AGREES, CLAIMS, DISAGREES, GAIN, INCONCLUSIVE,
                                  NOT_APPLICABLE, NOT_RUN, Claim, find_system, verdict)
 from mmser.encode.probe import BASELINE, BASELINE_AVD
 from mmser.report.baseline import against_baseline, baseline_verdict, format_diffs
+from mmser.report.headline import CCC_METRICS, CLASSIFICATION_METRICS
 from mmser.report.results import (bootstrap_ccc_gain, bootstrap_metric, read_not_applicable,
                                   summarise)
 
@@ -51,8 +52,6 @@ TITLES = {
     "vcemo": "VCEMO (co-attention + SupCon)",
     "tokenwise": "Tokenwise contrastive pre-training",
 }
-CLASSIFICATION_METRICS = ("UA", "WA", "macro_F1")
-CCC_METRICS = ("CCC_arousal", "CCC_valence", "CCC_dominance")
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Each stage's main system, first present wins (`*` at the end: a prefix).
@@ -577,7 +576,9 @@ def plot_claims(table: pd.DataFrame, path: str | Path):
 
 
 def metrics_json(comp: pd.DataFrame, claim_table: pd.DataFrame) -> dict:
-    """results/report/metrics.json: numbers for `dvc metrics show` (means; verdicts)."""
+    """The numbers of results/report/metrics.json (`mmser.report.headline`): each row's
+    mean of the comparison's metrics, and each claim's difference and verdict; intervals,
+    seeds and stds stay in the tables (and README.md's block)."""
     out = {"comparison": {}, "claims": {}}
     for r in comp.to_dict("records"):
         entry = {}
@@ -588,12 +589,10 @@ def metrics_json(comp: pd.DataFrame, claim_table: pd.DataFrame) -> dict:
         out["comparison"][r["paper"]] = entry or {
             "status": r["system"] if r["system"] in (NOT_RUN, NOT_APPLICABLE) else NOT_RUN}
     for r in claim_table.to_dict("records"):
-        key = r.get("key", r["paper"])
-        entry = {"verdict": r["verdict"], "seeds": int(r.get("seeds") or 0)}
+        entry = {"verdict": r["verdict"]}
         if pd.notna(r.get("diff")):
-            entry.update({"diff": round(float(r["diff"]), 4), "low": round(float(r["low"]), 4),
-                          "high": round(float(r["high"]), 4)})
-        out["claims"][key] = entry
+            entry["diff"] = float(r["diff"])
+        out["claims"][r.get("key", r["paper"])] = entry
     return out
 
 

@@ -3,12 +3,12 @@
 Every paper stage keeps a predictions table (one row per test utterance, fold and seed;
 see `mmser.training.loop.cross_validate`) with a `system` column naming the model or ablation
 row. These functions turn it into per-fold metrics, mean ± std over folds and seeds,
-paired bootstrap intervals between systems, and tables in CSV and Markdown.
+paired bootstrap intervals between systems, and tables in CSV and Markdown
+(`mmser.report.headline.write_metrics` writes the few of them that go to metrics.json).
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from mmser.training.data import DIMENSIONS
-from mmser.encode.features import ENCODER_USE
 from mmser.encode.probe import BASELINE, BASELINE_AVD
 from mmser.report.metrics import ccc, classification_report, mean_std, paired_bootstrap
 
@@ -235,23 +234,6 @@ def write_table(table: pd.DataFrame, stem: str | Path, floatfmt: str = ".3f") ->
     return markdown
 
 
-def write_metrics(path: str | Path, per_fold: pd.DataFrame, **extra) -> dict:
-    """metrics.json: per system, mean and std of every metric and its per-fold values, then
-    `extra`, then this process's live encoder forwards and feature-cache reads."""
-    metrics = {}
-    for system, part in per_fold.groupby("system", sort=False):
-        names = [c for c in part.columns if c not in ("system", "seed", "fold", "n")]
-        metrics[system] = {m: {**mean_std(part[m]),
-                               "folds": {f"seed{s}_fold{f}": float(v) for s, f, v in
-                                         zip(part["seed"], part["fold"], part[m])}}
-                           for m in names}
-    out = {"systems": metrics, **extra, "encoder_use": dict(ENCODER_USE)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=_jsonable))
-    return out
-
-
 def pooled_confusion(preds: pd.DataFrame, system: str, classes: Sequence[str]) -> np.ndarray:
     """Confusion matrix (rows: true class) summed over folds and seeds of one system."""
     part = _with_system(preds)
@@ -262,10 +244,3 @@ def pooled_confusion(preds: pd.DataFrame, system: str, classes: Sequence[str]) -
 def _with_system(preds: pd.DataFrame) -> pd.DataFrame:
     return preds if "system" in preds.columns else preds.assign(system="model")
 
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
