@@ -1,5 +1,7 @@
 """Protocols: speaker-independence, validation from training speakers, guarded test sets."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -244,3 +246,21 @@ def test_rows_without_a_category_never_move_the_labelled_rows(protocol, options)
         assert set(alone) <= tested  # every uncategorised row is tested in some fold
     assigned = assign_folds(both, protocol, seed=3, **options)
     assert assigned["fold"].notna().all()  # every row of the protocol has a fold
+
+
+def test_every_training_seed_tests_the_folds_prepare_wrote():
+    """speaker_kfold's assignment depends on the seed it is drawn with: a stage's claim
+    seeds (1, 2) must still test prepare's folds, which the frozen baseline tested."""
+    from mmser.training.data import Corpus
+
+    df = assign_folds(iemocap_like(sessions=6), "speaker_kfold", seed=0)
+    assert not assign_folds(df, "speaker_kfold", seed=1)["fold"].equals(df["fold"])
+    corpus = Corpus(df, Path("."), "speaker_kfold", "x", prepared="speaker_kfold")
+    for seed in (0, 1, 2):
+        for fold in corpus.folds(seed=seed):
+            fold.select(checkpoint="none")
+            assert (fold.test()["fold"] == fold.index).all()
+            assert set(fold.test()["utt_id"]) == set(df.loc[df["fold"] == fold.index, "utt_id"])
+    # another protocol than prepare's is drawn afresh (e.g. tokenwise's random split)
+    other = Corpus(df, Path("."), "random_70_20_10", "x", prepared="speaker_kfold")
+    assert len(list(other.folds(seed=0))) == 1

@@ -296,16 +296,22 @@ def _held_out(df: pd.DataFrame, test: pd.Index, protocol: str) -> list[str]:
 
 
 def iter_folds(df: pd.DataFrame, protocol: str, *, seed: int = 0, n_folds: int | None = None,
-               val_fraction: float = 0.1, test_corpus: str | None = None) -> Iterator[Fold]:
-    """Assign folds, then yield one `Fold` per test group, deterministic from `seed`.
+               val_fraction: float = 0.1, test_corpus: str | None = None,
+               folds: pd.Series | None = None) -> Iterator[Fold]:
+    """Assign folds (or take `folds`, e.g. the manifest's), then yield one `Fold` per test
+    group, deterministic from `seed`.
 
     Validation: the development partition for `official`; a stratified random share of
     the non-test utterances for the random splits; otherwise about `val_fraction` of the
     training rows taken as whole training speakers (utterance-level, and flagged in
     `Fold.val_speaker_disjoint`, when fewer than 3 speakers are available).
     """
-    assigned = assign_folds(df, protocol, seed=seed, n_folds=n_folds,
-                            val_fraction=val_fraction, test_corpus=test_corpus)
+    if folds is not None:  # assigned before (prepare's manifest): only validation is drawn
+        protocol_info(protocol)
+        assigned = df.assign(fold=folds.astype("Int64"))
+    else:
+        assigned = assign_folds(df, protocol, seed=seed, n_folds=n_folds,
+                                val_fraction=val_fraction, test_corpus=test_corpus)
     fold = assigned["fold"]
     for k in sorted(int(v) for v in fold.dropna().unique() if v >= 0):
         test = assigned.index[(fold == k).fillna(False)]

@@ -39,6 +39,7 @@ class Corpus:
     test_corpus: str | None = None
     rows: str = "labelled"  # the rows `folds` splits: "labelled" or "rated" (see ROWS)
     key: str = ""  # the loader's name (dataset.name), e.g. for the A/V/D rating scale
+    prepared: str | None = None  # the protocol of the manifest's `fold` column (prepare's)
 
     def __post_init__(self) -> None:
         if self.rows not in ROWS:
@@ -77,7 +78,11 @@ class Corpus:
         category never size a fold or a validation set, so both share their test sessions
         or speakers and their validation speakers."""
         split = self.rated if self.rows == "rated" else self.labelled
-        return protocols.iter_folds(split, self.protocol, seed=seed,
+        # prepare's folds, fixed by the pipeline's seed: every stage, every training seed and
+        # the frozen baseline test the same utterances in the same fold (speaker_kfold's
+        # and the random splits' assignment depends on the seed it is drawn with)
+        given = split["fold"] if self.prepared == self.protocol else None
+        return protocols.iter_folds(split, self.protocol, seed=seed, folds=given,
                                     val_fraction=val_fraction, test_corpus=self.test_corpus)
 
     def read_for_fold(self, fold: protocols.Fold) -> pd.DataFrame:
@@ -100,7 +105,8 @@ def load_corpus(corpus_dir: str | Path = "interim/corpus",
         else str(info.get("protocol", "loso"))
     name = str(info.get("name", ""))
     return Corpus(manifest.read(manifest_path), Path(info["audio_root"]), protocol,
-                  str(info.get("label") or name), info.get("test_corpus"), rows, key=name)
+                  str(info.get("label") or name), info.get("test_corpus"), rows, key=name,
+                  prepared=protocol)
 
 
 def label_ids(labels: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
