@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WIDGET = "application/vnd.jupyter.widget-view+json"  # a progress bar in the lab: meant
 
 
-def _cells(stage: str, root: Path = ROOT) -> list[dict]:
-    return json.loads((root / "notebooks" / f"{stage}.ipynb").read_text())["cells"]
+def _cells(stage: str) -> list[dict]:
+    return json.loads((ROOT / "notebooks" / f"{stage}.ipynb").read_text())["cells"]
 
 
 def _defaults(cells: list[dict]) -> dict:
