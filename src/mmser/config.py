@@ -475,6 +475,20 @@ def _name(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
+def work_from_project_root() -> Path:
+    """Make the project root the working directory, and return it: the nearest folder, from
+    here up, that holds params.yaml and dvc.yaml. Every path in params.yaml and in a
+    notebook's parameters is relative to it, while JupyterLab starts a notebook's kernel in
+    the notebook's folder (notebooks/). Where dvc and papermill run a notebook (the root
+    itself), or outside any project, nothing changes."""
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file() and (folder / "dvc.yaml").is_file():
+            os.chdir(folder)
+            return folder
+    return here
+
+
 def load(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file."""
     path = Path(path)

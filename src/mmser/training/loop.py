@@ -50,6 +50,11 @@ from mmser.report.metrics import ccc
 from mmser.training import data as D
 
 log = logging.getLogger("mmser")
+if not in_report():
+    # interactively (JupyterLab) Lightning's INFO lines ("GPU available", a tip, "`Trainer.fit`
+    # stopped"), repeated for every fold and system, would bury the results; its warnings still
+    # show. In a report they go to the stage's log (progress.quiet_report).
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*")
