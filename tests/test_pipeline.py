@@ -2,13 +2,15 @@
 the report each run their notebook under papermill; a second `dvc repro` does nothing; a
 changed parameter re-runs only its readers; the exported default model predicts a clip; a
 run is shared through a DVC remote and a Git clone; `dvc exp apply` and `dvc checkout` bring
-back an experiment's and a commit's outputs. Each paper's own notebook test
-(tests/test_<paper>.py) checks its tables in detail."""
+back an experiment's and a commit's outputs; each README teaching exercise re-runs the
+stages the README names. Each paper's own notebook test (tests/test_<paper>.py) checks its
+tables in detail."""
 
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -244,6 +246,68 @@ def test_exp_apply_brings_back_an_experiments_outputs(project, tmp_path):
     assert digests() == first
     assert "clap" not in _status(lab)  # with the experiment's params.yaml and dvc.lock
     assert yaml.safe_load((lab / "params.yaml").read_text())["clap"]["head_lr"] == 0.002
+
+
+def _exercises() -> list[tuple[list[str], list[str]]]:
+    """README "Teaching": each exercise's `dvc exp run` arguments and the stages its row of
+    the exercises table says re-run, read from the README so that the two cannot drift."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Teaching\n")[1].split("\n## ")[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[1].startswith("`dvc exp run "):
+            rows.append((shlex.split(cells[1].strip("`"))[3:], re.findall(r"`(\w+)`", cells[2])))
+    return rows
+
+
+EXERCISES = _exercises()
+
+
+def test_the_teaching_exercises_are_read_from_the_readme():
+    assert len(EXERCISES) >= 5 and all(args and stages for args, stages in EXERCISES)
+
+
+@pytest.fixture(scope="module")
+def lab(project, tmp_path_factory):
+    """A Git copy of the reproduced tiny pipeline (`dvc exp run` needs Git), made before
+    test_changed_parameter_reruns_only_its_readers changes the project."""
+    return _git_repo(project, tmp_path_factory.mktemp("lab") / "lab")
+
+
+def _downstream(project: Path, stages: set[str]) -> set[str]:
+    """`stages` and every stage that depends on one of them (`dvc dag`)."""
+    edges = re.findall(r'"(\w+)" -> "(\w+)"', _run(["dvc", "dag", "--dot"], project).stdout)
+    while (more := {b for a, b in edges if a in stages} - stages):
+        stages |= more
+    return stages
+
+
+@pytest.mark.parametrize("args, stages", EXERCISES, ids=[" ".join(a) for a, _ in EXERCISES])
+def test_each_teaching_exercise_reruns_the_stages_the_readme_names(lab, args, stages):
+    """An exercise that re-runs one paper stage and the report runs for real. One that
+    re-runs every paper stage gets its `-S` changes written by DVC's own code for `dvc exp
+    run -S`, then `dvc status` names the stages whose own dependencies changed: with every
+    stage downstream of them, that is what a run re-runs (their outputs change). (`dvc exp
+    run --dry` cannot say it: DVC 3 runs it in a temporary copy without the outputs, where
+    the second stage fails.)"""
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides
+
+    assert stages and set(stages) <= set(STAGES), stages
+    if len(stages) <= 2:
+        out = _run(["dvc", "exp", "run", *args], lab).stdout
+        assert set(re.findall(r"Running stage '(\w+)'", out)) == set(stages), out[-2000:]
+    else:
+        sets = [value for flag, value in zip(args, args[1:]) if flag in ("-S", "--set-param")]
+        assert sets and len(sets) * 2 == len(args), args  # nothing but -S changes
+        for path, overrides in to_path_overrides(sets).items():
+            apply_overrides(lab / path, overrides)
+        assert _downstream(lab, set(_status(lab))) == set(stages)
+    # back to the commit's run for the next exercise
+    _run(["git", "checkout", "--", "params.yaml", "dvc.lock", "results", "README.md"], lab)
+    _run(["dvc", "checkout", "--force"], lab)
+    assert _status(lab) == {}
 
 
 def test_changed_parameter_reruns_only_its_readers(project):
