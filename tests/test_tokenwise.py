@@ -497,3 +497,11 @@ def test_notebook_runs_under_papermill(fixture, tmp_path):
             "layers_val_uar.png"} <= figures
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert set(curves["config"]) == {"batch 4, lr 0.0001", "batch 8, lr 0.0001"}
+
+
+def test_a_corpus_prepared_with_the_papers_split_runs_it_once(fixture):
+    corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
+    both = ["corpus", "random_70_20_10"]
+    assert TW.distinct_protocols(corpus, both) == both
+    random = replace(corpus, protocol="random_70_20_10")
+    assert TW.distinct_protocols(random, both) == ["corpus"]

@@ -481,6 +481,13 @@ def check_protocols(protocols: Sequence[str]) -> None:
                          f"{sorted(PROTOCOL_NAMES)}")
 
 
+def distinct_protocols(corpus: D.Corpus, protocols: Sequence[str]) -> list[str]:
+    """tokenwise.protocols without repeats once "corpus" is resolved: a corpus prepared
+    with the paper's random split runs it once, not twice."""
+    resolved = [corpus.protocol if p == CORPUS_PROTOCOL else p for p in protocols]
+    return [p for i, p in enumerate(protocols) if resolved[i] not in resolved[:i]]
+
+
 def with_protocol(corpus: D.Corpus, protocol: str) -> D.Corpus:
     """The same manifest under another protocol (`corpus` keeps its own)."""
     if protocol in (CORPUS_PROTOCOL, corpus.protocol):

@@ -48,8 +48,9 @@ def layer_scores(trials: pd.DataFrame, path: str | Path) -> plt.Figure:
     """Validation UAR of each candidate view (layer) at the grid's first point, per system
     and protocol: the layer choice, made on validation only."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
+    several = trials["protocol"].nunique() > 1  # seaborn cannot dodge a single hue level
     sns.pointplot(data=trials, x="view", y="val_UAR", hue="protocol", ax=ax,
-                  errorbar=("sd", 1), dodge=0.3)
+                  errorbar=("sd", 1), dodge=0.3 if several else False)
     ax.tick_params(axis="x", rotation=30)
     ax.set(title="Validation UAR by feature layer (mean ± sd over folds and seeds)",
            xlabel="", ylabel="val UAR")
