@@ -17,7 +17,6 @@ runs the command after `--` when the stage applies, and otherwise writes the sta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import nbformat
 
+from mmser.report.headline import write_metrics
 from mmser.report.results import write_not_applicable
 from mmser.training.data import Corpus, load_corpus
 
@@ -62,9 +62,8 @@ def write_not_applicable_stage(stage: str, reason: str, corpus: str, protocol: s
     write_not_applicable({WHOLE_STAGE: sentence}, tables)
     (figures / "README.md").write_text(f"No figures: {sentence}.\n")
     (models_dir / "README.md").write_text(f"No models: {sentence}.\n")
-    (results_dir / "metrics.json").write_text(json.dumps(
-        {"not_applicable": sentence, "corpus": corpus, "protocol": protocol}, indent=2))
-    (results_dir / "run.json").write_text(json.dumps({"not_applicable": sentence}, indent=2))
+    write_metrics(results_dir / "metrics.json", not_applicable=sentence, corpus=corpus,
+                  protocol=protocol, run={"not_applicable": sentence})  # + run.json
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_markdown_cell(
         f"# Paper stage `{stage}`: {sentence}\n\nThe notebook `notebooks/{stage}.ipynb` did "
