@@ -253,12 +253,14 @@ def test_same_seed_same_metrics_and_layer_chosen_on_validation(fixture, tmp_path
     corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
     views = _views(corpus)
     systems = [TW.System("speech", ["a", "b"], [8], [1e-2, 1e-3])]
-    run = lambda: TW.evaluate(TW.with_protocol(corpus, "random_70_20_10"), views, systems,
-                              seeds=[0, 1], epochs=4, patience=2, hidden=8,
-                              out_dir=tmp_path / "m")
-    (preds, trials), (again, _) = run(), run()
+    run = lambda workers: TW.evaluate(TW.with_protocol(corpus, "random_70_20_10"), views,
+                                      systems, seeds=[0, 1], epochs=4, patience=2, hidden=8,
+                                      out_dir=tmp_path / f"w{workers}", workers=workers)
+    # the searches run side by side in worker processes give the same choices and scores
+    (preds, trials), (again, again_trials) = run(1), run(2)
     pd.testing.assert_frame_equal(preds, again)
-    assert set(preds["seed"]) == {0, 1} and (tmp_path / "m/seed1/fold0/speech.pt").is_file()
+    pd.testing.assert_frame_equal(trials, again_trials)
+    assert set(preds["seed"]) == {0, 1} and (tmp_path / "w2/seed1/fold0/speech.pt").is_file()
     # the informative view wins on validation
     assert (preds["view"] == "a").all()
     assert set(trials.loc[trials["search"] == "view", "view"]) == {"a", "b"}
