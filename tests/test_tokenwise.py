@@ -182,6 +182,9 @@ def test_pretraining_step_moves_only_the_attention(fixture, tmp_path):
     items = TW.pretrain_items(store, read["utt_id"].tolist(), read["text"].tolist())
     assert items[0]["speech_seq"].shape[1] == SPEECH_DIM
     assert items[0]["tokens_seq"].shape == items[0]["teacher_seq"].shape
+    # each item holds its own two text layers, not views of every layer (memory per item)
+    assert all(v.untyped_storage().nbytes() == v.numel() * v.element_size()
+               for item in items for v in item.values())
     frozen = [{k: v.clone() for k, v in item.items()} for item in items]
     model = TWM.Aligner(SPEECH_DIM, TEXT_DIM)
     before = {k: v.clone() for k, v in model.state_dict().items()}

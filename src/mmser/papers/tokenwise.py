@@ -99,7 +99,8 @@ def pretrain_items(store: FeatureStore, utt_ids: Sequence[str], texts: Sequence[
         raise ValueError(f"{len(missing)} utterances have no transcript, e.g. {missing[:3]}")
     speech = store.speech(utt_ids, layer=-1)
     text = store.text(texts, layer=None, cut=text_cut)
-    return [{"speech_seq": s, "tokens_seq": t[0], "teacher_seq": t[-1]}
+    # clones: views of `t` would keep every text layer of every utterance in memory
+    return [{"speech_seq": s, "tokens_seq": t[0].clone(), "teacher_seq": t[-1].clone()}
             for s, t in zip(speech, text)]
 
 
