@@ -538,9 +538,9 @@ def encode_speech(root: str | Path, df: pd.DataFrame, audio_root: str | Path, na
     from mmser.encode import features as Fe
     from mmser.corpus import manifest
     from mmser.corpus.audio import load_audio
-    from mmser.encode.encoders import SpeechEncoder
+    from mmser.encode.encoders import SpeechEncoder, best_device
 
-    encoder = SpeechEncoder(name)
+    encoder = SpeechEncoder(name).to(best_device())
     waves = [load_audio(p).wave for p in manifest.resolve_paths(df, audio_root)]
     digests = Fe.speech_features(Fe.FeatureCache(root, encoder.key), encoder, waves, batch_size)
     Fe.write_index(root, df["utt_id"], digests, speech={"main": encoder.key})
