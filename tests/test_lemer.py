@@ -376,19 +376,33 @@ def test_frozen_parts_are_unchanged_by_a_training_step():
 # ---------------------------------------------------------------------- the paper profile
 
 
-def _tiny_wav2vec2(path):
+def _tiny_wav2vec2(path, norm: str = "layer"):
+    """norm: "layer" (the large, robust models) or "group" (wav2vec 2.0 base)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
     config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=32, conv_dim=(16, 16), conv_stride=(5, 4),
                             conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-                            do_stable_layer_norm=True, num_codevector_groups=2,
+                            num_conv_pos_embedding_groups=2, feat_extract_norm=norm,
+                            do_stable_layer_norm=norm == "layer", num_codevector_groups=2,
                             num_codevectors_per_group=5, codevector_dim=8,
                             proj_codevector_dim=6)
     torch.manual_seed(0)
     Wav2Vec2ForPreTraining(config).save_pretrained(path)
     Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(path)
+
+
+def test_quantizer_units_of_a_clip_do_not_depend_on_the_clips_beside_it(tmp_path):
+    """wav2vec 2.0 base normalises its first convolution over time (group norm): a clip
+    padded to a longer one's length would get other units than alone."""
+    _tiny_wav2vec2(tmp_path / "w2v", norm="group")
+    units = LE.QuantizerUnits(str(tmp_path / "w2v"))
+    rng = np.random.default_rng(0)
+    short, long = (rng.normal(0, 0.1, n).astype(np.float32) for n in (3200, 16000))
+    alone = units.units([short])[0]
+    beside = units.units([short, long])[0]
+    assert len(alone) == (((3200 - 10) // 5 + 1) - 8) // 4 + 1  # the clip's own frames
+    assert np.array_equal(alone, beside)
 
 
 def _tiny_bert(path):

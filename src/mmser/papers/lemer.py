@@ -313,16 +313,18 @@ class QuantizerUnits:
 
     @torch.no_grad()
     def units(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
-        batch = self.extractor(list(waves), sampling_rate=16_000, return_tensors="pt",
-                               padding=True, return_attention_mask=True)
-        w2v = self.model.wav2vec2
-        feats = w2v(batch.input_values, attention_mask=batch.attention_mask).extract_features
-        logits = self.model.quantizer.weight_proj(feats)  # (B, T, G * V)
-        ids = logits.view(*logits.shape[:2], self.groups, self.entries).argmax(-1)
+        """Each clip on its own: memory bounded by one clip, not by a class's clips, and no
+        padding, which a group-norm front end (wav2vec 2.0 base) would mix into every
+        clip's features (its units would depend on the longest clip beside it)."""
+        return [self._units(wave) for wave in waves]
+
+    def _units(self, wave: np.ndarray) -> np.ndarray:
+        values = self.extractor(wave, sampling_rate=16_000, return_tensors="pt").input_values
+        feats = self.model.wav2vec2(values).extract_features[0]  # (T, dim)
+        logits = self.model.quantizer.weight_proj(feats)  # (T, G * V)
+        ids = logits.view(len(logits), self.groups, self.entries).argmax(-1)
         radix = self.entries ** torch.arange(self.groups - 1, -1, -1)
-        unit = (ids * radix).sum(-1)
-        lengths = w2v._get_feat_extract_output_lengths(batch.attention_mask.sum(-1))
-        return [unit[i, :n].numpy() for i, n in enumerate(lengths.tolist())]
+        return (ids * radix).sum(-1).numpy()
 
     @torch.no_grad()
     def vectors(self, ids: Sequence[int]) -> torch.Tensor:
