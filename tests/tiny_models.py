@@ -10,22 +10,29 @@ import torch
 
 def tiny_models(root: Path) -> tuple[str, str]:
     """A 2-layer Whisper encoder and a 3-layer BERT (32 wide), built locally."""
-    from transformers import AutoTokenizer, BertConfig, BertModel, WhisperConfig, WhisperModel
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     from mmser.encode.encoders import bundled_text_dir
 
     torch.manual_seed(0)
     speech, text = root / "whisper", root / "bert"
+    tiny_whisper(speech)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(text)
+    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(text)
+    return str(speech), str(text)
+
+
+def tiny_whisper(folder: Path) -> None:
+    """A 2-layer Whisper (32 wide) with the real front end: 80 mel bins, 30-s positions."""
+    from transformers import WhisperConfig, WhisperModel
+
     WhisperModel(WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
                                encoder_attention_heads=2, decoder_attention_heads=2,
                                encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
                                vocab_size=100, max_source_positions=1500, pad_token_id=0,
                                bos_token_id=1, eos_token_id=1, decoder_start_token_id=2)
-                 ).save_pretrained(speech)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(text)
-    AutoTokenizer.from_pretrained(bundled_text_dir()).save_pretrained(text)
-    return str(speech), str(text)
+                 ).save_pretrained(folder)
 
 
 def write_tiny_corpus(root: Path, rows: list[dict]) -> pd.DataFrame:
