@@ -213,6 +213,7 @@ class Need:
     gpu_hours: float = 0.0
     cpu_tflop: float = 0.0  # encoding on the CPU (the features stage never uses a GPU)
     notes: list[str] = field(default_factory=list)
+    trained: list = field(default_factory=list)  # the stage's `Trained` models
 
 
 def states_bytes(model: Model, split: Split, states: int | None = None, dtype: int = 2,
@@ -349,6 +350,7 @@ def _finish(need: Need, P, trained: list[Trained], runs: int) -> Need:
     """GPU memory of the largest trained model, hours of all, and `runs` checkpoints
     (`best.pt`: the model's float32 weights) on disk."""
     prec = P.training.precision
+    need.trained = trained
     need.gpu_mem = max(t.gpu_mem(prec) for t in trained)
     need.gpu_hours = sum(t.flop() for t in trained) / (GPU_TFLOPS * 1e12) / 3600
     need.disk[f"checkpoints ({runs} runs' best.pt)"] = runs * 4 * max(
@@ -434,6 +436,7 @@ def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
         need.ram[f"{size} speech input state (float32)"] = states_bytes(m, rated, 1, 4)
         if not p.sizes[size].startswith("features:"):
             need.disk[f"own speech cache {size}"] = cache_bytes(m, rated)
+            need.ram["clips (float32), encode_own"] = wave_bytes(rated)
     need.ram["text input state (float32)"] = states_bytes(text, rated, 1, 4, text=True)
     if p.layer_size in sizes:
         need.ram[f"{p.layer_size}: every state (float16)"] = states_bytes(sizes[p.layer_size],
