@@ -182,6 +182,9 @@ def test_pretraining_step_moves_only_the_attention(fixture, tmp_path):
     items = TW.pretrain_items(store, read["utt_id"].tolist(), read["text"].tolist())
     assert items[0]["speech_seq"].shape[1] == SPEECH_DIM
     assert items[0]["tokens_seq"].shape == items[0]["teacher_seq"].shape
+    # each item holds its own two text layers, not views of every layer (memory per item)
+    assert all(v.untyped_storage().nbytes() == v.numel() * v.element_size()
+               for item in items for v in item.values())
     frozen = [{k: v.clone() for k, v in item.items()} for item in items]
     model = TWM.Aligner(SPEECH_DIM, TEXT_DIM)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -253,12 +256,14 @@ def test_same_seed_same_metrics_and_layer_chosen_on_validation(fixture, tmp_path
     corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
     views = _views(corpus)
     systems = [TW.System("speech", ["a", "b"], [8], [1e-2, 1e-3])]
-    run = lambda: TW.evaluate(TW.with_protocol(corpus, "random_70_20_10"), views, systems,
-                              seeds=[0, 1], epochs=4, patience=2, hidden=8,
-                              out_dir=tmp_path / "m")
-    (preds, trials), (again, _) = run(), run()
+    run = lambda workers: TW.evaluate(TW.with_protocol(corpus, "random_70_20_10"), views,
+                                      systems, seeds=[0, 1], epochs=4, patience=2, hidden=8,
+                                      out_dir=tmp_path / f"w{workers}", workers=workers)
+    # the searches run side by side in worker processes give the same choices and scores
+    (preds, trials), (again, again_trials) = run(1), run(2)
     pd.testing.assert_frame_equal(preds, again)
-    assert set(preds["seed"]) == {0, 1} and (tmp_path / "m/seed1/fold0/speech.pt").is_file()
+    pd.testing.assert_frame_equal(trials, again_trials)
+    assert set(preds["seed"]) == {0, 1} and (tmp_path / "w2/seed1/fold0/speech.pt").is_file()
     # the informative view wins on validation
     assert (preds["view"] == "a").all()
     assert set(trials.loc[trials["search"] == "view", "view"]) == {"a", "b"}

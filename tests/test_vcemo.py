@@ -217,7 +217,18 @@ def test_chinese_segmentation_and_vocabulary():
     vocab = R.build_vocab(["我很高兴", "我很难过"])
     assert vocab["<pad>"] == 0 and vocab["<unk>"] == 1 and len(vocab) == 2 + 6
     with pytest.raises(ValueError, match="segmentation"):
-        R.segment("x", "jieba")
+        R.segment("x", "spacy")
+
+
+def test_jieba_cuts_a_sentence_of_the_mandarin_material_into_its_words():
+    material = yaml.safe_load(R.CMN_TEXT.read_text())
+    assert "我 觉得 {feeling}" in material["frames"]
+    assert "特别 开心" in material["kinds"]["positive"]["feeling"]
+    # the material's spaces mark its words; the transcript is written without them
+    assert R.segment("我觉得特别开心！", "jieba") == ["我", "觉得", "特别", "开心"]
+    assert R.segment("我觉得特别开心！") == ["我", "觉", "得", "特", "别", "开", "心"]  # auto
+    vocab = R.build_vocab(["我觉得特别开心", "我觉得很难过"], "jieba")
+    assert {"觉得", "开心", "难过"} <= set(vocab) and "觉" not in vocab
 
 
 # ------------------------------------------------------------------------ fixtures
@@ -353,6 +364,22 @@ def test_chance_line_tells_chance_from_learning():
 
 
 # -------------------------------------------------------------------- paper profile
+
+
+def test_the_mandarin_profile_names_a_chinese_asr_segmenter_and_bert():
+    """profiles/paper/vcemo_cmn.yaml over vcemo.yaml: a multilingual Whisper forced to
+    Chinese, jieba words for the learned vectors (segmenter is read only then), Chinese BERT."""
+    from mmser.config import merged
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name in ("vcemo", "vcemo_cmn"):
+        params = merged(params, yaml.safe_load((ROOT / f"profiles/paper/{name}.yaml").read_text()))
+    p = Params.from_dict(params)
+    assert p.transcribe.language == "zh" and not p.transcribe.model.endswith(".en")
+    assert (p.vcemo.segmenter, p.vcemo.word_vectors) == ("jieba", "learned")
+    assert p.vcemo.text_source == p.features.text_source == "asr_text"
+    assert p.encoders.text == "bert-base-chinese"
+    assert (p.vcemo.alpha, p.vcemo.lr, p.vcemo.weight_decay) == (0.1, 1e-5, 1e-3)
 
 
 def test_paper_profile_validates_and_trains_one_step_on_a_tiny_local_bert(tmp_path):

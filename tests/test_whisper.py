@@ -137,3 +137,62 @@ def test_corrupt_ct2_file_names_the_file(tmp_path):
     bad.write_bytes(good[: len(good) // 2])  # truncated in the middle of a variable
     with pytest.raises(W.CT2FormatError, match=str(bad)):
         W.read_ct2(bad)
+
+
+# ------------------------------------------------------------ multilingual (Mandarin profile)
+
+PROMPT_ZH = ["<|startoftranscript|>", "<|zh|>", "<|transcribe|>", "<|notimestamps|>"]
+
+
+@pytest.fixture(scope="module")
+def tiny_multilingual(tmp_path_factory):
+    """A tiny random Whisper with a multilingual vocabulary (51,865) saved as a Hugging Face
+    folder, with the bundled tokenizer: it holds every language and task token (at the
+    English-only ids, which are inside this vocabulary), and nothing is downloaded."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=51865, d_model=16, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2,
+                           encoder_ffn_dim=32, decoder_ffn_dim=32, max_target_positions=64)
+    folder = tmp_path_factory.mktemp("whisper-multilingual")
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    W.load_tokenizer(W.bundled_whisper_dir()).save_pretrained(folder)
+    return folder
+
+
+def _spy_prompts(monkeypatch) -> list:
+    seen, real = [], W._decode_batch
+    monkeypatch.setattr(W, "_decode_batch", lambda model, memory, prompt, *rest:
+                        seen.append(prompt) or real(model, memory, prompt, *rest))
+    return seen
+
+
+def test_a_multilingual_model_is_prompted_in_the_configured_language(tiny_multilingual,
+                                                                     monkeypatch):
+    seen = _spy_prompts(monkeypatch)
+    texts = asr.transcribe_files([np.zeros(16_000, np.float32)] * 2, model_dir=tiny_multilingual,
+                                 language="zh", progress=False)
+    _, tokenizer = asr._converted(str(tiny_multilingual))
+    assert len(texts) == 2
+    assert seen == [tokenizer.convert_tokens_to_ids(PROMPT_ZH)]  # one batch, Chinese forced
+    model, _ = asr._converted(str(tiny_multilingual))
+    assert W._start_ids(model, tokenizer) == tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])
+    with pytest.raises(ValueError, match="xx"):
+        W._start_ids(model, tokenizer, "xx")
+
+
+def test_the_english_only_model_keeps_its_prompt_and_refuses_chinese(model):
+    whisper, tokenizer = model
+    assert W._start_ids(whisper, tokenizer) == tokenizer.convert_tokens_to_ids(
+        ["<|startoftranscript|>", "<|notimestamps|>"])
+    with pytest.raises(ValueError, match="English-only"):
+        W.transcribe(whisper, tokenizer, [np.zeros(16_000, np.float32)], language="zh")
+
+
+def test_chinese_is_scored_by_characters():
+    assert asr.tokens("我用 iPhone 打电话。", "zh") == "我 用 iphone 打 电 话"
+    assert asr.wer(["我今天很高兴！"], ["我今天很高兴"], "zh") == 0.0
+    assert asr.wer(["我很高兴"], ["我很高心"], "zh") == pytest.approx(0.25)  # one of 4 chars
+    assert asr.wer(["我很高兴"], ["我很高心"]) == 1.0  # as English: one unsegmented "word"

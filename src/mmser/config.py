@@ -132,6 +132,9 @@ class Encoders:
 @dataclass
 class Transcribe:
     backend: str = "converted"  # converted (variable-length) | faster-whisper
+    model: str | None = None  # None = the bundled tiny.en; a Hugging Face Whisper id or folder
+    # (converted only) or a CTranslate2 Whisper folder
+    language: str = "en"  # forced in the prompt (Whisper code); not en: a multilingual model
     compare_n: int = 4  # utterances also run through the other backend, to compare WER
     batch_size: int = 8
     splits: list = field(default_factory=lambda: ["labelled"])
@@ -249,7 +252,7 @@ class Vcemo:
     text_source: str = "text"  # text (reference) | asr_text (the paper transcribes its audio)
     word_vectors: str = "encoder"  # encoder: text encoder input embeddings (hidden state 0) |
     # learned: on the training folds' words (paper: 300-d GloVe, not bundled here)
-    segmenter: str = "auto"  # learned vectors: auto (CJK -> chars) | chars | words
+    segmenter: str = "auto"  # learned vectors: auto (CJK -> chars) | chars | words | jieba
     word_dim: int = 32  # learned word vectors' width (paper: GloVe 300)
     max_tokens: int = 48  # words kept per transcript
     sentence_pool: str = "mean"  # BERT-branch vector: mean (MiniLM's pooling) | cls (BERT)
@@ -282,7 +285,7 @@ class Vcemo:
 
 CHOICES.update({"vcemo.text_source": {"text", "asr_text"},
                 "vcemo.word_vectors": {"encoder", "learned"},
-                "vcemo.segmenter": {"auto", "chars", "words"},
+                "vcemo.segmenter": {"auto", "chars", "words", "jieba"},
                 "vcemo.sentence_pool": {"mean", "cls"}})
 
 

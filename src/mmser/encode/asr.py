@@ -1,4 +1,4 @@
-"""Speech recognition with the bundled Whisper tiny.en, and word error rate.
+"""Speech recognition with the bundled Whisper tiny.en, and word (or character) error rate.
 
 Two back-ends run the same weights:
 - `converted`: our transformers port (mmser.encode.whisper): batches of similar-length clips in a
@@ -6,7 +6,9 @@ Two back-ends run the same weights:
 - `faster-whisper`: the reference implementation (CTranslate2, int8, greedy, no VAD),
   which always encodes a 30-s window, one clip at a time.
 `model_dir` swaps the bundled model for another: a CTranslate2 Whisper folder (both
-back-ends), or a Hugging Face Whisper id or folder (`converted` only).
+back-ends), or a Hugging Face Whisper id or folder (`converted` only). `language` (a
+Whisper code, default en) is forced in the decoder prompt; other than en needs a
+multilingual model (e.g. openai/whisper-small with zh for Mandarin).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ import numpy as np
 from mmser.corpus.audio import load_audio
 
 BACKENDS = ("converted", "faster-whisper")
+# languages written without spaces between words: scored by characters (CER), the usual
+# measure for them, which no word segmenter's dictionary can move
+CHARACTER_SCORED = {"zh", "yue", "ja"}
+CJK = re.compile(r"([\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff])")  # kana and Han characters
 
 
 def _waves(items: Sequence) -> list[np.ndarray]:
@@ -31,7 +37,7 @@ def _waves(items: Sequence) -> list[np.ndarray]:
 
 def transcribe_files(items: Sequence, backend: str = "converted",
                      model_dir: str | Path | None = None, batch_size: int = 8,
-                     progress: bool = True) -> list[str]:
+                     progress: bool = True, language: str = "en") -> list[str]:
     """Transcripts of audio files (any rate, mono or not) or 16-kHz waveforms, in order."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown ASR backend {backend!r}; choose one of {BACKENDS}")
@@ -41,8 +47,9 @@ def transcribe_files(items: Sequence, backend: str = "converted",
         from mmser.encode.whisper import transcribe
 
         model, tokenizer = _converted(key)
-        return transcribe(model, tokenizer, waves, batch_size=batch_size, progress=progress)
-    return _faster_whisper(_faster_whisper_model(key), waves, progress)
+        return transcribe(model, tokenizer, waves, batch_size=batch_size, progress=progress,
+                          language=language)
+    return _faster_whisper(_faster_whisper_model(key), waves, progress, language)
 
 
 def load(backend: str, model_dir: str | Path | None = None) -> None:
@@ -80,14 +87,15 @@ def _faster_whisper_model(model_dir: str | None):
                         compute_type="int8", cpu_threads=2)
 
 
-def _faster_whisper(model, waves: list[np.ndarray], progress: bool) -> list[str]:
+def _faster_whisper(model, waves: list[np.ndarray], progress: bool, language: str = "en"
+                    ) -> list[str]:
     from mmser.progress import progress as bar
 
     texts = []
     for wave in bar(waves, desc="faster-whisper", unit="clip", disable=not progress):
-        # greedy, English, no VAD; no timestamps and no previous-text prompt, like `converted`;
+        # greedy, the language forced, no VAD; no timestamps and no previous-text prompt, like `converted`;
         # temperature 0 only: the default falls back to unseeded sampling on hard clips
-        segments, _ = model.transcribe(wave, beam_size=1, temperature=0.0, language="en",
+        segments, _ = model.transcribe(wave, beam_size=1, temperature=0.0, language=language,
                                        vad_filter=False, condition_on_previous_text=False,
                                        without_timestamps=True)
         texts.append(" ".join(seg.text.strip() for seg in segments).strip())
@@ -102,14 +110,25 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]|_", " ", text).split())
 
 
-def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    """Corpus-level word error rate (jiwer) after `normalise` on both sides.
+def tokens(text: str, language: str = "en") -> str:
+    """`normalise`d text as the space-separated tokens jiwer scores: words, and for the
+    CHARACTER_SCORED languages each Han or kana character alone (Latin words stay whole)."""
+    text = normalise(text)
+    if language in CHARACTER_SCORED:
+        text = " ".join(CJK.sub(r" \1 ", text).split())
+    return text
+
+
+def wer(refs: Sequence[str], hyps: Sequence[str], language: str = "en") -> float:
+    """Corpus-level word error rate (jiwer) after `tokens` on both sides: for Chinese and
+    Japanese (CHARACTER_SCORED) the character error rate.
 
     Pairs whose reference normalises to nothing are left out (WER is undefined there).
     """
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    pairs = [(normalise(r), normalise(h)) for r, h in zip(refs, hyps) if normalise(r)]
+    pairs = [(tokens(r, language), tokens(h, language)) for r, h in zip(refs, hyps)
+             if normalise(r)]
     if not pairs:
         raise ValueError("no non-empty reference to score")
     return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))

@@ -76,8 +76,18 @@ def _cut(layers: nn.ModuleList, keep: int | None, name: str) -> None:
     del layers[keep:]
 
 
+def best_device() -> torch.device:
+    """A GPU when there is one (the paper profiles' encoders are too slow on a CPU)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 class SpeechEncoder(nn.Module):
-    """Waveforms in, every hidden state out: (layers + 1, batch, frames, dim), lengths."""
+    """Waveforms in, every hidden state out: (layers + 1, batch, frames, dim), lengths.
+    The model may sit on any device (`.to(best_device())`); what it returns is on the CPU."""
 
     def __init__(self, name: str = BUNDLED_SPEECH, layers: int | None = None):
         super().__init__()
@@ -121,22 +131,25 @@ class SpeechEncoder(nn.Module):
             from mmser.encode.whisper import encode
 
             states, lengths = encode(self.model, waves)
-            return torch.stack(states), lengths
+            return torch.stack(states).cpu(), lengths
         batch = self.extractor(waves, sampling_rate=16_000, return_tensors="pt",
                                padding=True, return_attention_mask=True)
-        out = self.model(batch.input_values, attention_mask=batch.attention_mask,
+        device = _device(self.model)
+        out = self.model(batch.input_values.to(device),
+                         attention_mask=batch.attention_mask.to(device),
                          output_hidden_states=True)
         frames = self.model._get_feat_extract_output_lengths(batch.attention_mask.sum(-1))
         # the last state is what the model outputs: transformers 5 records a stable-layer-norm
         # model's last layer before its final norm, which last_hidden_state includes
         states = (*out.hidden_states[:-1], out.last_hidden_state)
-        return torch.stack(states), frames.long()
+        return torch.stack(states).cpu(), frames.long()
 
 
 class TextEncoder(nn.Module):
     """Texts in, every hidden state out: (layers + 1, batch, tokens, dim), mask, ids.
 
     hidden state 0 is the embedding layer's output: non-contextual word vectors.
+    The model may sit on any device; what it returns is on the CPU.
     """
 
     def __init__(self, name: str = BUNDLED_TEXT, layers: int | None = None,
@@ -174,9 +187,12 @@ class TextEncoder(nn.Module):
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ENCODER_USE["encoder_forwards"] += len(texts)
         batch = self.tokenize(texts)
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        device = _device(self.model)
+        out = self.model(input_ids=batch["input_ids"].to(device),
+                         attention_mask=batch["attention_mask"].to(device),
                          output_hidden_states=True)
-        return torch.stack(out.hidden_states), batch["attention_mask"], batch["input_ids"]
+        return (torch.stack(out.hidden_states).cpu(), batch["attention_mask"],
+                batch["input_ids"])
 
 
 def top_layers(encoder: SpeechEncoder | TextEncoder, k: int) -> TopLayers:

@@ -329,18 +329,28 @@ def _blocked(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return always, first
 
 
-def _start_ids(model, tokenizer) -> list[int]:
-    """<|startoftranscript|> [<|en|><|transcribe|>] <|notimestamps|>.
+def _start_ids(model, tokenizer, language: str = "en") -> list[int]:
+    """<|startoftranscript|> [<|language|><|transcribe|>] <|notimestamps|>.
 
     English-only checkpoints also have the language tokens in their tokenizer but were
-    never trained with them, so the model (vocabulary size), not the tokenizer, decides.
+    never trained with them, so the model (vocabulary size), not the tokenizer, decides:
+    they keep the bare prompt and accept only English. A multilingual one is told the
+    language (e.g. zh), so that it neither guesses it nor translates.
     """
     multilingual = getattr(model.generation_config, "is_multilingual", None)
     if multilingual is None:
         multilingual = model.config.vocab_size > _ENGLISH_ONLY_VOCAB
-    names = ["<|startoftranscript|>"]
-    names += ["<|en|>", "<|transcribe|>"] if multilingual else []
-    return tokenizer.convert_tokens_to_ids(names + ["<|notimestamps|>"])
+    if not multilingual:
+        if language != "en":
+            raise ValueError(f"an English-only Whisper cannot transcribe language "
+                             f"{language!r}: set a multilingual model (e.g. openai/whisper-small)")
+        return tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
+    names = ["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>", "<|notimestamps|>"]
+    missing = [n for n in names if n not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"the Whisper tokenizer has no {missing}: language {language!r} "
+                         "is not one of Whisper's codes (en, zh, ...)")
+    return tokenizer.convert_tokens_to_ids(names)
 
 
 def _decode_batch(model, memory: torch.Tensor, prompt: list[int], eot: int, cap: int,
@@ -371,8 +381,9 @@ def _decode_batch(model, memory: torch.Tensor, prompt: list[int], eot: int, cap:
 @torch.inference_mode()
 def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
                max_new_tokens: int | None = None, min_seconds: float = 8.0,
-               progress: bool = False) -> list[str]:
-    """Greedy English transcripts of 16-kHz clips, in order; about 4x faster than 30-s windows.
+               progress: bool = False, language: str = "en") -> list[str]:
+    """Greedy transcripts of 16-kHz clips in `language` (a Whisper code: en, zh, ...; other
+    than en needs a multilingual model), in order; about 4x faster than 30-s windows.
 
     Clips are sorted by length and each batch is padded with silence to a common window of
     at least `min_seconds` (clips over 30 s are refused). That window is far shorter than
@@ -385,7 +396,7 @@ def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
     from mmser.progress import progress as bar
 
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    prompt, blocked = _start_ids(model, tokenizer), _blocked(model, tokenizer)
+    prompt, blocked = _start_ids(model, tokenizer, language), _blocked(model, tokenizer)
     room = model.config.max_target_positions - len(prompt)
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     texts = [""] * len(waves)

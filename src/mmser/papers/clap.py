@@ -167,7 +167,8 @@ class Bank:
         # with nothing trained below the pooling, pool once here: exactly what Side does
         # per batch, without padding and copying every frame in every epoch
         reduce = _pool_once if p.speech_top_layers == 0 else (lambda s, pool: s)
-        self.speech = {u: reduce(s[:max_frames], "mean") for u, s in zip(ids, states)}
+        # a clone: a view of the first 8 s would keep each clip's whole state in memory
+        self.speech = {u: reduce(s[:max_frames].clone(), "mean") for u, s in zip(ids, states)}
         texts = sorted(set(df[p.text_source])) if roles else []
         reduce = _pool_once if p.text_top_layers == 0 else (lambda s, pool: s)
         self.text = {role: {t: reduce(s, p.text_pool) for t, s in

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def pretrain_items(store: FeatureStore, utt_ids: Sequence[str], texts: Sequence[
         raise ValueError(f"{len(missing)} utterances have no transcript, e.g. {missing[:3]}")
     speech = store.speech(utt_ids, layer=-1)
     text = store.text(texts, layer=None, cut=text_cut)
-    return [{"speech_seq": s, "tokens_seq": t[0], "teacher_seq": t[-1]}
+    # clones: views of `t` would keep every text layer of every utterance in memory
+    return [{"speech_seq": s, "tokens_seq": t[0].clone(), "teacher_seq": t[-1].clone()}
             for s, t in zip(speech, text)]
 
 
@@ -400,11 +402,18 @@ def choose(system: System, views: dict[str, torch.Tensor], train: np.ndarray,
     return max(trials, key=lambda t: t.score), trials
 
 
+def _choose_in_worker(system: System, views: dict[str, torch.Tensor], n_train: int,
+                      y: torch.Tensor, n_classes: int, options: dict) -> tuple[Trial, list[Trial]]:
+    """`choose` in a worker process, on a fold's training rows then validation rows only."""
+    rows = np.arange(len(y))
+    return choose(system, views, rows[:n_train], rows[n_train:], y, n_classes, **options)
+
+
 def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence[System],
              *, seeds: Sequence[int], epochs: int, patience: int, hidden: int,
              val_fraction: float = 0.1, out_dir: str | Path | None = None,
-             fold_views: Callable[[Fold], dict[str, torch.Tensor]] | None = None
-             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+             fold_views: Callable[[Fold], dict[str, torch.Tensor]] | None = None,
+             workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every fold and seed of `corpus.protocol`: each system chooses on the fold's validation
     part, the choices are recorded with `Fold.select`, then the test part is predicted once.
 
@@ -414,13 +423,18 @@ def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence
     `val_fraction`: the share of training speakers (or utterances) held out for validation.
     `fold_views(fold)`: views that depend on the fold (e.g. `FoldPretraining`), replacing
     those of `views` for that fold.
+    `workers` > 1: the searches of every fold, seed and system run side by side in that many
+    processes first (each classifier is seeded and single-threaded, so its result is the
+    same as in this process); the folds' choices and test predictions then follow in order.
     """
     labelled = corpus.labelled.reset_index(drop=True)
     position = pd.Series(np.arange(len(labelled)), index=labelled["utt_id"])
     y = D.label_ids(labelled["label"].tolist(), corpus.classes)
     tried = []
+    searched: dict[tuple[int, int, str], Future] = {}  # (seed, fold, system): the search ahead
+    options = dict(epochs=epochs, patience=patience, hidden=hidden)
 
-    def train_fold(fold: Fold, seed: int) -> tuple[dict, Callable]:
+    def parts(fold: Fold, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
         train = position[fold.train()["utt_id"]].to_numpy(copy=True)
         val = position[fold.val()["utt_id"]].to_numpy(copy=True)
         if len(val) == 0:
@@ -432,11 +446,25 @@ def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence
         if empty:
             raise ValueError(f"{corpus.protocol} fold {fold.index} (seed {seed}): no "
                              f"training utterance of class(es) {empty}")
-        fold_view = views if fold_views is None else {**views, **fold_views(fold)}
+        return train, val, views if fold_views is None else {**views, **fold_views(fold)}
+
+    def search_ahead(fold: Fold, seed: int) -> None:
+        train, val, fold_view = parts(fold, seed)
+        rows = np.concatenate([train, val])
+        for system in systems:
+            subset = {v: fold_view[v][rows] for v in system.views}
+            searched[seed, fold.index, system.name] = T.pool(workers).submit(
+                _choose_in_worker, system, subset, len(train), y[rows], len(corpus.classes),
+                {**options, "seed": seed})
+
+    def train_fold(fold: Fold, seed: int) -> tuple[dict, Callable]:
+        train, val, fold_view = parts(fold, seed)
         chosen = {}
         for system in systems:
-            best, trials = choose(system, fold_view, train, val, y, len(corpus.classes),
-                                  epochs=epochs, patience=patience, hidden=hidden, seed=seed)
+            ahead = searched.pop((seed, fold.index, system.name), None)
+            best, trials = (ahead.result() if ahead is not None else
+                            choose(system, fold_view, train, val, y, len(corpus.classes),
+                                   **options, seed=seed))
             chosen[system.name] = best
             tried.extend({"protocol": corpus.protocol_label, "system": system.name,
                           "seed": seed, "fold": fold.index,
@@ -448,6 +476,10 @@ def evaluate(corpus: D.Corpus, views: dict[str, torch.Tensor], systems: Sequence
         return choice, lambda test: _test_predictions(chosen, test, fold_view, position,
                                                       corpus, seed, fold.index, out_dir)
 
+    if workers > 1:
+        for seed in seeds:
+            for fold in corpus.folds(seed=seed, val_fraction=val_fraction):
+                search_ahead(fold, seed)
     preds = T.fold_loop(corpus, train_fold, seeds=seeds, val_fraction=val_fraction,
                         desc=f"{corpus.protocol} folds")
     return preds, pd.DataFrame(tried)
@@ -506,9 +538,9 @@ def encode_speech(root: str | Path, df: pd.DataFrame, audio_root: str | Path, na
     from mmser.encode import features as Fe
     from mmser.corpus import manifest
     from mmser.corpus.audio import load_audio
-    from mmser.encode.encoders import SpeechEncoder
+    from mmser.encode.encoders import SpeechEncoder, best_device
 
-    encoder = SpeechEncoder(name)
+    encoder = SpeechEncoder(name).to(best_device())
     waves = [load_audio(p).wave for p in manifest.resolve_paths(df, audio_root)]
     digests = Fe.speech_features(Fe.FeatureCache(root, encoder.key), encoder, waves, batch_size)
     Fe.write_index(root, df["utt_id"], digests, speech={"main": encoder.key})

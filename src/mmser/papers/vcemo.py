@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import logging
 import math
 import re
 from collections import Counter
@@ -189,15 +190,26 @@ CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def segment(text: str, mode: str = "auto") -> list[str]:
-    """Words of a transcript: Chinese by characters (no segmenter dependency), other
-    languages by lower-cased word characters. `auto` picks by the presence of CJK."""
+    """Words of a transcript: Chinese by characters (`chars`) or by jieba's words (`jieba`,
+    the segmenter of spaCy's Chinese pipeline, whose vectors the paper uses), other languages
+    by lower-cased word characters (`words`). `auto` picks chars or words by CJK presence."""
     if mode == "auto":
         mode = "chars" if CJK.search(text) else "words"
     if mode == "chars":
         return [ch for ch in text if CJK.match(ch) or ch.isalnum()]
     if mode == "words":
         return re.findall(r"[\w']+", text.lower())
-    raise ValueError(f"unknown segmentation {mode!r}; choose auto, chars or words")
+    if mode == "jieba":  # punctuation and spaces dropped, as by the other modes
+        return [w.lower() for w in _jieba().lcut(text) if re.search(r"\w", w)]
+    raise ValueError(f"unknown segmentation {mode!r}; choose auto, chars, words or jieba")
+
+
+@functools.cache
+def _jieba():
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # not its "Building prefix dict" lines on every run
+    return jieba
 
 
 def build_vocab(texts: Sequence[str], mode: str = "auto", min_count: int = 1) -> dict[str, int]:

@@ -348,7 +348,7 @@ def fit(task: Task, train: Sequence[dict], val: Sequence[dict], out_dir: str | P
             return finished
     _resumable(out_dir / "last.ckpt")
     if _ahead is not None:  # `train_ahead` collects this run for its worker processes
-        _ahead.append(_pool(cfg.workers).submit(_train_in_worker, task, list(train), list(val),
+        _ahead.append(pool(cfg.workers).submit(_train_in_worker, task, list(train), list(val),
                                                 str(out_dir), cfg, options))
         raise _TrainingAhead
     if _multi_device(cfg):
@@ -450,7 +450,8 @@ def _quiet_worker() -> None:
     warnings.filterwarnings("ignore")
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def pool(workers: int) -> ProcessPoolExecutor:
+    """The stage's worker processes (quiet in a report), started once and reused."""
     if workers not in _pools:  # spawn: a forked kernel with torch's thread pools can hang
         _pools[workers] = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
                                               initializer=_quiet_worker)
