@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -80,3 +81,7 @@ def test_dry_gpu_check_prints_steps_per_second_for_every_profile(capsys):
         numbers = [c for c in cells if c.replace(".", "", 1).isdigit()]
         assert "2" in numbers, (paper, cells)
         assert any(float(c) > 0 for c in numbers if "." in c), (paper, cells)
+        # measured and planned GPU memory; the plan's, for 32-wide models at batch 4 on 2-s
+        # clips, is megabytes (a corpus of 64 clips of 12 h in all once planned 224 GB)
+        memory = re.findall(r"[\d.,]+ [kMGT]?B\b", " ".join(cells))
+        assert len(memory) == 2 and 0 < PL.size(memory[1]) < 100e6, (paper, cells)
