@@ -85,3 +85,23 @@ def test_dry_gpu_check_prints_steps_per_second_for_every_profile(capsys):
         # clips, is megabytes (a corpus of 64 clips of 12 h in all once planned 224 GB)
         memory = re.findall(r"[\d.,]+ [kMGT]?B\b", " ".join(cells))
         assert len(memory) == 2 and 0 < PL.size(memory[1]) < 100e6, (paper, cells)
+
+
+def test_steps_in_sequence_peak_at_the_largest_transient():
+    terms = {"runtime": 10.0}
+    PL.sequential(terms, [("reading a", 5.0, "x", 1.0), ("reading b", 20.0, "y", 2.0),
+                          ("", 0.0, "x", 3.0)])
+    # the peak is while b is read: 10 + 1 held, 20 transient, 2 kept = 33; 16 kept at the end
+    assert terms == {"runtime": 10.0, "x": 4.0, "y": 2.0, "while reading b": 17.0}
+    assert sum(terms.values()) == 33.0
+
+
+def test_features_encode_on_the_gpu_when_the_profile_has_one():
+    P, gpu = _plan("clap")
+    assert P.training.accelerator == "gpu"
+    _, cpu = _plan("clap", training={"accelerator": "cpu"})
+    assert gpu["features"].gpu_mem > 0 and gpu["features"].gpu_hours > 0
+    assert gpu["features"].cpu_tflop == 0 < cpu["features"].cpu_tflop
+    assert cpu["features"].gpu_mem == 0
+    # on a GPU the host keeps the states' copies only, not the weights and activations
+    assert sum(gpu["features"].ram.values()) < sum(cpu["features"].ram.values())

@@ -225,6 +225,28 @@ def states_bytes(model: Model, split: Split, states: int | None = None, dtype: i
     return n_states * per * model.dim * dtype
 
 
+def read_bytes(model: Model, split: Split, text: bool = False) -> float:
+    """What reading one layer of a split back from a FeatureCache needs besides the layer
+    itself: `FeatureStore.speech/text` (and lemer's `TextStates`) load every entry whole
+    (all states, float16) before taking the layer out as float32."""
+    return states_bytes(model, split, text=text)
+
+
+def sequential(terms: dict[str, float], steps: list[tuple[str, float, str, float]]) -> None:
+    """Host memory of steps run one after another, each needing a `transient` (freed when
+    it ends) and keeping what it `keeps`: the kept terms are added to `terms` under their
+    labels, and the largest excess of a transient over what is kept, under its label."""
+    held, peak, worst = sum(terms.values()), sum(terms.values()), ""
+    for t_label, transient, k_label, kept in steps:
+        if held + transient + kept > peak:
+            peak, worst = held + transient + kept, t_label
+        held += kept
+        if kept:
+            terms[k_label] = terms.get(k_label, 0.0) + kept
+    if peak > held:
+        terms[f"while {worst}"] = peak - held
+
+
 def cache_bytes(model: Model, split: Split, text: bool = False) -> float:
     """A FeatureCache of `split`: every hidden state in float16 (`speech_features`,
     `text_features`), plus the token ids (int64) of a text, one file per entry."""
@@ -237,20 +259,22 @@ def wave_bytes(split: Split) -> float:
     return split.seconds * SAMPLE_RATE * 4
 
 
-def encode_peak(model: Model, batch: int, seconds: float) -> float:
-    """Transient host memory of one encoder batch of the longest clips: the hidden states
-    (transformers' tuple, `torch.stack`'s copy, the float16 entries), attention weights of
-    one layer and, for wav2vec 2.0-like models, the first conv layer's output (float32)."""
-    if model.kind == "text":
-        frames = MAX_TEXT_TOKENS
-    else:
-        frames = model.frames(seconds)
-    hidden = (model.layers + 1) * batch * frames * model.dim * (4 + 4 + 2)
+def encode_peak(model: Model, batch: int, seconds: float, gpu: bool = False,
+                host: bool = True) -> float:
+    """Transient memory of one encoder batch of the longest clips. On the CPU: the hidden
+    states (transformers' tuple, `torch.stack`'s copy, the float16 entries), attention
+    weights of one layer and, for wav2vec 2.0-like models, the first conv layer's output
+    (float32). On a GPU (`best_device`), the host holds only the stack's CPU copy and the
+    float16 entries (`host`), the GPU the rest (`host=False`)."""
+    frames = MAX_TEXT_TOKENS if model.kind == "text" else model.frames(seconds)
+    states = (model.layers + 1) * batch * frames * model.dim
+    if gpu and host:
+        return states * (4 + 2)
     attention = 2 * batch * model.heads * frames ** 2 * 4
     conv = 0.0
     if model.kind == "ssl":
         conv = 2 * batch * seconds * SAMPLE_RATE / model.conv[2][0] * model.conv[0][0] * 4
-    return hidden + attention + conv
+    return states * (4 + 4 if gpu else 4 + 4 + 2) + attention + conv
 
 
 def encode_flop(model: Model, split: Split) -> float:
@@ -329,21 +353,36 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
     cuts = [speech] + [model_info(e.speech, c) for c in P.features.speech_cuts]
     text_cuts = [text] + [model_info(e.text, c) for c in P.features.text_cuts]
     features = Need("features")
+    gpu = on_gpu(P)
+    flop = 0.0
     for m in cuts:
         features.disk[f"speech cache {m.name} L{m.layers}"] = cache_bytes(m, enc)
-        features.cpu_tflop += encode_flop(m, enc) / 1e12
+        flop += encode_flop(m, enc)
     for m in text_cuts:
         features.disk[f"text cache {m.name} L{m.layers}"] = cache_bytes(m, texts, text=True)
-        features.cpu_tflop += encode_flop(m, texts) / 1e12
-    features.ram = {"clips (float32)": wave_bytes(enc),
-                    "largest encoder": max(weights_bytes(m) for m in cuts + text_cuts),
-                    "one batch of the longest clips": max(
-                        encode_peak(m, P.features.batch_size, enc.max_seconds) for m in cuts),
+        flop += encode_flop(m, texts)
+    weights = max(weights_bytes(m) for m in cuts + text_cuts)
+    batch = max(encode_peak(m, P.features.batch_size, enc.max_seconds, gpu) for m in cuts)
+    features.ram = {"clips (float32)": wave_bytes(enc), "one batch of the longest clips": batch,
                     "runtime": RUNTIME_RSS}
-    features.notes.append("encoders run on the CPU: the stage never moves them to a GPU")
+    if gpu:  # `best_device`: the encoders run on the GPU, the host keeps the states' copies
+        features.gpu_mem = weights + max(encode_peak(
+            m, P.features.batch_size, enc.max_seconds, gpu, host=False) for m in cuts)
+        features.gpu_hours = flop / (GPU_TFLOPS * 1e12) / 3600
+        features.notes.append("encoders on the GPU (best_device); GPU memory: the largest "
+                              "encoder and one batch of the longest clips")
+    else:
+        features.ram["largest encoder"] = weights
+        features.cpu_tflop = flop / 1e12
+        features.notes.append("encoders on the CPU (training.accelerator is not gpu)")
     stage = globals()[f"_{paper}"](P, corpus, speech, text)
     transcribe.cpu_tflop /= 1e12
     return [transcribe, features, stage]
+
+
+def on_gpu(P) -> bool:
+    """Whether the profile's run has a GPU: its encoders then run there (`best_device`)."""
+    return P.training.accelerator == "gpu"
 
 
 def _finish(need: Need, P, trained: list[Trained], runs: int) -> Need:
@@ -351,8 +390,8 @@ def _finish(need: Need, P, trained: list[Trained], runs: int) -> Need:
     (`best.pt`: the model's float32 weights) on disk."""
     prec = P.training.precision
     need.trained = trained
-    need.gpu_mem = max(t.gpu_mem(prec) for t in trained)
-    need.gpu_hours = sum(t.flop() for t in trained) / (GPU_TFLOPS * 1e12) / 3600
+    need.gpu_mem = max([need.gpu_mem] + [t.gpu_mem(prec) for t in trained])
+    need.gpu_hours += sum(t.flop() for t in trained) / (GPU_TFLOPS * 1e12) / 3600
     need.disk[f"checkpoints ({runs} runs' best.pt)"] = runs * 4 * max(
         t.trainable + t.frozen for t in trained)
     need.ram.setdefault("runtime", RUNTIME_RSS)
@@ -363,18 +402,28 @@ GPU_TFLOPS = 100.0  # effective bf16 TFLOP/s assumed for GPU hours (`--gpu-tflop
 
 
 def _clap(P, corpus: Corpus, speech: Model, text: Model) -> Need:
-    """papers/clap.py `Bank`: the state below the trained blocks of every labelled clip
-    (full length, float32; the 8-s crop is a view), one text state per role; DistilBERT
-    ('small') encoded into the stage's own cache."""
+    """papers/clap.py `Bank`, in order: the state below the trained blocks of every labelled
+    clip read (full length, float32, alive until the bank is built) and its 8-s crop cloned;
+    one text state per role read; DistilBERT ('small') encoded into the stage's own cache
+    and read back an entry at a time."""
     p, lab = P.clap, corpus.labelled
     small = model_info(p.small_text, p.small_text_layers) if p.small_text else \
         model_info(P.encoders.text, p.small_text_layers)
     need = Need("clap")
-    need.ram["speech states, 1 layer (float32)"] = states_bytes(speech, lab, 1, 4)
-    need.ram["text states, 1 layer per role (float32)"] = (
-        states_bytes(text, lab, 1, 4, text=True) + states_bytes(small, lab, 1, 4, text=True))
+    crop = replace(lab, seconds=lab.n * min(lab.mean_seconds, p.max_seconds))
+    sequential(need.ram, [
+        ("reading speech states", read_bytes(speech, lab),
+         "speech states, 1 layer, full length (float32)", states_bytes(speech, lab, 1, 4)),
+        ("", 0.0, "speech states cropped to max_seconds (clones, float32)",
+         states_bytes(speech, crop, 1, 4)),
+        ("reading text states", read_bytes(text, lab, text=True),
+         "text states, 1 layer per role (float32)", states_bytes(text, lab, 1, 4, text=True)),
+        ("encoding the small text model (CPU)", weights_bytes(small) + encode_peak(
+            small, 32, 0) if p.small_text else 0.0,
+         "text states, 1 layer per role (float32)", states_bytes(small, lab, 1, 4, text=True))])
     if p.small_text:
         need.disk[f"own text cache {small.name}"] = cache_bytes(small, lab, text=True)
+        need.cpu_tflop = encode_flop(small, lab) / 1e12
     seeds, folds = len(P.training.seeds), corpus.folds
     systems = len(p.systems) + len(p.similarity_ablation)
     pretrained = systems - (1 if "none" in p.systems else 0)
@@ -402,9 +451,14 @@ def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     p, lab = P.lemer, corpus.labelled
     context = replace(lab, words=min(p.context_tokens, (p.context_turns + 1) * lab.tokens()) / 1.3)
     need = Need("lemer")
-    need.ram["text + context states, 1 layer (float32)"] = (
-        states_bytes(text, lab, 1, 4, text=True) + states_bytes(text, context, 1, 4, text=True))
-    need.ram["speech states, 1 layer (float32)"] = states_bytes(speech, lab, 1, 4)
+    sequential(need.ram, [
+        ("reading text states", read_bytes(text, lab, text=True),
+         "text + context states, 1 layer (float32)", states_bytes(text, lab, 1, 4, text=True)),
+        ("reading speech states", read_bytes(speech, lab),
+         "speech states, 1 layer (float32)", states_bytes(speech, lab, 1, 4)),
+        ("reading context states (TextStates)", read_bytes(text, context, text=True),
+         "text + context states, 1 layer (float32)",
+         states_bytes(text, context, 1, 4, text=True))])
     need.disk["context text cache (all states)"] = cache_bytes(text, context, text=True)
     if p.units == "quantizer" and speech.kind == "ssl":
         n_class = lab.n * (corpus.folds - 1) / corpus.folds / 3  # the largest of 4 classes
@@ -423,24 +477,34 @@ def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
 
 
 def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
-    """papers/distil.py `States`: the input state of every rated utterance per speech size
-    and the text (float32, memoised over folds); all states (float16) of the layer-weights
-    size; sizes that are not features cuts encoded into the stage's own cache."""
+    """papers/distil.py, in order: `encode_own` (the clips, then each size that is not a
+    features cut encoded on the CPU into the stage's own cache); `States` (memoised over
+    folds): the input state of every rated utterance per speech size and of the text
+    (float32), all states (float16) of the layer-weights size, each read whole first."""
     from mmser.papers.distil import encoder_of
 
     p, rated = P.distil, corpus.labelled
     need = Need("distil")
     sizes = {size: model_info(*encoder_of(spec, "speech", P.encoders))
              for size, spec in p.sizes.items()}
+    own = [m for size, m in sizes.items() if not p.sizes[size].startswith("features:")]
+    steps = [("encoding own speech caches (CPU)", wave_bytes(rated) + max(
+        weights_bytes(m) + encode_peak(m, 8, rated.max_seconds) for m in own), "", 0.0)
+             ] if own else []
     for size, m in sizes.items():
-        need.ram[f"{size} speech input state (float32)"] = states_bytes(m, rated, 1, 4)
-        if not p.sizes[size].startswith("features:"):
+        if m in own:
             need.disk[f"own speech cache {size}"] = cache_bytes(m, rated)
-            need.ram["clips (float32), encode_own"] = wave_bytes(rated)
-    need.ram["text input state (float32)"] = states_bytes(text, rated, 1, 4, text=True)
-    if p.layer_size in sizes:
-        need.ram[f"{p.layer_size}: every state (float16)"] = states_bytes(sizes[p.layer_size],
-                                                                         rated)
+            need.cpu_tflop += encode_flop(m, rated) / 1e12
+        steps.append((f"reading {size} speech states", read_bytes(m, rated),
+                      f"{size} speech input state (float32)", states_bytes(m, rated, 1, 4)))
+    steps.append(("reading text states", read_bytes(text, rated, text=True),
+                  "text input state (float32)", states_bytes(text, rated, 1, 4, text=True)))
+    if p.layer_size in sizes:  # layer=None: every state as float32, then kept as float16
+        m = sizes[p.layer_size]
+        steps.append((f"reading {p.layer_size}'s every state", read_bytes(m, rated)
+                      + states_bytes(m, rated, None, 4),
+                      f"{p.layer_size}: every state (float16)", states_bytes(m, rated)))
+    sequential(need.ram, steps)
     seeds = len(P.training.seeds)
     trained = []
     kt = _top(p.text_ft_layers, text)
@@ -480,22 +544,39 @@ def _vcemo(P, corpus: Corpus, speech: Model, text: Model) -> Need:
 
 
 def _tokenwise(P, corpus: Corpus, speech: Model, text: Model) -> Need:
-    """papers/tokenwise.py `pretrain_items`: the last speech state and every text state
-    (float32) of each pre-training and labelled utterance; 1-NN over every validation
-    token at once (`knn_accuracy`: a tokens x tokens float32 matrix); extra speech encoders
-    (WavLM) cached by `encode_speech` with the labelled clips in RAM."""
+    """papers/tokenwise.py, in order: `pretrain_items` of the pre-training, then of the
+    labelled utterances (the last speech state, read whole first; every text state read as
+    float32, of which hidden state 0 and the last are kept as clones); 1-NN over every
+    validation token at once (`knn_accuracy`: a tokens x tokens float32 matrix); extra
+    speech encoders (WavLM) cached by `encode_speech` (on the GPU when there is one) with
+    the labelled clips in RAM."""
     p, lab = P.tokenwise, corpus.labelled
     read = corpus.read or lab
-    both = _union(read, lab)
     need = Need("tokenwise")
-    need.ram["speech last state (float32)"] = states_bytes(speech, both, 1, 4)
-    need.ram["text, every state (float32)"] = states_bytes(text, both, None, 4, text=True)
+    steps = []
+    for split in (read, lab) if corpus.read else (lab,):
+        steps += [("reading speech states", read_bytes(speech, split),
+                   "speech last state (float32)", states_bytes(speech, split, 1, 4)),
+                  ("reading every text state as float32", read_bytes(text, split, text=True)
+                   + states_bytes(text, split, None, 4, text=True),
+                   "text states 0 and last (float32 clones)",
+                   states_bytes(text, split, 2, 4, text=True))]
     val_tokens = read.n * p.pretrain_val_fraction * read.tokens()
-    need.ram["1-NN matrix over validation tokens"] = val_tokens ** 2 * 4
+    steps.append(("1-NN over validation tokens (matrix)",
+                  val_tokens ** 2 * 4 + 3 * val_tokens * text.dim * 4, "", 0.0))
+    gpu = on_gpu(P)
     for name in p.extra_speech:
         m = model_info(name)
         need.disk[f"own speech cache {m.name}"] = cache_bytes(m, lab)
-        need.ram.setdefault("clips (float32), extra encoders", wave_bytes(lab))
+        steps.append((f"encoding {m.name}", wave_bytes(lab) + encode_peak(
+            m, 8, lab.max_seconds, gpu) + (0 if gpu else weights_bytes(m)), "", 0.0))
+        if gpu:
+            need.gpu_mem = max(need.gpu_mem, weights_bytes(m) + encode_peak(
+                m, 8, lab.max_seconds, gpu, host=False))
+            need.gpu_hours += encode_flop(m, lab) / (GPU_TFLOPS * 1e12) / 3600
+        else:
+            need.cpu_tflop += encode_flop(m, lab) / 1e12
+    sequential(need.ram, steps)
     grid = len(p.pretrain_batch_sizes) * len(p.pretrain_lrs)
     runs = grid
     frames = speech.frames(read.mean_seconds)

@@ -149,6 +149,15 @@ def corpus_of(manifest: Path) -> PL.Corpus:
 
 def child(stage: str, spec_path: str) -> None:
     """One stage's data path (run in a child process: its peak RSS is the stage's)."""
+    if stage == "runtime":  # a stage's imports and no data: the modules it had loaded
+        import importlib
+
+        for name in json.loads(Path(spec_path).read_text()):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - e.g. __main__, or one only importable in place
+                pass
+        return
     spec = json.loads(Path(spec_path).read_text())
     import pandas as pd
     import torch  # noqa: F401 - the runtime every stage imports
@@ -158,13 +167,6 @@ def child(stage: str, spec_path: str) -> None:
     from mmser.encode import features as F
     from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
-    if stage == "runtime":  # what every stage imports, and no data
-        import sklearn.cluster  # noqa: F401
-        from transformers import (BertModel, DistilBertModel, HubertModel,  # noqa: F401
-                                  Wav2Vec2Model, WhisperModel)
-
-        from mmser.papers import clap, distil, lemer, tokenwise, vcemo  # noqa: F401
-        return
     P = Params.from_dict(spec["params"])
     df = pd.read_csv(spec["manifest"])
     out = Path(spec["out"])
@@ -261,7 +263,8 @@ def _run_child(stage: str, spec: Path) -> int:
     """Peak RSS (bytes) of one child process running `stage`."""
     log = spec.with_name(f"{stage}.log")
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "mmser.plan_measure", stage, str(spec)],
+        proc = subprocess.Popen([sys.executable, "-m", "mmser.plan_measure", stage, str(spec),
+                                 str(spec.with_name(f"{stage}.modules.json"))],
                                 stdout=f, stderr=subprocess.STDOUT,
                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
                                      "OMP_NUM_THREADS": "1"})
@@ -271,29 +274,37 @@ def _run_child(stage: str, spec: Path) -> int:
     return usage.ru_maxrss * 1024  # Linux reports kilobytes
 
 
+def _runtime(modules: Path, seen: dict[str, int]) -> int:
+    """Peak RSS of a child that imports exactly the modules a stage child had imported and
+    touches no data (one child per distinct set of modules)."""
+    key = modules.read_text()
+    if key not in seen:
+        seen[key] = _run_child("runtime", modules)
+    return seen[key]
+
+
 def _bytes(folder: Path) -> int:
     """Apparent size of every file under `folder` (what the cache writes, not blocks)."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
 def measure(papers=PL.PAPERS, sizes=SIZES, n_base: int = N_BASE,
-            params: str = "params.yaml") -> list[dict]:
-    """One row per (paper, size, stage): measured and planned peak RSS and disk."""
+            params: str = "params.yaml", keep: Path | None = None) -> list[dict]:
+    """One row per (paper, size, stage): measured and planned peak RSS and disk. `keep`: a
+    folder to work in and leave behind (its rows.json, models, corpora and specs), else a
+    temporary one."""
     from mmser.config import merged
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="mmser-plan-") as tmp:
-        tmp = Path(tmp)
+        tmp = Path(keep or tmp)
         models = tiny_models(tmp / "models")
-        empty = tmp / "runtime" / "spec.json"
-        empty.parent.mkdir()
-        empty.write_text("{}")
-        runtime = _run_child("runtime", empty)
-        PL.RUNTIME_RSS = runtime
+        runtimes: dict[str, int] = {}  # a stage's imports -> their peak RSS
         for size in sizes:
             for paper in papers:
                 read = n_base * size if paper == "tokenwise" else 0
-                manifest = tiny_corpus(tmp / f"corpus-{size}", n_base * size, read)
+                manifest = tiny_corpus(tmp / f"corpus-{size}{'-read' if read else ''}",
+                                       n_base * size, read)
                 out = tmp / f"run-{paper}-{size}"
                 base = PL.yaml.safe_load(Path(params).read_text())
                 profile = PL.yaml.safe_load(Path(f"profiles/paper/{paper}.yaml").read_text())
@@ -304,26 +315,33 @@ def measure(papers=PL.PAPERS, sizes=SIZES, n_base: int = N_BASE,
                 out.mkdir(parents=True)
                 spec.write_text(json.dumps({"params": data, "manifest": str(manifest),
                                             "out": str(out)}))
-                P, corpus = _params(data), corpus_of(manifest)
-                needs = {n.stage: n for n in PL.plan(P, corpus, paper)}
                 for stage in ("features", paper):
                     start = time.perf_counter()
                     rss = _run_child(stage, spec)
-                    need = needs[stage]
-                    disk = {k: v for k, v in need.disk.items() if not k.startswith("checkpoints")}
-                    rows.append({"paper": paper, "size": size, "stage": stage,
-                                 "rss": rss, "rss_plan": sum(need.ram.values()),
+                    runtime = _runtime(spec.with_name(f"{stage}.modules.json"), runtimes)
+                    rows.append({"paper": paper, "size": size, "stage": stage, "rss": rss,
                                  "disk": _bytes(out / ("features" if stage == "features" else paper)),
-                                 "disk_plan": sum(disk.values()), "runtime": runtime,
+                                 "runtime": runtime, "spec": str(spec),
                                  "seconds": time.perf_counter() - start})
+                    rows[-1].update(planned(rows[-1]))
                     print(_line(rows[-1]), flush=True)
+        (tmp / "rows.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
-def _params(data: dict):
+def planned(row: dict) -> dict:
+    """The plan's peak RSS and disk for a measured row (its spec.json, corpus and measured
+    runtime): the CPU path, as measured here, with the measured runtime in place of the
+    plan's allowance, and no checkpoints (nothing is trained)."""
     from mmser.config import Params
 
-    return Params.from_dict(data)
+    spec = json.loads(Path(row["spec"]).read_text())
+    data = {**spec["params"], "training": {**spec["params"]["training"], "accelerator": "cpu"}}
+    need = next(n for n in PL.plan(Params.from_dict(data), corpus_of(Path(spec["manifest"])),
+                                   row["paper"]) if n.stage == row["stage"])
+    disk = {k: v for k, v in need.disk.items() if not k.startswith("checkpoints")}
+    return {"rss_plan": sum({**need.ram, "runtime": row["runtime"]}.values()),
+            "disk_plan": sum(disk.values())}
 
 
 def _err(measured: float, planned: float) -> str:
@@ -358,7 +376,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3:
+    if len(sys.argv) == 4:
         child(sys.argv[1], sys.argv[2])
+        # the modules this stage imported, for its runtime baseline (`measure`)
+        Path(sys.argv[3]).write_text(json.dumps(list(sys.modules)))
     else:
         raise SystemExit(main())
