@@ -325,7 +325,8 @@ def measure(papers=PL.PAPERS, sizes=SIZES, n_base: int = N_BASE,
                                  "seconds": time.perf_counter() - start})
                     rows[-1].update(planned(rows[-1]))
                     print(_line(rows[-1]), flush=True)
-        (tmp / "rows.json").write_text(json.dumps(rows, indent=1))
+                    if keep:  # as it goes: a long run's rows survive it
+                        (tmp / "rows.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
