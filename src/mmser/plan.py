@@ -136,11 +136,13 @@ def model_info(name: str, layers: int | None = None) -> Model:
 
 @dataclass(frozen=True)
 class Split:
-    """A set of clips as the plan sees it: count, total and longest duration, words a text."""
+    """A set of clips as the plan sees it: count, total and longest duration, words a text
+    and word pieces a word (about 1.3 for English transcripts under BERT's vocabulary)."""
     n: int
     seconds: float
     max_seconds: float
     words: float
+    pieces: float = 1.3
 
     def scaled(self, factor: float) -> "Split":
         return replace(self, n=int(round(self.n * factor)), seconds=self.seconds * factor)
@@ -150,8 +152,8 @@ class Split:
         return self.seconds / max(self.n, 1)
 
     def tokens(self) -> float:
-        """Word pieces of one text (about 1.3 a word, [CLS] and [SEP]; the encoder's cap)."""
-        return min(MAX_TEXT_TOKENS, 1.3 * self.words + 2)
+        """Word pieces of one text, [CLS] and [SEP] (the encoder's cap)."""
+        return min(MAX_TEXT_TOKENS, self.pieces * self.words + 2)
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,8 @@ def paper_corpus(P) -> Corpus:
 
 def _union(a: Split, b: Split) -> Split:
     return Split(a.n + b.n, a.seconds + b.seconds, max(a.max_seconds, b.max_seconds),
-                 (a.words * a.n + b.words * b.n) / (a.n + b.n))
+                 (a.words * a.n + b.words * b.n) / (a.n + b.n),
+                 (a.pieces * a.n + b.pieces * b.n) / (a.n + b.n))
 
 
 # ------------------------------------------------------------------------ the estimate
@@ -449,7 +452,7 @@ def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     one class's training clips as one padded batch through wav2vec 2.0's CNN (its first
     layer's output is the peak)."""
     p, lab = P.lemer, corpus.labelled
-    context = replace(lab, words=min(p.context_tokens, (p.context_turns + 1) * lab.tokens()) / 1.3)
+    context = replace(lab, words=min(p.context_tokens, (p.context_turns + 1) * lab.tokens()) / lab.pieces)
     need = Need("lemer")
     sequential(need.ram, [
         ("reading text states", read_bytes(text, lab, text=True),
