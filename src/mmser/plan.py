@@ -137,12 +137,14 @@ def model_info(name: str, layers: int | None = None) -> Model:
 @dataclass(frozen=True)
 class Split:
     """A set of clips as the plan sees it: count, total and longest duration, words a text
-    and word pieces a word (about 1.3 for English transcripts under BERT's vocabulary)."""
+    and word pieces a word (about 1.3 for English transcripts under BERT's vocabulary);
+    utterances a dialogue (0: none), for the turns a context can hold."""
     n: int
     seconds: float
     max_seconds: float
     words: float
     pieces: float = 1.3
+    turns: float = 0.0
 
     def scaled(self, factor: float) -> "Split":
         return replace(self, n=int(round(self.n * factor)), seconds=self.seconds * factor)
@@ -171,7 +173,7 @@ class Corpus:
 # Public sizes: IEMOCAP 10,039 utterances / about 12 h (5,531 in the 4-class set, excited
 # merged); MSP-Podcast v1.10 104,267 utterances / about 166 h; LibriSpeech 960 h of training
 # speech in 281,241 utterances (longest about 35 s). Words per text: typical transcripts.
-IEMOCAP = Split(10_039, 12 * 3600, 34.1, 12)
+IEMOCAP = Split(10_039, 12 * 3600, 34.1, 12, turns=10_039 / 151)  # 151 dialogues
 LIBRISPEECH = Split(281_241, 960 * 3600, 35.2, 33)
 MSP_PODCAST = Split(104_267, 166 * 3600, 11.0, 15)
 
@@ -200,7 +202,7 @@ def paper_corpus(P) -> Corpus:
 def _union(a: Split, b: Split) -> Split:
     return Split(a.n + b.n, a.seconds + b.seconds, max(a.max_seconds, b.max_seconds),
                  (a.words * a.n + b.words * b.n) / (a.n + b.n),
-                 (a.pieces * a.n + b.pieces * b.n) / (a.n + b.n))
+                 (a.pieces * a.n + b.pieces * b.n) / (a.n + b.n), max(a.turns, b.turns))
 
 
 # ------------------------------------------------------------------------ the estimate
@@ -452,16 +454,24 @@ def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     one class's training clips as one padded batch through wav2vec 2.0's CNN (its first
     layer's output is the peak)."""
     p, lab = P.lemer, corpus.labelled
-    context = replace(lab, words=min(p.context_tokens, (p.context_turns + 1) * lab.tokens()) / lab.pieces)
+    # `context_texts`: up to context_turns earlier turns of the dialogue and its own text,
+    # joined and cut to context_tokens; the i-th turn of a dialogue has i earlier ones
+    length = max(1, round(lab.turns))
+    history = sum(min(i, p.context_turns) for i in range(length)) / length
+    context = replace(lab, words=min((history + 1) * lab.words,
+                                     (p.context_tokens - 2) / lab.pieces))
     need = Need("lemer")
     sequential(need.ram, [
         ("reading text states", read_bytes(text, lab, text=True),
          "text + context states, 1 layer (float32)", states_bytes(text, lab, 1, 4, text=True)),
         ("reading speech states", read_bytes(speech, lab),
          "speech states, 1 layer (float32)", states_bytes(speech, lab, 1, 4)),
+        ("encoding contexts (TextStates, CPU)", encode_peak(text, 32, 0),
+         "text encoder of TextStates (CPU)", weights_bytes(text)),
         ("reading context states (TextStates)", read_bytes(text, context, text=True),
          "text + context states, 1 layer (float32)",
          states_bytes(text, context, 1, 4, text=True))])
+    need.cpu_tflop = encode_flop(text, context) / 1e12
     need.disk["context text cache (all states)"] = cache_bytes(text, context, text=True)
     if p.units == "quantizer" and speech.kind == "ssl":
         n_class = lab.n * (corpus.folds - 1) / corpus.folds / 3  # the largest of 4 classes

@@ -145,7 +145,8 @@ def corpus_of(manifest: Path) -> PL.Corpus:
         words = rows["text"].str.split().str.len()
         pieces = sum(len(tokenizer.tokenize(t)) for t in rows["text"]) / words.sum()
         return PL.Split(len(rows), float(rows["duration"].sum()),
-                        float(rows["duration"].max()), float(words.mean()), pieces)
+                        float(rows["duration"].max()), float(words.mean()), pieces,
+                        len(df) / df["dialog_id"].nunique())
 
     lab, read = df[df["split"] == "labelled"], df[df["split"] == "read"]
     return PL.Corpus("tiny", split(df), split(lab), 4, split(read) if len(read) else None)
