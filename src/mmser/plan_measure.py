@@ -7,10 +7,11 @@ notebook's calls: every clip loaded, each cut encoded into a FeatureCache, texts
 transcript columns), then what the paper stage loads, through the stage's own code
 (clap `Bank`, distil `States`, vcemo `mel_views`, tokenwise `pretrain_items`,
 `encode_speech` and `knn_accuracy`, lemer's context states). The peak RSS of each child
-(`os.wait4`) and the bytes it wrote are printed beside `mmser.plan`'s estimate of the
+(its VmHWM, read by the child itself) and the bytes it wrote are printed beside `mmser.plan`'s estimate of the
 same tiny setting, with the relative error. The plan's "runtime" term (python, torch,
-transformers) is replaced by the measured RSS of a child that only imports them; the
-rest of each estimate is the plan's arithmetic. Not measured: lemer's quantizer units
+transformers) is replaced by the measured peak RSS of a child that imports exactly the
+modules the stage's child had imported, and nothing else; the rest of each estimate is
+the plan's arithmetic (of the CPU path, the one measured here). Not measured: lemer's quantizer units
 (the tiny run uses k-means units) and training (`make gpu-check` measures that).
 """
 
@@ -275,18 +276,29 @@ def _run_child(stage: str, spec: Path) -> int:
                                 stdout=f, stderr=subprocess.STDOUT,
                                 env={**os.environ, "TOKENIZERS_PARALLELISM": "false",
                                      "OMP_NUM_THREADS": "1"})
-        _, status, usage = os.wait4(proc.pid, 0)
+        status = proc.wait()
     if status != 0:
         raise RuntimeError(f"{stage} child failed (status {status}):\n{log.read_text()[-3000:]}")
-    return usage.ru_maxrss * 1024  # Linux reports kilobytes
+    # the child's own high-water mark: not ru_maxrss, which Linux raises at exec to the
+    # parent's peak (this process, with torch and the tiny models loaded)
+    return json.loads(spec.with_name(f"{stage}.modules.json").read_text())["peak_rss"]
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory (VmHWM, bytes) since it was exec'd."""
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines()
+                if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def _runtime(modules: Path, seen: dict[str, int]) -> int:
     """Peak RSS of a child that imports exactly the modules a stage child had imported and
     touches no data (one child per distinct set of modules)."""
-    key = modules.read_text()
+    key = json.dumps(json.loads(modules.read_text())["modules"])
     if key not in seen:
-        seen[key] = _run_child("runtime", modules)
+        spec = modules.with_name("runtime.spec.json")
+        spec.write_text(key)
+        seen[key] = _run_child("runtime", spec)
     return seen[key]
 
 
@@ -399,6 +411,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 4:
         child(sys.argv[1], sys.argv[2])
         # the modules this stage imported, for its runtime baseline (`measure`)
-        Path(sys.argv[3]).write_text(json.dumps(list(sys.modules)))
+        Path(sys.argv[3]).write_text(json.dumps({"peak_rss": _peak_rss(),
+                                                  "modules": list(sys.modules)}))
     else:
         raise SystemExit(main())
