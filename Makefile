@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONHASHSEED := 0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup espeak repro test bench repro-timed sweep lab clean
+.PHONY: setup espeak repro test bench repro-timed sweep lab clean plan bench-profiles gpu-check
 
 setup: $(STAMP) espeak
 
@@ -39,6 +39,16 @@ test: setup  ## set-up, then the whole test suite
 
 bench: setup  ## speed figures of this machine (and of the last pipeline run)
 	python -m mmser.bench
+
+PROFILE ?= profiles/paper/clap.yaml
+plan: setup  ## disk, RAM, GPU memory and hours of a paper profile; the machine limits it exceeds
+	python -m mmser.plan $(PROFILE) $(if $(DISK),--disk $(DISK)) $(if $(RAM),--ram $(RAM)) $(if $(GPU_MEM),--gpu-mem $(GPU_MEM))
+
+bench-profiles: setup  ## the plan beside measured tiny runs of every profile's data path (1x, 4x)
+	nice -n 19 python -m mmser.plan --measure
+
+gpu-check: setup  ## every paper profile for a few hundred bf16 steps (DRY=1: CPU, tiny models)
+	python -m mmser.plan --gpu-check $(if $(DRY),--dry)
 
 repro-timed: setup  ## dvc repro stage by stage under /usr/bin/time, then the figures
 	python -m mmser.bench --run $(if $(FORCE),--force)

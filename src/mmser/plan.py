@@ -1,0 +1,725 @@
+"""A resource plan for a paper profile, before a GPU is rented.
+
+    python -m mmser.plan profiles/paper/clap.yaml [--disk 64G --ram 128G --gpu-mem 141G]
+    python -m mmser.plan --measure        # the plan beside measured tiny runs (1x and 4x)
+    python -m mmser.plan --gpu-check [--dry]   # a few hundred bf16 steps of every profile
+
+For every stage the profile runs (transcribe, features, the paper stage) the plan prints
+the disk, host memory (peak RSS), GPU memory and GPU hours at the paper's corpus size, and
+which limit of the given machine would be exceeded. The figures are arithmetic on what the
+code stores and holds (read from `mmser.encode.features`, `encoders`, `whisper` and the
+stage modules; each term below says where), on the models' dimensions (a table of the
+paper models' public sizes, overridden by a local folder's config.json) and on the corpus
+size. Every figure is extrapolated except where the output says "measured": `--measure`
+runs the same data paths on tiny local models and prints the plan beside the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+PAPERS = ("clap", "lemer", "distil", "vcemo", "tokenwise")
+SAMPLE_RATE = 16_000
+MAX_TEXT_TOKENS = 128  # TextEncoder's max_length (features stage)
+ENTRY_OVERHEAD = 200  # bytes of a safetensors header per cache entry (measured: ~130-200)
+RUNTIME_RSS = 1.0e9  # python + torch + transformers + pandas: an allowance (`--measure`
+#                      prints this machine's measured value as the "runtime" row)
+
+# ------------------------------------------------------------------------------ models
+
+
+@dataclass(frozen=True)
+class Model:
+    """What the plan needs of an encoder: its kind, layers, width, heads and parameters;
+    for wav2vec 2.0-like models the convolutional front end (channels, kernels, strides)."""
+    name: str
+    kind: str  # "ssl" (HuBERT, wav2vec 2.0, WavLM) | "whisper" (its encoder) | "text"
+    layers: int
+    dim: int
+    heads: int
+    params: float
+    conv: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+    source: str = "table"
+
+    @property
+    def layer_params(self) -> float:
+        """Parameters of one transformer block (attention 4 d^2, feed-forward 8 d^2)."""
+        return 12 * self.dim ** 2
+
+    def frames(self, seconds: float) -> float:
+        """Frames a clip of `seconds` gives: the conv front end's output length (ssl), Whisper's
+        (mel frames - 1) // 2 + 1 at 100 mel frames a second, or 0 for a text model."""
+        samples = int(round(seconds * SAMPLE_RATE))
+        if self.kind == "whisper":
+            return (samples // 160 - 1) // 2 + 1
+        if self.kind == "ssl":
+            for k, s in zip(self.conv[1], self.conv[2]):
+                samples = (samples - k) // s + 1
+            return max(samples, 0)
+        return 0.0
+
+
+_W2V_CONV = ((512,) * 7, (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))
+# the paper models' public sizes (model cards / config.json on the Hub); params of Whisper
+# are its encoder's, the only part the stages run
+KNOWN = {m.name: m for m in [
+    Model("facebook/hubert-base-ls960", "ssl", 12, 768, 12, 94.4e6, _W2V_CONV),
+    Model("facebook/wav2vec2-base", "ssl", 12, 768, 12, 95.0e6, _W2V_CONV),
+    Model("facebook/wav2vec2-large-robust", "ssl", 24, 1024, 16, 317.4e6, _W2V_CONV),
+    Model("ntu-spml/distilhubert", "ssl", 2, 768, 12, 23.5e6, _W2V_CONV),
+    Model("microsoft/wavlm-base-plus", "ssl", 12, 768, 12, 94.4e6, _W2V_CONV),
+    Model("openai/whisper-base", "whisper", 6, 512, 8, 20.6e6),
+    Model("openai/whisper-large", "whisper", 32, 1280, 20, 637e6),
+    Model("whisper-tiny.en", "whisper", 4, 384, 6, 8.2e6),
+    Model("bert-base-uncased", "text", 12, 768, 12, 109.5e6),
+    Model("bert-base-chinese", "text", 12, 768, 12, 102.3e6),
+    Model("bert-base-multilingual-cased", "text", 12, 768, 12, 177.9e6),
+    Model("distilbert-base-uncased", "text", 6, 768, 12, 66.4e6),
+    Model("huawei-noah/TinyBERT_General_4L_312D", "text", 4, 312, 12, 14.4e6),
+    Model("all-MiniLM-L6-v2", "text", 6, 384, 12, 22.7e6),
+]}
+
+
+def _param_count(folder: Path, prefix: str = "") -> float | None:
+    """Parameters in a folder's model.safetensors, from its header alone."""
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return None
+    with path.open("rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return float(sum(math.prod(t["shape"]) for k, t in header.items()
+                     if k != "__metadata__" and prefix in k))
+
+
+def model_info(name: str, layers: int | None = None) -> Model:
+    """The dimensions of an encoder by name (`name@k` or `layers` keeps its first k layers):
+    a local folder's config.json first, else the table of paper models."""
+    if "@" in name:
+        name, cut = name.rsplit("@", 1)
+        layers = int(cut)
+    folder = Path(name).expanduser()
+    if (folder / "config.json").is_file():
+        c = json.loads((folder / "config.json").read_text())
+        kind = "whisper" if c.get("model_type") == "whisper" else (
+            "ssl" if "conv_dim" in c else "text")
+        get = lambda *keys: next(c[k] for k in keys if k in c)  # noqa: E731
+        model = Model(
+            name, kind, get("encoder_layers", "num_hidden_layers", "n_layers"),
+            get("d_model", "hidden_size", "dim"),
+            get("encoder_attention_heads", "num_attention_heads", "n_heads"),
+            _param_count(folder, "encoder" if kind == "whisper" else "") or 0.0,
+            (tuple(c["conv_dim"]), tuple(c["conv_kernel"]), tuple(c["conv_stride"]))
+            if kind == "ssl" else None, "config.json")
+    elif name in KNOWN:
+        model = KNOWN[name]
+    else:
+        raise KeyError(f"{name}: not a local folder with a config.json and not one of the "
+                       f"paper models the plan knows ({', '.join(sorted(KNOWN))})")
+    if layers is not None and layers < model.layers:
+        body = model.layer_params * model.layers
+        model = replace(model, layers=layers,
+                        params=model.params - body + model.layer_params * layers)
+    return model
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+@dataclass(frozen=True)
+class Split:
+    """A set of clips as the plan sees it: count, total and longest duration, words a text
+    and word pieces a word (about 1.3 for English transcripts under BERT's vocabulary);
+    utterances a dialogue (0: none), for the turns a context can hold."""
+    n: int
+    seconds: float
+    max_seconds: float
+    words: float
+    pieces: float = 1.3
+    turns: float = 0.0
+
+    def scaled(self, factor: float) -> "Split":
+        return replace(self, n=int(round(self.n * factor)), seconds=self.seconds * factor)
+
+    @property
+    def mean_seconds(self) -> float:
+        return self.seconds / max(self.n, 1)
+
+    def tokens(self) -> float:
+        """Word pieces of one text, [CLS] and [SEP] (the encoder's cap)."""
+        return min(MAX_TEXT_TOKENS, self.pieces * self.words + 2)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """`encoded`: what the features stage encodes (every split it reads); `labelled`: the
+    utterances inside the protocol; `read`: pre-training speech (LibriSpeech)."""
+    name: str
+    encoded: Split
+    labelled: Split
+    folds: int
+    read: Split | None = None
+    note: str = ""
+
+
+# Public sizes: IEMOCAP 10,039 utterances / about 12 h (5,531 in the 4-class set, excited
+# merged); MSP-Podcast v1.10 104,267 utterances / about 166 h; LibriSpeech 960 h of training
+# speech in 281,241 utterances (longest about 35 s). Words per text: typical transcripts.
+IEMOCAP = Split(10_039, 12 * 3600, 34.1, 12, turns=10_039 / 151)  # 151 dialogues
+LIBRISPEECH = Split(281_241, 960 * 3600, 35.2, 33)
+MSP_PODCAST = Split(104_267, 166 * 3600, 11.0, 15)
+
+
+def paper_corpus(P) -> Corpus:
+    """The paper's corpus size for a profile's dataset section."""
+    d = P.dataset
+    if d.name == "iemocap":
+        labelled = IEMOCAP.scaled(5_531 / IEMOCAP.n) if d.classes == 4 else IEMOCAP
+        corpus = Corpus("IEMOCAP", IEMOCAP, replace(labelled, max_seconds=IEMOCAP.max_seconds),
+                        5, note="10,039 utterances, 12 h")
+    elif d.name == "msp_podcast":
+        corpus = Corpus("MSP-Podcast", MSP_PODCAST, MSP_PODCAST, 1,
+                        note="v1.10: 104,267 utterances, 166 h (every rated one)")
+    else:
+        raise ValueError(f"no paper-scale size for dataset {d.name!r}")
+    if d.read_corpus == "librispeech":
+        read = LIBRISPEECH if d.read_max is None else replace(
+            LIBRISPEECH.scaled(d.read_max / LIBRISPEECH.n), n=d.read_max)
+        corpus = replace(corpus, encoded=_union(corpus.encoded, read), read=read,
+                         note=corpus.note + f"; LibriSpeech {read.n:,} utterances, "
+                         f"{read.seconds / 3600:,.0f} h")
+    return corpus
+
+
+def _union(a: Split, b: Split) -> Split:
+    return Split(a.n + b.n, a.seconds + b.seconds, max(a.max_seconds, b.max_seconds),
+                 (a.words * a.n + b.words * b.n) / (a.n + b.n),
+                 (a.pieces * a.n + b.pieces * b.n) / (a.n + b.n), max(a.turns, b.turns))
+
+
+# ------------------------------------------------------------------------ the estimate
+
+
+@dataclass
+class Need:
+    """One stage's needs. `terms` say where each byte goes (label -> bytes)."""
+    stage: str
+    disk: dict[str, float] = field(default_factory=dict)
+    ram: dict[str, float] = field(default_factory=dict)
+    gpu_mem: float = 0.0
+    gpu_hours: float = 0.0
+    cpu_tflop: float = 0.0  # encoding on the CPU (the features stage never uses a GPU)
+    notes: list[str] = field(default_factory=list)
+    trained: list = field(default_factory=list)  # the stage's `Trained` models
+
+
+def states_bytes(model: Model, split: Split, states: int | None = None, dtype: int = 2,
+                 text: bool = False) -> float:
+    """Bytes of `states` hidden states (None: all, layers + 1) per frame or token, summed
+    over a split's clips or texts."""
+    n_states = model.layers + 1 if states is None else states
+    per = split.n * split.tokens() if text else split.n * model.frames(split.mean_seconds)
+    return n_states * per * model.dim * dtype
+
+
+def read_bytes(model: Model, split: Split, text: bool = False) -> float:
+    """What reading one layer of a split back from a FeatureCache needs besides the layer
+    itself: `FeatureStore.speech/text` (and lemer's `TextStates`) load every entry whole
+    (all states, float16) before taking the layer out as float32."""
+    return states_bytes(model, split, text=text)
+
+
+def sequential(terms: dict[str, float], steps: list[tuple[str, float, str, float]]) -> None:
+    """Host memory of steps run one after another, each needing a `transient` (freed when
+    it ends) and keeping what it `keeps`: the kept terms are added to `terms` under their
+    labels, and the largest excess of a transient over what is kept, under its label."""
+    held, peak, worst = sum(terms.values()), sum(terms.values()), ""
+    for t_label, transient, k_label, kept in steps:
+        if held + transient + kept > peak:
+            peak, worst = held + transient + kept, t_label
+        held += kept
+        if kept:
+            terms[k_label] = terms.get(k_label, 0.0) + kept
+    if peak > held:
+        terms[f"while {worst}"] = peak - held
+
+
+def cache_bytes(model: Model, split: Split, text: bool = False) -> float:
+    """A FeatureCache of `split`: every hidden state in float16 (`speech_features`,
+    `text_features`), plus the token ids (int64) of a text, one file per entry."""
+    ids = split.n * split.tokens() * 8 if text else 0.0
+    return states_bytes(model, split, text=text) + ids + split.n * ENTRY_OVERHEAD
+
+
+def wave_bytes(split: Split) -> float:
+    """Clips held as float32 arrays (`load_audio`), as every stage that reads audio does."""
+    return split.seconds * SAMPLE_RATE * 4
+
+
+def encode_peak(model: Model, batch: int, seconds: float, gpu: bool = False,
+                host: bool = True) -> float:
+    """Transient memory of one encoder batch of the longest clips. On the CPU: the hidden
+    states (transformers' tuple, `torch.stack`'s copy, the float16 entries), attention
+    weights of one layer and, for wav2vec 2.0-like models, the first conv layer's output
+    (float32). On a GPU (`best_device`), the host holds only the stack's CPU copy and the
+    float16 entries (`host`), the GPU the rest (`host=False`)."""
+    frames = MAX_TEXT_TOKENS if model.kind == "text" else model.frames(seconds)
+    states = (model.layers + 1) * batch * frames * model.dim
+    if gpu and host:
+        return states * (4 + 2)
+    attention = 2 * batch * model.heads * frames ** 2 * 4
+    conv = 0.0
+    if model.kind == "ssl":
+        conv = 2 * batch * seconds * SAMPLE_RATE / model.conv[2][0] * model.conv[0][0] * 4
+    return states * (4 + 4 if gpu else 4 + 4 + 2) + attention + conv
+
+
+def encode_flop(model: Model, split: Split) -> float:
+    """Forward FLOPs of encoding a split: 2 per parameter per frame, attention, conv."""
+    if model.kind == "text":
+        frames, n = split.tokens(), split.n
+    else:
+        frames, n = model.frames(split.mean_seconds), split.n
+    flop = n * (2 * model.params * frames + 4 * model.layers * frames ** 2 * model.dim)
+    if model.kind == "ssl":
+        length, channels_in = split.mean_seconds * SAMPLE_RATE, 1
+        for c, k, s in zip(*model.conv):
+            length = length / s
+            flop += n * 2 * length * c * channels_in * k
+            channels_in = c
+    return flop
+
+
+def weights_bytes(*models: Model) -> float:
+    return sum(4 * m.params for m in models)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model a stage trains: its trainable and frozen parameters, batch, sequence length
+    through the trained transformer blocks, and how many optimiser steps it takes in all."""
+    label: str
+    trainable: float
+    frozen: float
+    batch: int
+    blocks: tuple[tuple[Model, int, float], ...]  # (encoder, trained blocks, sequence)
+    steps: float
+
+    def gpu_mem(self, precision: str) -> float:
+        """Weights, gradients and Adam's two moments (16 bytes a trainable parameter, fp32
+        master weights also under bf16-mixed), frozen weights, and the activations a
+        trained transformer block keeps for backward: 34 b s h + 5 a s^2 b bytes in 16-bit
+        (Korthikanti et al. 2022), twice that in 32-bit."""
+        scale = 2.0 if precision.startswith("32") else 1.0
+        acts = sum(k * (34 * self.batch * s * m.dim + 5 * m.heads * s ** 2 * self.batch)
+                   * scale for m, k, s in self.blocks)
+        return 16 * self.trainable + 4 * self.frozen + acts
+
+    def flop(self) -> float:
+        """Training FLOPs: 6 per trainable parameter per position, attention's s^2 terms."""
+        per_step = sum(k * (6 * m.layer_params * s + 12 * s ** 2 * m.dim) * self.batch
+                       for m, k, s in self.blocks)
+        return self.steps * max(per_step, 6 * self.trainable * self.batch)
+
+
+def _steps(n_train: float, batch: int, epochs: int, runs: float) -> float:
+    return runs * epochs * math.ceil(max(n_train, 1) / batch)
+
+
+def _top(P_top: int | None, model: Model) -> int:
+    return model.layers if P_top is None else min(P_top, model.layers)
+
+
+def plan(P, corpus: Corpus, paper: str) -> list[Need]:
+    """Per stage: transcribe, features, the paper stage."""
+    e = P.encoders
+    speech, text = model_info(e.speech, e.speech_layers), model_info(e.text, e.text_layers)
+    lab, enc = corpus.labelled, corpus.encoded
+    # transcribe (`asr.transcribe_files`): the labelled split's clips in RAM, the bundled
+    # Whisper tiny.en decoding on the CPU
+    asr = model_info("whisper-tiny.en")
+    transcribe = Need("transcribe", disk={"manifest.csv": corpus.encoded.n * 200},
+                      ram={"clips (float32)": wave_bytes(lab if corpus.read else enc),
+                           "Whisper tiny.en": weights_bytes(asr), "runtime": RUNTIME_RSS},
+                      cpu_tflop=encode_flop(asr, lab) * 2)
+    transcribe.notes.append("ASR on the CPU (bundled Whisper tiny.en); decoding FLOPs "
+                            "counted as twice the encoder's")
+    # features (notebooks/features.ipynb): every clip loaded first, then each cut encoded
+    # into a FeatureCache; texts of both columns (text, asr_text) likewise
+    texts = replace(enc, n=2 * enc.n - (corpus.read.n if corpus.read else 0))
+    cuts = [speech] + [model_info(e.speech, c) for c in P.features.speech_cuts]
+    text_cuts = [text] + [model_info(e.text, c) for c in P.features.text_cuts]
+    features = Need("features")
+    gpu = on_gpu(P)
+    flop = 0.0
+    for m in cuts:
+        features.disk[f"speech cache {m.name} L{m.layers}"] = cache_bytes(m, enc)
+        flop += encode_flop(m, enc)
+    for m in text_cuts:
+        features.disk[f"text cache {m.name} L{m.layers}"] = cache_bytes(m, texts, text=True)
+        flop += encode_flop(m, texts)
+    weights = max(weights_bytes(m) for m in cuts + text_cuts)
+    batch = max(encode_peak(m, P.features.batch_size, enc.max_seconds, gpu) for m in cuts)
+    features.ram = {"clips (float32)": wave_bytes(enc), "one batch of the longest clips": batch,
+                    "runtime": RUNTIME_RSS}
+    if gpu:  # `best_device`: the encoders run on the GPU, the host keeps the states' copies
+        features.gpu_mem = weights + max(encode_peak(
+            m, P.features.batch_size, enc.max_seconds, gpu, host=False) for m in cuts)
+        features.gpu_hours = flop / (GPU_TFLOPS * 1e12) / 3600
+        features.notes.append("encoders on the GPU (best_device); GPU memory: the largest "
+                              "encoder and one batch of the longest clips")
+    else:
+        features.ram["largest encoder"] = weights
+        features.cpu_tflop = flop / 1e12
+        features.notes.append("encoders on the CPU (training.accelerator is not gpu)")
+    stage = globals()[f"_{paper}"](P, corpus, speech, text)
+    transcribe.cpu_tflop /= 1e12
+    return [transcribe, features, stage]
+
+
+def on_gpu(P) -> bool:
+    """Whether the profile's run has a GPU: its encoders then run there (`best_device`)."""
+    return P.training.accelerator == "gpu"
+
+
+def _finish(need: Need, P, trained: list[Trained], runs: int) -> Need:
+    """GPU memory of the largest trained model, hours of all, and `runs` checkpoints
+    (`best.pt`: the model's float32 weights) on disk."""
+    prec = P.training.precision
+    need.trained = trained
+    need.gpu_mem = max([need.gpu_mem] + [t.gpu_mem(prec) for t in trained])
+    need.gpu_hours += sum(t.flop() for t in trained) / (GPU_TFLOPS * 1e12) / 3600
+    need.disk[f"checkpoints ({runs} runs' best.pt)"] = runs * 4 * max(
+        t.trainable + t.frozen for t in trained)
+    need.ram.setdefault("runtime", RUNTIME_RSS)
+    return need
+
+
+GPU_TFLOPS = 100.0  # effective bf16 TFLOP/s assumed for GPU hours (`--gpu-tflops`)
+
+
+def _clap(P, corpus: Corpus, speech: Model, text: Model) -> Need:
+    """papers/clap.py `Bank`, in order: the state below the trained blocks of every labelled
+    clip read (full length, float32, alive until the bank is built) and its 8-s crop cloned;
+    one text state per role read; DistilBERT ('small') encoded into the stage's own cache
+    and read back an entry at a time."""
+    p, lab = P.clap, corpus.labelled
+    small = model_info(p.small_text, p.small_text_layers) if p.small_text else \
+        model_info(P.encoders.text, p.small_text_layers)
+    need = Need("clap")
+    crop = replace(lab, seconds=lab.n * min(lab.mean_seconds, p.max_seconds))
+    sequential(need.ram, [
+        ("reading speech states", read_bytes(speech, lab),
+         "speech states, 1 layer, full length (float32)", states_bytes(speech, lab, 1, 4)),
+        ("", 0.0, "speech states cropped to max_seconds (clones, float32)",
+         states_bytes(speech, crop, 1, 4)),
+        ("reading text states", read_bytes(text, lab, text=True),
+         "text states, 1 layer per role (float32)", states_bytes(text, lab, 1, 4, text=True)),
+        ("encoding the small text model (CPU)", weights_bytes(small) + encode_peak(
+            small, 32, 0) if p.small_text else 0.0,
+         "text states, 1 layer per role (float32)", states_bytes(small, lab, 1, 4, text=True))])
+    if p.small_text:
+        need.disk[f"own text cache {small.name}"] = cache_bytes(small, lab, text=True)
+        need.cpu_tflop = encode_flop(small, lab) / 1e12
+    seeds, folds = len(P.training.seeds), corpus.folds
+    systems = len(p.systems) + len(p.similarity_ablation)
+    pretrained = systems - (1 if "none" in p.systems else 0)
+    n_train = lab.n * (folds - 1) / folds
+    s_frames = speech.frames(min(lab.mean_seconds, p.max_seconds))
+    ks, kt = _top(p.speech_top_layers, speech), _top(p.text_top_layers, text)
+    blocks = ((speech, ks, s_frames), (text, kt, lab.tokens()))
+    trainable = ks * speech.layer_params + kt * text.layer_params
+    runs = systems * folds * seeds
+    trained = [
+        Trained("stage 1: CLAP pre-training", trainable, 0, p.batch_size, blocks,
+                _steps(n_train * (1 - p.pretrain_val_fraction), p.batch_size,
+                       p.pretrain_epochs, pretrained * folds * seeds)),
+        Trained("stage 2: fine-tuning", ks * speech.layer_params, 0, p.batch_size,
+                blocks[:1], _steps(n_train, p.batch_size, p.finetune_epochs,
+                                   systems * folds * seeds))]
+    return _finish(need, P, trained, runs)
+
+
+def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
+    """papers/lemer.py via notebooks/lemer.ipynb: text, spliced context (<= context_tokens)
+    and speech states of every labelled utterance (1 layer, float32); with quantizer units,
+    one class's training clips as one padded batch through wav2vec 2.0's CNN (its first
+    layer's output is the peak)."""
+    p, lab = P.lemer, corpus.labelled
+    # `context_texts`: up to context_turns earlier turns of the dialogue and its own text,
+    # joined and cut to context_tokens; the i-th turn of a dialogue has i earlier ones
+    length = max(1, round(lab.turns))
+    history = sum(min(i, p.context_turns) for i in range(length)) / length
+    context = replace(lab, words=min((history + 1) * lab.words,
+                                     (p.context_tokens - 2) / lab.pieces))
+    need = Need("lemer")
+    sequential(need.ram, [
+        ("reading text states", read_bytes(text, lab, text=True),
+         "text + context states, 1 layer (float32)", states_bytes(text, lab, 1, 4, text=True)),
+        ("reading speech states", read_bytes(speech, lab),
+         "speech states, 1 layer (float32)", states_bytes(speech, lab, 1, 4)),
+        ("encoding contexts (TextStates, CPU)", encode_peak(text, 32, 0),
+         "text encoder of TextStates (CPU)", weights_bytes(text)),
+        ("reading context states (TextStates)", read_bytes(text, context, text=True),
+         "text + context states, 1 layer (float32)",
+         states_bytes(text, context, 1, 4, text=True))])
+    need.cpu_tflop = encode_flop(text, context) / 1e12
+    need.disk["context text cache (all states)"] = cache_bytes(text, context, text=True)
+    if p.units == "quantizer" and speech.kind == "ssl":
+        n_class = lab.n * (corpus.folds - 1) / corpus.folds / 3  # the largest of 4 classes
+        need.ram["quantizer units: one class padded as one batch"] = encode_peak(
+            replace(speech, layers=0, heads=0), int(n_class), lab.max_seconds)
+        need.notes.append(f"quantizer units batch {n_class:,.0f} clips padded to "
+                          f"{lab.max_seconds:.0f} s (issue 19: OOM)")
+    seeds, folds = len(P.training.seeds), corpus.folds
+    runs = (len(p.systems) + len(p.k_grid)) * folds * seeds
+    ks, kt = _top(p.speech_top_layers, speech), _top(p.text_top_layers, text)
+    blocks = ((speech, ks, speech.frames(lab.mean_seconds)), (text, kt, context.tokens()))
+    return _finish(need, P, [Trained(
+        "LE-MER (every system as C1)", ks * speech.layer_params + kt * text.layer_params, 0,
+        p.batch_size, blocks, _steps(lab.n * (folds - 1) / folds * 0.9, p.batch_size,
+                                     p.max_epochs, runs))], runs)
+
+
+def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
+    """papers/distil.py, in order: `encode_own` (the clips, then each size that is not a
+    features cut encoded on the CPU into the stage's own cache); `States` (memoised over
+    folds): the input state of every rated utterance per speech size and of the text
+    (float32), all states (float16) of the layer-weights size, each read whole first."""
+    from mmser.papers.distil import encoder_of
+
+    p, rated = P.distil, corpus.labelled
+    need = Need("distil")
+    sizes = {size: model_info(*encoder_of(spec, "speech", P.encoders))
+             for size, spec in p.sizes.items()}
+    own = [m for size, m in sizes.items() if not p.sizes[size].startswith("features:")]
+    steps = [("encoding own speech caches (CPU)", wave_bytes(rated) + max(
+        weights_bytes(m) + encode_peak(m, 8, rated.max_seconds) for m in own), "", 0.0)
+             ] if own else []
+    for size, m in sizes.items():
+        if m in own:
+            need.disk[f"own speech cache {size}"] = cache_bytes(m, rated)
+            need.cpu_tflop += encode_flop(m, rated) / 1e12
+        steps.append((f"reading {size} speech states", read_bytes(m, rated),
+                      f"{size} speech input state (float32)", states_bytes(m, rated, 1, 4)))
+    steps.append(("reading text states", read_bytes(text, rated, text=True),
+                  "text input state (float32)", states_bytes(text, rated, 1, 4, text=True)))
+    if p.layer_size in sizes:  # layer=None: every state as float32, then kept as float16
+        m = sizes[p.layer_size]
+        steps.append((f"reading {p.layer_size}'s every state", read_bytes(m, rated)
+                      + states_bytes(m, rated, None, 4),
+                      f"{p.layer_size}: every state (float16)", states_bytes(m, rated)))
+    sequential(need.ram, steps)
+    seeds = len(P.training.seeds)
+    trained = []
+    kt = _top(p.text_ft_layers, text)
+    n_train = rated.n * 0.6  # MSP-Podcast's train partition: about 60 % of the rated
+    runs = len(sizes) * 2 * seeds
+    for size, m in sizes.items():
+        ks = _top(p.speech_ft_layers, m)
+        blocks = ((m, ks, m.frames(rated.mean_seconds)), (text, kt, rated.tokens()))
+        trained.append(Trained(f"{size} A+T FT", ks * m.layer_params + kt * text.layer_params,
+                               0, p.batch_size, blocks,
+                               _steps(n_train, p.batch_size, p.max_epochs, 2 * seeds)))
+    return _finish(need, P, trained, runs)
+
+
+def _vcemo(P, corpus: Corpus, speech: Model, text: Model) -> Need:
+    """papers/vcemo.py `mel_views`: every labelled clip's log-mel and its augmented views
+    (float32 in RAM, float16 on disk), the clips themselves while they are computed, and
+    every text state of each transcript (float32)."""
+    p, lab = P.vcemo, corpus.labelled
+    views = 1 + p.n_augment
+    mel = lab.seconds * 1000 / p.hop_ms * p.n_mels * views
+    need = Need("vcemo", disk={"log-mel cache (float16)": mel * 2 + lab.n * views * ENTRY_OVERHEAD},
+                ram={"log-mels, every view (float32)": mel * 4,
+                     "clips (float32)": wave_bytes(lab),
+                     "text states, every layer (float32)": states_bytes(text, lab, None, 4, True)})
+    systems = len(p.systems) + (7 if p.ablation else 0)
+    seeds, folds = len(P.training.seeds), corpus.folds
+    runs = systems * seeds * folds
+    frames = lab.mean_seconds * 1000 / p.hop_ms
+    net = Model("VcemoNet", "head", 2 * p.layers + 1, p.dim, p.heads, 0)
+    params = (2 * p.layers + 1) * 12 * p.dim ** 2 * (2 if p.alpha else 1)
+    return _finish(need, P, [Trained(
+        "VcemoNet + SupCon (momentum copy)", params, 0, p.batch_size,
+        ((net, 2 * p.layers + 1, frames),),
+        _steps(lab.n * (folds - 1) / folds * views, p.batch_size, p.max_epochs,
+               systems * seeds * folds))], runs)
+
+
+def _tokenwise(P, corpus: Corpus, speech: Model, text: Model) -> Need:
+    """papers/tokenwise.py, in order: `pretrain_items` of the pre-training, then of the
+    labelled utterances (the last speech state, read whole first; every text state read as
+    float32, of which hidden state 0 and the last are kept as clones); 1-NN over every
+    validation token at once (`knn_accuracy`: a tokens x tokens float32 matrix); extra
+    speech encoders (WavLM) cached by `encode_speech` (on the GPU when there is one) with
+    the labelled clips in RAM."""
+    p, lab = P.tokenwise, corpus.labelled
+    read = corpus.read or lab
+    need = Need("tokenwise")
+    steps = []
+    for split in (read, lab) if corpus.read else (lab,):
+        steps += [("reading speech states", read_bytes(speech, split),
+                   "speech last state (float32)", states_bytes(speech, split, 1, 4)),
+                  ("reading every text state as float32", read_bytes(text, split, text=True)
+                   + states_bytes(text, split, None, 4, text=True),
+                   "text states 0 and last (float32 clones)",
+                   states_bytes(text, split, 2, 4, text=True))]
+    val_tokens = read.n * p.pretrain_val_fraction * read.tokens()
+    steps.append(("1-NN over validation tokens (matrix)",
+                  val_tokens ** 2 * 4 + 3 * val_tokens * text.dim * 4, "", 0.0))
+    gpu = on_gpu(P)
+    for name in p.extra_speech:
+        m = model_info(name)
+        need.disk[f"own speech cache {m.name}"] = cache_bytes(m, lab)
+        steps.append((f"encoding {m.name}", wave_bytes(lab) + encode_peak(
+            m, 8, lab.max_seconds, gpu) + (0 if gpu else weights_bytes(m)), "", 0.0))
+        if gpu:
+            need.gpu_mem = max(need.gpu_mem, weights_bytes(m) + encode_peak(
+                m, 8, lab.max_seconds, gpu, host=False))
+            need.gpu_hours += encode_flop(m, lab) / (GPU_TFLOPS * 1e12) / 3600
+        else:
+            need.cpu_tflop += encode_flop(m, lab) / 1e12
+    sequential(need.ram, steps)
+    grid = len(p.pretrain_batch_sizes) * len(p.pretrain_lrs)
+    runs = grid
+    frames = speech.frames(read.mean_seconds)
+    aligner = Model("CrossAttention", "head", 1, text.dim, 1, 0)
+    trained = [Trained(f"pre-training, batch {b}", 3 * text.dim * max(text.dim, speech.dim),
+                       0, b, ((aligner, 1, max(frames, read.tokens())),),
+                       _steps(read.n * (1 - p.pretrain_val_fraction), b, p.pretrain_epochs,
+                              len(p.pretrain_lrs)))
+               for b in p.pretrain_batch_sizes]
+    return _finish(need, P, trained, runs)
+
+
+# ----------------------------------------------------------------------------- output
+
+_UNITS = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def size(text: str) -> float:
+    """'64G' -> 64e9 bytes (decimal units, as `df -H` and GPU spec sheets give them)."""
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)i?B?\s*", text, re.I)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64G)")
+    return float(m[1]) * _UNITS.get(m[2].upper(), 1)
+
+
+def human(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+@dataclass(frozen=True)
+class Machine:
+    disk: float
+    ram: float
+    gpu_mem: float
+
+
+def exceeded(needs: list[Need], machine: Machine) -> list[str]:
+    """One line per limit a stage would exceed. Disk adds up over stages (DVC keeps every
+    stage's outputs), memory is per stage (each stage is its own process)."""
+    out, disk = [], 0.0
+    for need in needs:
+        disk += sum(need.disk.values())
+        ram = sum(need.ram.values())
+        if ram > machine.ram:
+            out.append(f"{need.stage}: host memory {human(ram)} exceeds the machine's "
+                       f"{human(machine.ram)} (RAM)")
+        if need.gpu_mem > machine.gpu_mem:
+            out.append(f"{need.stage}: GPU memory {human(need.gpu_mem)} exceeds the "
+                       f"machine's {human(machine.gpu_mem)} (GPU memory)")
+        if disk > machine.disk:
+            out.append(f"{need.stage}: disk {human(disk)} so far exceeds the machine's "
+                       f"{human(machine.disk)} (disk)")
+    return out
+
+
+def load_profile(profile: str | Path, params: str | Path = "params.yaml"):
+    """params.yaml with a profile merged over it, validated (as `--apply` would write it)."""
+    from mmser.config import Params, merged
+
+    base = yaml.safe_load(Path(params).read_text()) or {}
+    changes = yaml.safe_load(Path(profile).read_text()) or {}
+    return Params.from_dict(merged(base, changes), source=f"{params} + {profile}")
+
+
+def report(paper: str, P, corpus: Corpus, machine: Machine) -> str:
+    needs = plan(P, corpus, paper)
+    lines = [f"plan for {paper}: {corpus.name} ({corpus.note}); encoders {P.encoders.speech} "
+             f"+ {P.encoders.text}; precision {P.training.precision}",
+             "every figure is extrapolated (arithmetic on model sizes and the code's storage; "
+             f"GPU hours at an assumed {GPU_TFLOPS:g} effective TFLOP/s): `python -m "
+             "mmser.plan --measure` checks the arithmetic on tiny models, `make gpu-check` "
+             "measures steps/s", "",
+             f"{'stage':<11}{'disk':>11}{'host RAM':>11}{'GPU mem':>11}{'GPU h':>9}"
+             f"{'CPU TFLOP':>11}"]
+    for n in needs:
+        lines.append(f"{n.stage:<11}{human(sum(n.disk.values())):>11}"
+                     f"{human(sum(n.ram.values())):>11}{human(n.gpu_mem):>11}"
+                     f"{n.gpu_hours:>9.1f}{n.cpu_tflop:>11,.0f}")
+    lines.append("")
+    for n in needs:
+        for kind, terms in (("disk", n.disk), ("RAM", n.ram)):
+            for label, value in sorted(terms.items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {n.stage} {kind}: {label}: {human(value)}")
+        lines += [f"  {n.stage}: {note}" for note in n.notes]
+    problems = exceeded(needs, machine)
+    lines.append("")
+    lines.append(f"machine: disk {human(machine.disk)}, RAM {human(machine.ram)}, GPU memory "
+                 f"{human(machine.gpu_mem)}")
+    lines += [f"EXCEEDED: {p}" for p in problems] or ["fits within every limit"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmser.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", nargs="*", help="profiles/paper/<paper>.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--disk", type=size, default=size("64G"))
+    parser.add_argument("--ram", type=size, default=size("128G"))
+    parser.add_argument("--gpu-mem", type=size, default=size("141G"))
+    parser.add_argument("--gpu-tflops", type=float, default=GPU_TFLOPS,
+                        help="effective bf16 TFLOP/s assumed for GPU hours")
+    parser.add_argument("--measure", action="store_true",
+                        help="the plan beside measured tiny runs at 1x and 4x")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="a few hundred bf16 steps of every profile (mmser.gpucheck)")
+    parser.add_argument("--dry", action="store_true", help="--gpu-check on the CPU, tiny models")
+    parser.add_argument("--steps", type=int, default=None)
+    args = parser.parse_args(argv)
+    globals()["GPU_TFLOPS"] = args.gpu_tflops
+    machine = Machine(args.disk, args.ram, args.gpu_mem)
+    if args.measure:
+        from mmser.plan_measure import main as measure
+
+        return measure()
+    if args.gpu_check:
+        from mmser.gpucheck import main as check
+
+        return check(dry=args.dry, steps=args.steps, params=args.params)
+    if not args.profile:
+        parser.error("name a profile, or --measure, or --gpu-check")
+    for profile in args.profile:
+        paper = Path(profile).stem
+        P = load_profile(profile, args.params)
+        print(report(paper, P, paper_corpus(P), machine), end="\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
