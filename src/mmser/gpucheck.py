@@ -217,12 +217,24 @@ def configure(paper: str, params: str, dry: bool, models: dict | None):
     return P, corpus
 
 
+def _quiet() -> None:
+    """The table is the output: no weight-loading bars, no Lightning notes (e.g. that the
+    frozen encoders are in eval mode, which they are on purpose)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")
+
+
 def main(dry: bool = False, steps: int | None = None, params: str = "params.yaml",
          papers=PL.PAPERS) -> int:
     if not dry and not torch.cuda.is_available():
         print("no CUDA device: run on a GPU machine, or `--dry` (CPU, tiny models)")
         return 2
     steps = steps or (2 if dry else 300)
+    _quiet()
     rows = []
     with tempfile.TemporaryDirectory(prefix="mmser-gpucheck-") as tmp:
         models = None
