@@ -2,6 +2,7 @@
 
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -210,15 +211,25 @@ def build_msp(root: Path) -> None:
              "Test1"),
             ("MSP-PODCAST_0004_0001.wav", "X", "4.2", "3.8", "4.0", "44", "Female", "Test2"),
             ("MSP-PODCAST_0004_0002.wav", "U", "6.0", "5.0", "4.0", "44", "Female", "Test2")]
+    write_msp_tree(root, rows, lambda name: None if name == "MSP-PODCAST_0002_0001.wav"
+                   else "so I said hello", sr=16_000)
+
+
+def write_msp_tree(root: Path, rows: list[tuple], transcript: Callable[[str], str | None],
+                   sr: int = SR) -> None:
+    """An MSP-Podcast release tree (Labels/labels_consensus.csv, Audios/, Transcripts/):
+    rows of (FileName, EmoClass, EmoAct, EmoVal, EmoDom, SpkrID, Gender, Split_Set);
+    `transcript(file name)` is its text, None for no transcript file."""
     table = pd.DataFrame(rows, columns=["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom",
                                         "SpkrID", "Gender", "Split_Set"])
     (root / "Labels").mkdir(parents=True)
     table.to_csv(root / "Labels" / "labels_consensus.csv", index=False)
     (root / "Transcripts").mkdir()
     for name in table["FileName"]:
-        wav(root / "Audios" / name, sr=16_000)
-        if name != "MSP-PODCAST_0002_0001.wav":
-            (root / "Transcripts" / f"{Path(name).stem}.txt").write_text("so I said hello\n")
+        wav(root / "Audios" / name, sr=sr)
+        text = transcript(name)
+        if text is not None:
+            (root / "Transcripts" / f"{Path(name).stem}.txt").write_text(text + "\n")
 
 
 def test_msp_podcast(tmp_path):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_corpora import build_iemocap, build_librispeech, wav
+from test_corpora import build_iemocap, build_librispeech, write_msp_tree
 from tiny_models import tiny_whisper
 
 from mmser.papers import clap as C
@@ -144,14 +144,7 @@ def build_msp_podcast(root: Path) -> None:
             act, val, dom = (round(1 + 6 * ((n * k) % 11) / 10, 1) for k in (3, 5, 7))
             rows.append((f"MSP-PODCAST_{n:04d}_0001.wav", "ANSX"[n % 4], act, val, dom,
                          speaker, "Female" if n % 2 else "Male", split))
-    table = pd.DataFrame(rows, columns=["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom",
-                                        "SpkrID", "Gender", "Split_Set"])
-    (root / "Labels").mkdir(parents=True)
-    table.to_csv(root / "Labels" / "labels_consensus.csv", index=False)
-    (root / "Transcripts").mkdir()
-    for name in table["FileName"]:
-        wav(root / "Audios" / name)
-        (root / "Transcripts" / f"{Path(name).stem}.txt").write_text(f"words of {name}\n")
+    write_msp_tree(root, rows, lambda name: f"words of {name}")
 
 
 def _apply(project: Path, paper: str, **tiny) -> dict:
