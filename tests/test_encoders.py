@@ -138,3 +138,31 @@ def test_local_distilbert_cuts_and_its_top_layers_match(tmp_path):
 def test_cutting_the_bundled_whisper_leaves_the_shared_model_whole():
     assert SpeechEncoder(layers=2).n_layers == 2
     assert SpeechEncoder().n_layers == 4
+
+
+def test_a_group_norm_ssl_model_encodes_each_clip_as_if_alone(tmp_path):
+    # HuBERT base-like: its group-norm front end normalises over the padded time axis, so a
+    # padded batch would change the shorter clip's states
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+
+    torch.manual_seed(0)
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4),
+                          conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+                          num_conv_pos_embedding_groups=2)
+    assert config.feat_extract_norm == "group"
+    HubertModel(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(tmp_path)
+    enc = SpeechEncoder(str(tmp_path))
+    rng = np.random.default_rng(0)
+    short, long = (rng.normal(0, 0.1, n).astype(np.float32) for n in (1600, 4000))
+    with torch.inference_mode():
+        alone, n_alone = enc([short])
+        batch, lengths = enc([short, long, short])
+        long_alone, _ = enc([long])
+    assert lengths.tolist() == [int(n_alone[0]), int(long_alone.shape[2]), int(n_alone[0])]
+    for row in (0, 2):
+        torch.testing.assert_close(batch[:, row, : lengths[row]], alone[:, 0],
+                                   atol=1e-5, rtol=1e-5)
+        assert not batch[:, row, lengths[row]:].any()  # zero padding
+    torch.testing.assert_close(batch[:, 1], long_alone[:, 0], atol=1e-5, rtol=1e-5)

@@ -177,3 +177,42 @@ def test_an_unreadable_entry_read_by_a_paper_stage_names_the_file(tmp_path):
     with pytest.raises(RuntimeError, match="unreadable cache entry.*dvc repro features") as err:
         F.FeatureStore(tmp_path).speech(["u1"])
     assert str(path) in str(err.value) and "'u1'" in str(err.value)
+
+
+def test_a_read_keeps_one_entry_at_a_time_and_returns_only_its_layer(tmp_path, monkeypatch):
+    # float16 entries (as the features stage writes them) and float32 ones (a view of a
+    # float32 slice would keep every layer of its entry alive)
+    from safetensors.torch import save_file
+
+    half = F.speech_features(F.FeatureCache(tmp_path, "half"), CountingEncoder(),
+                             _waves([0.1, 0.2, 0.3]))
+    full = F.FeatureCache(tmp_path, "full")
+    full.dir.mkdir(parents=True)
+    for i, digest in enumerate(half):
+        save_file({"hidden": torch.randn(3, 10 + i, 4)}, str(full.path(digest)))
+    ids = ["u1", "u2", "u3"]
+    F.write_index(tmp_path, ids, half, speech={"main": "half", "2": "full"})
+    store = F.FeatureStore(tmp_path)
+    import weakref
+
+    alive, peak = [], []
+    load = store._load
+
+    def counting_load(*args):
+        entry = load(*args)
+        peak.append(sum(ref() is not None for ref in alive) + 1)
+        alive.append(weakref.ref(entry))
+        return entry
+
+    monkeypatch.setattr(store, "_load", counting_load)
+    for cut, name in ((F.MAIN, "half"), (2, "full")):
+        for layer in (-1, 0, None):
+            peak.clear()
+            got = store.speech(ids, layer=layer, cut=cut)
+            assert max(peak) == 1  # no earlier entry alive when the next one is read
+            cache = F.FeatureCache(tmp_path, name)
+            for digest, tensor in zip(half, got):
+                states = cache.load(digest)["hidden"]
+                expected = (states if layer is None else states[layer]).float()
+                assert tensor.dtype == torch.float32 and torch.equal(tensor, expected)
+                assert tensor.untyped_storage().nbytes() == tensor.numel() * 4

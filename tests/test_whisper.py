@@ -78,9 +78,50 @@ def test_padded_batch_equals_each_clip_alone(clips, model):
     assert int(lengths.max()) < 1500  # never padded to 30 s
 
 
-def test_too_long_clip_is_refused(model):
-    with pytest.raises(ValueError, match="30-s window"):
-        W.encode(model[0].model.encoder, [np.zeros(31 * 16_000, np.float32)])
+def _long(clips, seconds: int) -> np.ndarray:
+    """A clip of `seconds` s: the sentences in turn, each followed by 4 s of faint noise."""
+    noise = np.random.default_rng(0).normal(0, 1e-3, 4 * 16_000).astype(np.float32)
+    parts, n = [], 0
+    while n < seconds * 16_000:
+        parts += [clips[len(parts) // 2 % 2], noise]
+        n += len(parts[-2]) + len(noise)
+    return np.concatenate(parts)[: seconds * 16_000]
+
+
+def test_a_clip_over_30_s_is_encoded_in_30_s_windows(clips, model):
+    encoder, window = model[0].model.encoder, 30 * 16_000
+    waves = [_long(clips, 31), clips[2], _long(clips, 65)]
+    with torch.inference_mode():
+        states, lengths = W.encode(encoder, waves)
+        for i, wave in enumerate(waves):
+            pieces = [wave[s:s + window] for s in range(0, len(wave), window)]
+            alone = [W.encode(encoder, [p]) for p in pieces]
+            assert int(lengths[i]) == sum(int(n[0]) for _, n in alone)
+            for layer in range(len(states)):
+                joined = torch.cat([a[layer][0] for a, _ in alone])
+                torch.testing.assert_close(states[layer][i, : int(lengths[i])], joined,
+                                           atol=1e-4, rtol=1e-4)
+                assert not states[layer][i, int(lengths[i]):].any()  # zero padding
+    assert [len(s) for s in (pieces, states)] == [3, 5] and lengths.tolist()[::2] == [1550, 3250]
+
+
+def test_clips_up_to_30_s_are_encoded_as_before(clips, model):
+    # the windowing path is never taken for them: bit-identical states and lengths
+    encoder = model[0].model.encoder
+    waves = [*clips, _long(clips, 30)]
+    with torch.inference_mode():
+        new, new_n = W.encode(encoder, waves)
+        old, old_n = W._encode_windows(encoder, waves, True)
+    assert torch.equal(new_n, old_n) and int(new_n.max()) == 1500
+    assert all(torch.equal(a, b) for a, b in zip(new, old))
+
+
+def test_a_clip_over_30_s_is_transcribed_window_by_window(clips, model):
+    windows = [np.pad(clips[0], (0, 30 * 16_000 - len(clips[0]))), clips[1]]
+    text = W.transcribe(*model, [np.concatenate(windows), clips[2]])
+    assert text == [" ".join(W.transcribe(*model, windows)), W.transcribe(*model, [clips[2]])[0]]
+    assert asr.normalise(text[0]).endswith("book on the table i cannot believe you did that "
+                                           "to me again")
 
 
 @pytest.mark.parametrize("backend", asr.BACKENDS)

@@ -17,13 +17,14 @@ Here the encoder states are computed live with the project's encoders (each clip
 own length, no 30-s pad), rounded to float16 as the features cache stores them, batched
 by `mmser.training.data.collate` exactly as the stage's items are, and fed to the model. When no
 text is given and the model reads text, the bundled Whisper tiny.en transcribes
-(`mmser.encode.asr`). Clips must be 0.1 to 30 s long (cut longer recordings into segments).
+(`mmser.encode.asr`). Clips must be at least 0.1 s long; Whisper encodes and transcribes
+one over 30 s in consecutive 30-s windows.
 
 Reported speed: real-time factor RTF = processing seconds / audio seconds (lower is
 faster; 0.33 = three times faster than real time), from reading the audio to the output,
 without the one-time model loading (printed separately).
 
-Errors: an unreadable, empty, non-audio, too short or too long file is reported with its
+Errors: an unreadable, empty, non-audio or too short file is reported with its
 name and the problem; the other files of a folder are still predicted, and the CSV has an
 `error` column. Exit status: 0 when at least one file was predicted, 1 when every file
 failed, 2 when the model is missing or corrupt or the arguments are wrong.

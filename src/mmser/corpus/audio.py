@@ -13,9 +13,9 @@ import torch
 import torchaudio.functional as AF
 
 SAMPLE_RATE = 16_000
-# What every stage can use: at least 0.1 s (a few encoder frames), at most Whisper's 30-s
-# window (the encoders refuse longer clips; cut long recordings into segments)
-MIN_SECONDS, MAX_SECONDS = 0.1, 30.0
+# What every stage can use: at least 0.1 s (a few encoder frames). No upper limit: Whisper
+# encodes and transcribes a clip over its 30-s window window by window (mmser.encode.whisper)
+MIN_SECONDS = 0.1
 
 
 # libsndfile's log line for a WAV whose data chunk is longer than the file
@@ -76,12 +76,9 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> Audio:
 
 
 def check_length(seconds: float, path: str | Path) -> None:
-    """AudioError unless `seconds` is within [MIN_SECONDS, MAX_SECONDS]."""
+    """AudioError unless `seconds` is at least MIN_SECONDS."""
     if seconds < MIN_SECONDS:
         raise AudioError(f"{path}: too short ({seconds:.3f} s; at least {MIN_SECONDS} s)")
-    if seconds > MAX_SECONDS:
-        raise AudioError(f"{path}: too long ({seconds:.1f} s; at most {MAX_SECONDS:.0f} s, "
-                         "Whisper's window): cut it into segments first")
 
 
 def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -157,8 +157,8 @@ def _without_category(raw: str, known: dict[str, str], classes: int | None) -> s
 
 def _with_audio(rows: list[dict], root: Path, summary: _Summary) -> list[dict]:
     """Keep the rows whose audio every stage can use: each clip is decoded once here (not
-    just its header), so that a missing, empty, corrupt, truncated, NaN-holding, too short
-    or too long clip is dropped and recorded now, not found by a later stage. Adds the
+    just its header), so that a missing, empty, corrupt, truncated, NaN-holding or too short
+    clip is dropped and recorded now, not found by a later stage. Adds the
     duration and the original rate and channels."""
     kept = []
     for row in progress(rows, desc="checking audio", unit="clip"):

@@ -87,7 +87,9 @@ def _device(model: nn.Module) -> torch.device:
 
 class SpeechEncoder(nn.Module):
     """Waveforms in, every hidden state out: (layers + 1, batch, frames, dim), lengths.
-    The model may sit on any device (`.to(best_device())`); what it returns is on the CPU."""
+    Each clip gets the states it gets alone (Whisper: own length and 30-s windows; an SSL
+    model with a group-norm front end: one forward per clip length). The model may sit on
+    any device (`.to(best_device())`); what it returns is on the CPU."""
 
     def __init__(self, name: str = BUNDLED_SPEECH, layers: int | None = None):
         super().__init__()
@@ -132,6 +134,26 @@ class SpeechEncoder(nn.Module):
 
             states, lengths = encode(self.model, waves)
             return torch.stack(states).cpu(), lengths
+        if getattr(self.model.config, "feat_extract_norm", "layer") == "layer":
+            return self._ssl(waves)  # the attention mask keeps padding out of every state
+        # a group-norm front end (wav2vec 2.0 / HuBERT base) normalises each channel over the
+        # whole padded time axis, so padding would change every clip's states: encode each
+        # length on its own (equal-length clips need no padding)
+        groups: dict[int, list[int]] = {}
+        for i, wave in enumerate(waves):
+            groups.setdefault(len(wave), []).append(i)
+        parts = [(rows, *self._ssl([waves[i] for i in rows])) for rows in groups.values()]
+        frames = torch.zeros(len(waves), dtype=torch.long)
+        for rows, _, n in parts:
+            frames[rows] = n
+        first = parts[0][1]
+        states = first.new_zeros(first.shape[0], len(waves), int(frames.max()), first.shape[-1])
+        for rows, part, _ in parts:
+            states[:, rows, : part.shape[2]] = part
+        return states, frames
+
+    def _ssl(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """An SSL model's states of a padded batch, masked as its extractor says."""
         batch = self.extractor(waves, sampling_rate=16_000, return_tensors="pt",
                                padding=True, return_attention_mask=True)
         device = _device(self.model)

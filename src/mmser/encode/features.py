@@ -197,13 +197,20 @@ def write_index(root: str | Path, utt_ids: Sequence[str] | None = None,
 ENCODER_USE: Counter = Counter()
 
 
+def _own(states: torch.Tensor, layer: int | None) -> torch.Tensor:
+    """One layer (or all) of an entry as float32 in storage of its own: a read keeps what it
+    returns, not every layer of every entry (`.float()` of a float32 slice is a view)."""
+    return (states if layer is None else states[layer]).to(torch.float32, copy=True)
+
+
 class FeatureStore:
     """The cached hidden states by utterance id (speech) or by string (text).
 
     `cut` is "main" (the configured encoder) or the layer count of a cut cached by the
     features stage (`features.speech_cuts`, `features.text_cuts`). `layer=None` returns
     every hidden state, (layers + 1, length, dim); an int returns that one, (length, dim).
-    Everything comes back as float32.
+    Everything comes back as float32, one entry read at a time: a read's peak memory is
+    what it returns plus one entry.
     """
 
     def __init__(self, root: str | Path = "interim/features"):
@@ -246,16 +253,14 @@ class FeatureStore:
     def speech(self, utt_ids: Sequence[str], layer: int | None = -1,
                cut: str | int = MAIN) -> list[torch.Tensor]:
         cache = self._cache("speech", cut)
-        states = [self._load(cache, self.speech_digest(u), "hidden", f"utterance {u!r}")
-                  for u in utt_ids]
-        return [(s if layer is None else s[layer]).float() for s in states]
+        return [_own(self._load(cache, self.speech_digest(u), "hidden", f"utterance {u!r}"),
+                     layer) for u in utt_ids]
 
     def text(self, texts: Sequence[str], layer: int | None = -1,
              cut: str | int = MAIN) -> list[torch.Tensor]:
         cache = self._cache("text", cut)
-        states = [self._load(cache, text_digest(t), "hidden", f"text {t[:40]!r}")
-                  for t in texts]
-        return [(s if layer is None else s[layer]).float() for s in states]
+        return [_own(self._load(cache, text_digest(t), "hidden", f"text {t[:40]!r}"), layer)
+                for t in texts]
 
     def token_ids(self, texts: Sequence[str], cut: str | int = MAIN) -> list[torch.Tensor]:
         cache = self._cache("text", cut)

@@ -265,6 +265,18 @@ def _as_encoder(model: nn.Module) -> nn.Module:
     return model.get_encoder() if hasattr(model, "get_encoder") else model
 
 
+def _window_samples(encoder: nn.Module) -> int:
+    """Samples in Whisper's window (30 s): two mel frames per encoder position."""
+    return 2 * HOP * _as_encoder(encoder).embed_positions.weight.shape[0]
+
+
+def _windows(wave: np.ndarray, size: int) -> list[np.ndarray]:
+    """A clip as consecutive windows of `size` samples; a last piece shorter than one STFT
+    window (25 ms) is dropped, since it cannot make a mel frame of its own."""
+    pieces = [wave[start:start + size] for start in range(0, len(wave), size)]
+    return pieces[:1] + [p for p in pieces[1:] if len(p) >= N_FFT]
+
+
 def encode(encoder: nn.Module, waves: list[np.ndarray], output_hidden_states: bool = True
            ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Hidden states of a Whisper encoder, each clip on its own length (never a 30-s pad).
@@ -275,15 +287,36 @@ def encode(encoder: nn.Module, waves: list[np.ndarray], output_hidden_states: bo
     lengths are the valid frames per clip, (mel frames - 1) // 2 + 1. A padded batch gives
     each clip the states it gets alone: the mel is zero-padded, the first conv's output is
     zeroed past each clip's end (the stride-2 conv then sees what it sees alone), and padded
-    frames are masked out of attention. Clips over 30 s raise ValueError (no chunking).
+    frames are masked out of attention.
+
+    A clip over Whisper's 30-s window is encoded as consecutive 30-s windows, each on its
+    own (its own mel, positions from 0), and their frames are joined along time: its length
+    is the sum of theirs, its padding zeros. A batch without such a clip is encoded as is.
     """
     encoder = _as_encoder(encoder)
+    size = _window_samples(encoder)
+    if all(len(w) <= size for w in waves):
+        return _encode_windows(encoder, waves, output_hidden_states)
+    pieces = [_windows(np.asarray(w), size) for w in waves]
+    states, lengths = _encode_windows(encoder, [p for ps in pieces for p in ps],
+                                      output_hidden_states)
+    ends = np.cumsum([len(ps) for ps in pieces]).tolist()
+    spans = [range(end - len(ps), end) for ps, end in zip(pieces, ends)]
+    joined = tuple(nn.utils.rnn.pad_sequence(
+        [torch.cat([s[j, :lengths[j]] for j in span]) for span in spans], batch_first=True)
+        for s in states)
+    return joined, torch.stack([lengths[span.start:span.stop].sum() for span in spans])
+
+
+def _encode_windows(encoder: nn.Module, waves: list[np.ndarray], output_hidden_states: bool
+                    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """`encode` of clips that fit Whisper's window."""
     param = next(encoder.parameters())
     mels = [log_mel(w, encoder.config.num_mel_bins) for w in waves]
     n_mel = torch.tensor([m.shape[-1] for m in mels])
     if int(n_mel.max()) > 2 * encoder.embed_positions.weight.shape[0]:
         raise ValueError(f"a clip of {int(n_mel.max()) / 100:.1f} s is longer than Whisper's "
-                         "30-s window: cut long recordings into segments first")
+                         "30-s window: `encode` windows it")
     if int(n_mel.min()) < 1:
         raise ValueError("a clip is shorter than one mel frame (160 samples)")
     lengths = (n_mel - 1) // 2 + 1  # frames after the stride-2 conv
@@ -385,8 +418,10 @@ def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
     """Greedy transcripts of 16-kHz clips in `language` (a Whisper code: en, zh, ...; other
     than en needs a multilingual model), in order; about 4x faster than 30-s windows.
 
-    Clips are sorted by length and each batch is padded with silence to a common window of
-    at least `min_seconds` (clips over 30 s are refused). That window is far shorter than
+    A clip over Whisper's 30-s window is transcribed as consecutive 30-s windows (as
+    `encode` cuts them), each decoded on its own with the same prompt, and their texts are
+    joined with a space. Clips (windows) are sorted by length and each batch is padded with
+    silence to a common window of at least `min_seconds`. That window is far shorter than
     Whisper's 30 s, yet long enough for the decoder to find the end of speech: on a clip's
     bare length it often repeats the sentence until the token cap. One window per batch
     also means the decoder needs no cross-attention mask (transformers' WhisperDecoder takes
@@ -398,9 +433,13 @@ def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     prompt, blocked = _start_ids(model, tokenizer, language), _blocked(model, tokenizer)
     room = model.config.max_target_positions - len(prompt)
+    size = _window_samples(model.model.encoder)
+    pieces = [_windows(np.asarray(w), size) for w in waves]
+    clips, waves = waves, [p for ps in pieces for p in ps]
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     texts = [""] * len(waves)
-    with bar(total=len(waves), desc="transcribing", unit="clip", disable=not progress) as bar:
+    with bar(total=len(waves), desc="transcribing", unit="window" if len(waves) > len(clips)
+             else "clip", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
             longest = max(len(waves[i]) for i in chunk)
@@ -412,4 +451,5 @@ def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
             for i, ids in zip(chunk, _decode_batch(model, memory, prompt, eot, cap, blocked)):
                 texts[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
             bar.update(len(chunk))
-    return texts
+    ends = np.cumsum([len(ps) for ps in pieces]).tolist()
+    return [" ".join(t for t in texts[end - len(ps):end] if t) for ps, end in zip(pieces, ends)]
