@@ -163,6 +163,9 @@ class Training:
     # more seeds for the systems a paper's claim compares (mmser.report.claims.claim_seeds)
     claim_seeds: list = field(default_factory=list)
     progress: bool = True  # progress bars
+    # read cached encoder states from disk per batch (`mmser.encode.features.StateRef`):
+    # memory grows with the batch, not the corpus; the paper profiles set it
+    stream_states: bool = False
 
 
 @dataclass

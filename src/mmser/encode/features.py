@@ -15,11 +15,12 @@ import json
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mmser.corpus.audio import wave_digest
@@ -203,6 +204,57 @@ def _own(states: torch.Tensor, layer: int | None) -> torch.Tensor:
     return (states if layer is None else states[layer]).to(torch.float32, copy=True)
 
 
+@dataclass(frozen=True)
+class StateRef:
+    """One cached state, read from disk when a batch is built (`load`), not before.
+
+    With `FeatureStore(stream=True)` a stage holds these instead of tensors, so its memory
+    grows with the batch, not with the corpus (at paper scale a corpus of states is
+    hundreds of GB). `entry` names the cache file by content (encoder key / input digest),
+    so a run's fingerprint over references proves the same inputs as one over tensors.
+    `shape` is what `load` returns: one layer (length, dim) or every state
+    (layers + 1, length, dim), its time axis cropped to `frames` when set.
+    """
+
+    root: str
+    entry: str
+    name: str  # the tensor in the entry: "hidden" or "input_ids"
+    layer: int | None
+    shape: tuple
+    frames: int | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def cropped(self, frames: int) -> "StateRef":
+        """The first `frames` time steps (one layer) or frames of every state (all)."""
+        axis = 0 if self.layer is not None else 1
+        shape = list(self.shape)
+        shape[axis] = min(shape[axis], frames)
+        return replace(self, frames=frames, shape=tuple(shape))
+
+    def load(self) -> torch.Tensor:
+        ENCODER_USE["cache_reads"] += 1
+        with safe_open(str(Path(self.root) / self.entry), "pt") as f:
+            part = f.get_slice(self.name)  # reads only the slice asked for
+            if self.layer is None:
+                x = part[:, : self.frames] if self.frames else part[:]
+            else:
+                x = part[self.layer, : self.frames] if self.frames else part[self.layer]
+        return x if self.name == "input_ids" else x.to(torch.float32)
+
+
+def load_refs(value):
+    """`value` with every `StateRef` in it (a dict's values, a list's elements) loaded."""
+    if isinstance(value, StateRef):
+        return value.load()
+    if isinstance(value, dict):
+        return {k: load_refs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [load_refs(v) for v in value]
+    return value
+
+
 class FeatureStore:
     """The cached hidden states by utterance id (speech) or by string (text).
 
@@ -210,13 +262,15 @@ class FeatureStore:
     features stage (`features.speech_cuts`, `features.text_cuts`). `layer=None` returns
     every hidden state, (layers + 1, length, dim); an int returns that one, (length, dim).
     Everything comes back as float32, one entry read at a time: a read's peak memory is
-    what it returns plus one entry.
+    what it returns plus one entry. With `stream=True` (`features.stream`, the paper
+    profiles) `speech` and `text` return `StateRef`s instead, read when a batch needs them.
     """
 
-    def __init__(self, root: str | Path = "interim/features"):
+    def __init__(self, root: str | Path = "interim/features", stream: bool = False):
         import pandas as pd
 
         self.root = Path(root)
+        self.stream = stream
         for name in (INDEX, KEYS):
             if not (self.root / name).is_file():
                 raise FileNotFoundError(f"{self.root / name}: not found; run the features "
@@ -250,15 +304,36 @@ class FeatureStore:
                            "(is its split in features.splits?)")
         return self._speech[utt_id]
 
+    def _ref(self, cache: FeatureCache, digest: str, name: str, layer: int | None,
+             what: str) -> StateRef:
+        path = cache.path(digest)
+        if not path.is_file():
+            raise KeyError(f"{what} has no entry in {cache.dir}; run the features stage on "
+                           "its split")
+        problem = entry_problem(path)
+        if problem:
+            raise RuntimeError(f"{path} ({what}): {problem}; `dvc repro features` sets it "
+                               "aside and encodes it again")
+        with safe_open(str(path), "pt") as f:
+            shape = tuple(f.get_slice(name).get_shape())
+        return StateRef(str(self.root), str(path.relative_to(self.root)), name, layer,
+                        shape if layer is None else shape[1:])
+
     def speech(self, utt_ids: Sequence[str], layer: int | None = -1,
-               cut: str | int = MAIN) -> list[torch.Tensor]:
+               cut: str | int = MAIN) -> list[torch.Tensor] | list[StateRef]:
         cache = self._cache("speech", cut)
+        if self.stream:
+            return [self._ref(cache, self.speech_digest(u), "hidden", layer, f"utterance {u!r}")
+                    for u in utt_ids]
         return [_own(self._load(cache, self.speech_digest(u), "hidden", f"utterance {u!r}"),
                      layer) for u in utt_ids]
 
     def text(self, texts: Sequence[str], layer: int | None = -1,
-             cut: str | int = MAIN) -> list[torch.Tensor]:
+             cut: str | int = MAIN) -> list[torch.Tensor] | list[StateRef]:
         cache = self._cache("text", cut)
+        if self.stream:
+            return [self._ref(cache, text_digest(t), "hidden", layer, f"text {t[:40]!r}")
+                    for t in texts]
         return [_own(self._load(cache, text_digest(t), "hidden", f"text {t[:40]!r}"), layer)
                 for t in texts]
 

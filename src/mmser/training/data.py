@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mmser.corpus import manifest, protocols
+from mmser.encode.features import load_refs
 
 DIMENSIONS = ("arousal", "valence", "dominance")
 # rating scale of the dimensional labels; IEMOCAP and the synthesised corpus use 1-5
@@ -142,10 +143,11 @@ def pad(seqs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def collate(items: Sequence[dict]) -> dict:
     """Batch a list of per-utterance dicts. Tensors whose first dimension varies are padded
-    and get a `<key>_mask`; other tensors and numbers are stacked; strings become lists."""
+    and get a `<key>_mask`; other tensors and numbers are stacked; strings become lists.
+    A `StateRef` (a cached state streamed from disk) is read here, for this batch only."""
     batch = {}
     for key in items[0]:
-        values = [item[key] for item in items]
+        values = [load_refs(item[key]) for item in items]
         first = values[0]
         if isinstance(first, torch.Tensor) and first.dim() > 0 and (
                 first.dim() > 1 or len({len(v) for v in values}) > 1 or key.endswith("_seq")):
