@@ -72,13 +72,16 @@ class FeatureCache:
     def fill(self, digests: Sequence[str], items: Sequence, sizes: Sequence[float],
              compute: Callable[[list], list[dict[str, torch.Tensor]]], batch_size: int,
              desc: str = "encoding") -> None:
-        """Compute the entries not yet on disk, in batches of similar size (less padding)."""
+        """Compute the entries not yet on disk, in batches of similar size (less padding).
+
+        `items` is indexed only for the entries to compute, a batch at a time: it may be a
+        sequence that loads each item when asked (`mmser.corpus.audio.Clips`)."""
         todo = {}
-        for digest, item, size in zip(digests, items, sizes):
+        for i, (digest, size) in enumerate(zip(digests, sizes)):
             if digest in todo or self.has(digest):
                 self.stats.hits += 1
             else:
-                todo[digest] = (size, item)
+                todo[digest] = (size, i)
                 self.stats.misses += 1
         if not todo:
             return
@@ -87,7 +90,7 @@ class FeatureCache:
         for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
             chunk = order[start:start + batch_size]
             with torch.inference_mode():
-                outputs = compute([todo[d][1] for d in chunk])
+                outputs = compute([items[todo[d][1]] for d in chunk])
             for digest, tensors in zip(chunk, outputs):
                 atomic_write(self.path(digest), lambda tmp: save_file(
                     {k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
