@@ -216,3 +216,46 @@ def test_a_read_keeps_one_entry_at_a_time_and_returns_only_its_layer(tmp_path, m
                 expected = (states if layer is None else states[layer]).float()
                 assert tensor.dtype == torch.float32 and torch.equal(tensor, expected)
                 assert tensor.untyped_storage().nbytes() == tensor.numel() * 4
+
+
+def _store_of_two(tmp_path, stream: bool):
+    enc = CountingEncoder()
+    digests = F.speech_features(F.FeatureCache(tmp_path, "speech-key"), enc, _waves([0.1, 0.2]))
+    text_enc = TextEncoder(layers=1)
+    F.text_features(F.FeatureCache(tmp_path, text_enc.key), text_enc, ["hello", "bye now"])
+    F.write_index(tmp_path, ["u1", "u2"], digests, speech={"main": "speech-key"})
+    F.write_index(tmp_path, text=F.cut_keys({None: text_enc.key}, None))
+    return F.FeatureStore(tmp_path, stream=stream)
+
+
+def test_a_streaming_store_returns_references_that_load_what_a_read_returns(tmp_path):
+    from mmser.fingerprint import value_digest
+    from mmser.training.data import collate
+
+    held, streamed = _store_of_two(tmp_path, False), _store_of_two(tmp_path, True)
+    for layer in (-1, 0, None):
+        refs = streamed.speech(["u1", "u2"], layer=layer)
+        assert all(isinstance(r, F.StateRef) for r in refs)
+        for ref, tensor in zip(refs, held.speech(["u1", "u2"], layer=layer)):
+            assert ref.shape == tuple(tensor.shape) and len(ref) == len(tensor)
+            assert torch.equal(ref.load(), tensor)
+            assert torch.equal(ref.cropped(4).load(), tensor[:, :4] if layer is None else tensor[:4])
+            assert ref.cropped(4).shape == tuple(ref.cropped(4).load().shape)
+        texts = streamed.text(["hello", "bye now"], layer=layer)
+        for ref, tensor in zip(texts, held.text(["hello", "bye now"], layer=layer)):
+            assert torch.equal(ref.load(), tensor)
+    every = streamed.speech(["u2"], layer=None)[0].every_state_time_first()
+    assert torch.equal(every.load(), held.speech(["u2"], layer=None)[0].transpose(0, 1).half())
+    assert every.shape == tuple(every.load().shape) and len(every) == 11
+    # a batch of references is read when collated, padded as tensors would be
+    refs = streamed.speech(["u1", "u2"])
+    batch, expected = collate([{"s": r} for r in refs]), collate(
+        [{"s": t} for t in held.speech(["u1", "u2"])])
+    assert torch.equal(batch["s"], expected["s"]) and torch.equal(batch["s_mask"], expected["s_mask"])
+    # a run's fingerprint over references names the entries (content-addressed), the layer
+    # and the crop: the same states give the same digest, others another
+    again = _store_of_two(tmp_path, True).speech(["u1", "u2"])
+    assert value_digest(refs) == value_digest(again)
+    assert value_digest(refs) != value_digest(streamed.speech(["u2", "u1"]))
+    assert value_digest(refs) != value_digest(streamed.speech(["u1", "u2"], layer=0))
+    assert value_digest(refs) != value_digest([r.cropped(4) for r in refs])

@@ -539,3 +539,34 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
         assert "leave-one-session-out" in (tmp_path / f"results/tables/{name}.md").read_text()
     for fig in ("k_sweep", "label_maps", "confusion_full", "loss_terms"):
         assert (tmp_path / f"results/figures/{fig}.png").stat().st_size > 1000
+
+
+def test_kmeans_units_draw_the_same_frames_one_clip_at_a_time(tmp_path):
+    # the draw over clip lengths keeps only the drawn frames, and reads each clip once
+    # (streamed references included), yet fits on exactly the frames that drawing from
+    # every frame stacked would give
+    from safetensors.torch import save_file
+    from sklearn.cluster import MiniBatchKMeans
+
+    from mmser.encode.features import FeatureCache
+
+    def kmeans(frames):
+        return MiniBatchKMeans(4, random_state=3, n_init=1, batch_size=2048).fit(frames)
+
+    generator = torch.Generator().manual_seed(0)
+    clips = [torch.randn(n, 6, generator=generator).half().float() for n in (40, 25, 60, 33)]
+    stacked = torch.cat(clips).numpy()
+    drawn = kmeans(stacked[np.random.default_rng(3).choice(len(stacked), 50, replace=False)])
+    whole = kmeans(stacked)
+    cache = FeatureCache(tmp_path, "key")
+    cache.dir.mkdir(parents=True)
+    for i, clip in enumerate(clips):
+        save_file({"hidden": clip[None].half()}, str(cache.path(f"c{i}")))
+    refs = [cache.ref(f"c{i}") for i in range(len(clips))]
+    for frames in (clips, refs):
+        units = LE.KMeansUnits(4, 50, seed=3).fit(frames)
+        assert np.array_equal(units.model.cluster_centers_, drawn.cluster_centers_)
+        assert [u.tolist() for u in units.units(frames)] == [
+            drawn.predict(c.numpy()).tolist() for c in clips]
+        every = LE.KMeansUnits(4, 10_000, seed=3).fit(frames)  # fewer frames: no draw
+        assert np.array_equal(every.model.cluster_centers_, whole.cluster_centers_)

@@ -510,3 +510,13 @@ def test_a_corpus_prepared_with_the_papers_split_runs_it_once(fixture):
     assert TW.distinct_protocols(corpus, both) == both
     random = replace(corpus, protocol="random_70_20_10")
     assert TW.distinct_protocols(random, both) == ["corpus"]
+
+
+def test_knn_accuracy_in_chunks_equals_the_whole_matrix():
+    torch.manual_seed(0)
+    teacher = torch.randn(50, 8)
+    student = teacher + 0.8 * torch.randn(50, 8)
+    whole = TW.knn_accuracy(teacher, student, chunk=1000)
+    assert 0 < whole < 1
+    for chunk in (1, 7, 49):
+        assert TW.knn_accuracy(teacher, student, chunk=chunk) == whole

@@ -59,6 +59,14 @@ class FeatureCache:
     def load(self, digest: str) -> dict[str, torch.Tensor]:
         return load_file(str(self.path(digest)))
 
+    def ref(self, digest: str, name: str = "hidden", layer: int | None = -1) -> "StateRef":
+        """A reference to one layer (None: every state) of an entry, read when loaded."""
+        path = self.path(digest)
+        with safe_open(str(path), "pt") as f:
+            shape = tuple(f.get_slice(name).get_shape())
+        return StateRef(str(self.dir.parent), f"{self.dir.name}/{path.name}", name, layer,
+                        shape if layer is None else shape[1:])
+
     def has(self, digest: str) -> bool:
         """Whether a whole entry is on disk; a truncated or unreadable one is set aside."""
         path = self.path(digest)
@@ -201,7 +209,7 @@ def write_index(root: str | Path, utt_ids: Sequence[str] | None = None,
 ENCODER_USE: Counter = Counter()
 
 
-def _own(states: torch.Tensor, layer: int | None) -> torch.Tensor:
+def layer_copy(states: torch.Tensor, layer: int | None) -> torch.Tensor:
     """One layer (or all) of an entry as float32 in storage of its own: a read keeps what it
     returns, not every layer of every entry (`.float()` of a float32 slice is a view)."""
     return (states if layer is None else states[layer]).to(torch.float32, copy=True)
@@ -225,16 +233,25 @@ class StateRef:
     layer: int | None
     shape: tuple
     frames: int | None = None
+    time_first: bool = False  # every state as (length, layers + 1, dim): collate pads time
+    dtype: str = "float32"  # of hidden states as loaded (the cache holds float16)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def cropped(self, frames: int) -> "StateRef":
-        """The first `frames` time steps (one layer) or frames of every state (all)."""
-        axis = 0 if self.layer is not None else 1
+        """The first `frames` time steps (of every state, when all are read)."""
+        axis = 1 if self.layer is None and not self.time_first else 0
         shape = list(self.shape)
         shape[axis] = min(shape[axis], frames)
         return replace(self, frames=frames, shape=tuple(shape))
+
+    def every_state_time_first(self, dtype: str = "float16") -> "StateRef":
+        """Every state, time first: (length, layers + 1, dim), in `dtype`."""
+        if self.layer is not None or self.time_first:
+            raise ValueError(f"{self.entry}: already one layer or time first")
+        shape = (self.shape[1], self.shape[0], *self.shape[2:])
+        return replace(self, time_first=True, dtype=dtype, shape=shape)
 
     def load(self) -> torch.Tensor:
         ENCODER_USE["cache_reads"] += 1
@@ -244,7 +261,10 @@ class StateRef:
                 x = part[:, : self.frames] if self.frames else part[:]
             else:
                 x = part[self.layer, : self.frames] if self.frames else part[self.layer]
-        return x if self.name == "input_ids" else x.to(torch.float32)
+        if self.name == "input_ids":
+            return x
+        x = x.to(getattr(torch, self.dtype))
+        return x.transpose(0, 1) if self.time_first else x
 
 
 def load_refs(value):
@@ -317,10 +337,7 @@ class FeatureStore:
         if problem:
             raise RuntimeError(f"{path} ({what}): {problem}; `dvc repro features` sets it "
                                "aside and encodes it again")
-        with safe_open(str(path), "pt") as f:
-            shape = tuple(f.get_slice(name).get_shape())
-        return StateRef(str(self.root), str(path.relative_to(self.root)), name, layer,
-                        shape if layer is None else shape[1:])
+        return cache.ref(digest, name, layer)
 
     def speech(self, utt_ids: Sequence[str], layer: int | None = -1,
                cut: str | int = MAIN) -> list[torch.Tensor] | list[StateRef]:
@@ -328,7 +345,7 @@ class FeatureStore:
         if self.stream:
             return [self._ref(cache, self.speech_digest(u), "hidden", layer, f"utterance {u!r}")
                     for u in utt_ids]
-        return [_own(self._load(cache, self.speech_digest(u), "hidden", f"utterance {u!r}"),
+        return [layer_copy(self._load(cache, self.speech_digest(u), "hidden", f"utterance {u!r}"),
                      layer) for u in utt_ids]
 
     def text(self, texts: Sequence[str], layer: int | None = -1,
@@ -337,7 +354,7 @@ class FeatureStore:
         if self.stream:
             return [self._ref(cache, text_digest(t), "hidden", layer, f"text {t[:40]!r}")
                     for t in texts]
-        return [_own(self._load(cache, text_digest(t), "hidden", f"text {t[:40]!r}"), layer)
+        return [layer_copy(self._load(cache, text_digest(t), "hidden", f"text {t[:40]!r}"), layer)
                 for t in texts]
 
     def token_ids(self, texts: Sequence[str], cut: str | int = MAIN) -> list[torch.Tensor]:

@@ -30,7 +30,7 @@ from mmser.training import loop as T
 from mmser.config import Clap as ClapParams
 from mmser.config import Training
 from mmser.corpus.protocols import Fold
-from mmser.encode.features import FeatureStore
+from mmser.encode.features import FeatureStore, StateRef
 from mmser.models.clap import SIMILARITIES, ClapModel, Side, SpeechClassifier, similarity
 from mmser.report.claims import claim_seeds
 
@@ -140,7 +140,23 @@ def _text_states(store: FeatureStore, texts: list[str], role: str, p: ClapParams
     cache = FeatureCache(cache_root, encoder.key)
     digests = text_features(cache, encoder, texts)
     layer = _below_top(encoder.n_layers, _text_top(p, encoder.n_layers))
+    if store.stream:
+        return [cache.ref(d, layer=layer) for d in digests]
     return [cache.load(d)["hidden"][layer].float() for d in digests]
+
+
+def _shaped(states: torch.Tensor | StateRef, frames: int | None, pool: str | None
+            ) -> torch.Tensor | StateRef:
+    """What `Bank` keeps of one sequence: its first `frames` and, with nothing trained below
+    the pooling (`pool` set), the one vector `Side` would pool from it. A streamed state
+    stays a reference unless it is pooled (a vector is small)."""
+    if isinstance(states, StateRef):
+        if pool is None:
+            return states.cropped(frames) if frames else states
+        states = states.load()
+    # a clone: a view of the first frames would keep the clip's whole state in memory
+    states = states[:frames].clone() if frames else states
+    return _pool_once(states, pool) if pool else states
 
 
 class Bank:
@@ -166,12 +182,11 @@ class Bank:
         states = store.speech(ids, layer=_below_top(n_speech, p.speech_top_layers))
         # with nothing trained below the pooling, pool once here: exactly what Side does
         # per batch, without padding and copying every frame in every epoch
-        reduce = _pool_once if p.speech_top_layers == 0 else (lambda s, pool: s)
-        # a clone: a view of the first 8 s would keep each clip's whole state in memory
-        self.speech = {u: reduce(s[:max_frames].clone(), "mean") for u, s in zip(ids, states)}
+        pool = "mean" if p.speech_top_layers == 0 else None
+        self.speech = {u: _shaped(s, max_frames, pool) for u, s in zip(ids, states)}
         texts = sorted(set(df[p.text_source])) if roles else []
-        reduce = _pool_once if p.text_top_layers == 0 else (lambda s, pool: s)
-        self.text = {role: {t: reduce(s, p.text_pool) for t, s in
+        pool = p.text_pool if p.text_top_layers == 0 else None
+        self.text = {role: {t: _shaped(s, None, pool) for t, s in
                             zip(texts, _text_states(store, texts, role, p, encoders, cache_root))}
                      for role in roles}
         self.dim = states[0].shape[-1]

@@ -33,7 +33,7 @@ from mmser.training import data as D
 from mmser.training import loop as T
 from mmser.models.distil import DistilModel, Frozen, LayerWeights, n_params, n_trainable
 from mmser.models.layers import Adapter, TopLayers
-from mmser.encode.features import FeatureStore
+from mmser.encode.features import FeatureStore, StateRef
 from mmser.report.claims import claim_seeds
 
 FEATURES = "features:"
@@ -145,10 +145,11 @@ class States:
     tensors, or (length, states, dim) float16 with layer=None (all states, time first so
     that `collate` pads the time axis)."""
 
-    def __init__(self, features: str | Path, own: str | Path | None = None):
-        self.stores = {"features": FeatureStore(features)}
+    def __init__(self, features: str | Path, own: str | Path | None = None,
+                 stream: bool = False):
+        self.stores = {"features": FeatureStore(features, stream)}
         if own is not None and (Path(own) / "keys.json").is_file():
-            self.stores["own"] = FeatureStore(own)
+            self.stores["own"] = FeatureStore(own, stream)
         self._memo: dict[tuple, dict] = {}
 
     def _where(self, spec: str) -> tuple[FeatureStore, str]:
@@ -166,7 +167,10 @@ class States:
             store, cut = self._where(spec)
             read = store.speech if role == "speech" else store.text
             for key, value in zip(todo, read(todo, layer=layer, cut=cut)):
-                memo[key] = value if layer is not None else value.transpose(0, 1).half()
+                if layer is None:  # every state, time first (float16: there are many)
+                    value = value.every_state_time_first() if isinstance(value, StateRef) \
+                        else value.transpose(0, 1).half()
+                memo[key] = value
         return [memo[k] for k in keys]
 
     def speech(self, spec: str, utt_ids: Sequence[str], layer: int | None = -1) -> list:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mmser.config import Lemer
+from mmser.encode.features import StateRef, layer_copy, load_refs
 from mmser.training.data import label_ids
 from mmser.models.layers import Adapter
 from mmser.models.lemer import LEMER, Branch, Unimodal
@@ -245,7 +246,7 @@ def pairwise_cosines(embeddings: torch.Tensor, classes: Sequence[str]) -> pd.Dat
     return pd.DataFrame((unit @ unit.T).numpy(), index=list(classes), columns=list(classes))
 
 
-def label_only_ua(embedding: torch.Tensor, sequences: Sequence[torch.Tensor],
+def label_only_ua(embedding: torch.Tensor, sequences: Sequence[torch.Tensor | StateRef],
                   labels: Sequence[int]) -> float:
     """UA of the label embedding alone as a classifier, before any training: the argmax of
     eq. 2 / 5's mean cosine of the states with each label (chance = 1 / classes)."""
@@ -253,7 +254,7 @@ def label_only_ua(embedding: torch.Tensor, sequences: Sequence[torch.Tensor],
 
     from mmser.models.lemer import cosine_map
 
-    scores = torch.stack([cosine_map(s.float()[None], embedding.float())[0].mean(0)
+    scores = torch.stack([cosine_map(load_refs(s).float()[None], embedding.float())[0].mean(0)
                           for s in sequences])
     return float(balanced_accuracy_score(list(labels), scores.argmax(1).numpy()))
 
@@ -276,21 +277,34 @@ class KMeansUnits:
         self.n_units, self.max_frames, self.seed = n_units, max_frames, seed
         self.model = None
 
-    def fit(self, frames: Sequence[torch.Tensor]) -> "KMeansUnits":
+    def fit(self, frames: Sequence[torch.Tensor | StateRef]) -> "KMeansUnits":
+        """Fit on at most `max_frames` training frames, drawn over every clip's frames. The
+        draw is made from the clips' lengths, so only the drawn frames are held, one clip
+        read at a time (the same frames as drawing from all of them stacked)."""
         from sklearn.cluster import MiniBatchKMeans
 
-        stacked = torch.cat(list(frames)).numpy()
-        if len(stacked) < self.n_units:
-            raise ValueError(f"k-means: {len(stacked)} frames cannot make {self.n_units} units")
+        lengths = np.array([len(f) for f in frames])
+        total = int(lengths.sum())
+        if total < self.n_units:
+            raise ValueError(f"k-means: {total} frames cannot make {self.n_units} units")
         rng = np.random.default_rng(self.seed)
-        if len(stacked) > self.max_frames:
-            stacked = stacked[rng.choice(len(stacked), self.max_frames, replace=False)]
+        chosen = rng.choice(total, self.max_frames, replace=False) \
+            if total > self.max_frames else np.arange(total)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        clip = np.searchsorted(starts, chosen, side="right") - 1
+        picked = np.empty((len(chosen), 0), np.float32)
+        for c in np.unique(clip):  # each clip read once, its drawn frames kept in draw order
+            at = np.flatnonzero(clip == c)
+            rows = load_refs(frames[c])[chosen[at] - starts[c]].numpy()
+            if picked.shape[1] == 0:
+                picked = np.empty((len(chosen), rows.shape[1]), rows.dtype)
+            picked[at] = rows
         self.model = MiniBatchKMeans(self.n_units, random_state=self.seed, n_init=1,
-                                     batch_size=2048).fit(stacked)
+                                     batch_size=2048).fit(picked)
         return self
 
-    def units(self, frames: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        return [self.model.predict(f.numpy()) for f in frames]
+    def units(self, frames: Sequence[torch.Tensor | StateRef]) -> list[np.ndarray]:
+        return [self.model.predict(load_refs(f).numpy()) for f in frames]
 
     def vectors(self, ids: Sequence[int]) -> torch.Tensor:
         return torch.from_numpy(self.model.cluster_centers_[list(ids)]).float()
@@ -359,7 +373,7 @@ def text_label_embedding(descriptions: Mapping[str, Sequence[str]],
     word of a class, each word encoded alone, [CLS] and [SEP] left out."""
     rows = []
     for words_ in descriptions.values():
-        states = encode(list(words_))
+        states = load_refs(list(encode(list(words_))))  # a few words: read them now
         rows.append(torch.cat([s[1:-1] if len(s) > 2 else s for s in states]).mean(0))
     return torch.stack(rows)
 
@@ -614,8 +628,9 @@ class TextStates:
     every hidden state through the text encoder, cached under `root` once."""
 
     def __init__(self, name: str, root: str, layers: int | None = None,
-                 max_length: int = 150):
+                 max_length: int = 150, stream: bool = False):
         self.name, self.root, self.layers, self.max_length = name, root, layers, max_length
+        self.stream = stream  # StateRefs, read per batch (`training.stream_states`)
         self._encoder = None
 
     @property
@@ -634,8 +649,10 @@ class TextStates:
 
         cache = FeatureCache(self.root, f"{self.encoder.key}-max{self.max_length}")
         digests = text_features(cache, self.encoder, list(texts))
-        states = [cache.load(d)["hidden"] for d in digests]
-        return [(s if layer is None else s[layer]).float() for s in states]
+        if self.stream:
+            return [cache.ref(d, layer=layer) for d in digests]
+        # one entry at a time, each layer copied out: not every state of every text held
+        return [layer_copy(cache.load(d)["hidden"], layer) for d in digests]
 
     def tokens(self, text: str) -> list[str]:
         ids = self.encoder.tokenizer(text, truncation=True, max_length=self.max_length)

@@ -32,7 +32,7 @@ from torch import nn
 
 from mmser.corpus import protocols
 from mmser.corpus.protocols import Fold
-from mmser.encode.features import FeatureStore
+from mmser.encode.features import FeatureStore, load_refs
 from mmser.models.tokenwise import Aligner, Classifier, PredictorModel, functionals
 from mmser.training import data as D
 from mmser.training import loop as T
@@ -74,13 +74,19 @@ def duplicated_cells(table: pd.DataFrame = PAPER_TABLE3) -> set[tuple[str, str]]
 # ------------------------------------------------------------------------ pre-training
 
 
-def knn_accuracy(teacher: torch.Tensor, student: torch.Tensor) -> float:
+def knn_accuracy(teacher: torch.Tensor, student: torch.Tensor, chunk: int = 4096) -> float:
     """1-NN validation (Sec. 4.3): the share of B_s tokens whose most cosine-similar B token,
     among all tokens given, is their own. Ties (identical teacher rows, e.g. a sentence read
-    twice) count as matches."""
-    sim = F.normalize(student.float(), dim=-1) @ F.normalize(teacher.float(), dim=-1).T
-    own = sim.diagonal()
-    return float((own >= sim.max(1).values).float().mean())
+    twice) count as matches. Rows of the similarity matrix are computed `chunk` at a time:
+    the whole matrix of a paper-scale validation set would not fit in memory."""
+    teacher = F.normalize(teacher.float(), dim=-1)
+    student = F.normalize(student.float(), dim=-1)
+    hits = 0
+    for start in range(0, len(student), chunk):
+        sim = student[start:start + chunk] @ teacher.T
+        rows = torch.arange(len(sim))
+        hits += int((sim[rows, rows + start] >= sim.max(1).values).sum())
+    return hits / len(student)
 
 
 def knn_val_metric(outputs: list[dict]) -> float:
@@ -97,11 +103,10 @@ def pretrain_items(store: FeatureStore, utt_ids: Sequence[str], texts: Sequence[
     missing = [u for u, t in zip(utt_ids, texts) if not isinstance(t, str) or not t.strip()]
     if missing:
         raise ValueError(f"{len(missing)} utterances have no transcript, e.g. {missing[:3]}")
-    speech = store.speech(utt_ids, layer=-1)
-    text = store.text(texts, layer=None, cut=text_cut)
-    # clones: views of `t` would keep every text layer of every utterance in memory
-    return [{"speech_seq": s, "tokens_seq": t[0].clone(), "teacher_seq": t[-1].clone()}
-            for s, t in zip(speech, text)]
+    # each read is one layer in storage of its own (or a reference to it, streaming)
+    return [{"speech_seq": s, "tokens_seq": t, "teacher_seq": b} for s, t, b in zip(
+        store.speech(utt_ids, layer=-1), store.text(texts, layer=0, cut=text_cut),
+        store.text(texts, layer=-1, cut=text_cut))]
 
 
 @torch.no_grad()
@@ -216,8 +221,8 @@ def pretrain(store: FeatureStore, read: pd.DataFrame, tw, training, seed: int,
             runs[config] = (task.model, result)
             curves.append(result.history.assign(config=config))
     best = max(runs, key=lambda c: runs[c][1].best_score)  # first of ties
-    reference = knn_accuracy(torch.cat([i["teacher_seq"] for i in val]),
-                             torch.cat([i["tokens_seq"] for i in val]))
+    reference = knn_accuracy(torch.cat([load_refs(i["teacher_seq"]) for i in val]),
+                             torch.cat([load_refs(i["tokens_seq"]) for i in val]))
     return Pretraining(runs[best][0], best, {c: r for c, (_, r) in runs.items()},
                        pd.concat(curves, ignore_index=True), val_rows, val, reference,
                        len(train))
