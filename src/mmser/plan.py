@@ -31,6 +31,8 @@ PAPERS = ("clap", "lemer", "distil", "vcemo", "tokenwise")
 SAMPLE_RATE = 16_000
 MAX_TEXT_TOKENS = 128  # TextEncoder's max_length (features stage)
 ENTRY_OVERHEAD = 200  # bytes of a safetensors header per cache entry (measured: ~130-200)
+REF_BYTES = 330  # a StateRef held per utterance and sequence when streaming (tracemalloc
+#                  over 10,000 references with the cache's path lengths)
 RUNTIME_RSS = 1.0e9  # python + torch + transformers + pandas: an allowance (`--measure`
 #                      prints this machine's measured value as the "runtime" row)
 
@@ -232,9 +234,34 @@ def states_bytes(model: Model, split: Split, states: int | None = None, dtype: i
 
 def read_bytes(model: Model, split: Split, text: bool = False) -> float:
     """What reading one layer of a split back from a FeatureCache needs besides the layer
-    itself: `FeatureStore.speech/text` (and lemer's `TextStates`) load every entry whole
-    (all states, float16) before taking the layer out as float32."""
-    return states_bytes(model, split, text=text)
+    itself: `FeatureStore.speech/text` (and lemer's `TextStates`) load one entry whole
+    (all states, float16) at a time, the longest at most."""
+    frames = MAX_TEXT_TOKENS if text else model.frames(split.max_seconds)
+    return (model.layers + 1) * frames * model.dim * 2
+
+
+def streams(P) -> bool:
+    """Whether the paper stage holds `StateRef`s, read per batch (`training.stream_states`)."""
+    return bool(P.training.stream_states)
+
+
+def kept(P, label: str, model: Model, split: Split, text: bool = False,
+         n_states: int | None = 1, dtype: int = 4) -> tuple[str, float, str, float]:
+    """The `sequential` step of reading one sequence per utterance of `split` from a
+    FeatureCache: held as float32 arrays (the CPU default), each entry read whole on the
+    way, or, streaming, one `StateRef` per utterance."""
+    if streams(P):
+        return ("", 0.0, f"{label}: references (streamed)", split.n * REF_BYTES)
+    return (f"reading {label}", read_bytes(model, split, text), f"{label} (float32)",
+            states_bytes(model, split, n_states, dtype, text=text))
+
+
+def batch_read(model: Model, batch: int, split: Split, text: bool = False,
+               n_states: int = 1, seconds: float | None = None) -> float:
+    """One batch of the longest sequences as `collate` reads them from references and pads
+    them (float32), with the float16 slices on the way."""
+    frames = MAX_TEXT_TOKENS if text else model.frames(seconds or split.max_seconds)
+    return batch * n_states * frames * model.dim * (4 + 4 + 2)
 
 
 def sequential(terms: dict[str, float], steps: list[tuple[str, float, str, float]]) -> None:
@@ -416,16 +443,21 @@ def _clap(P, corpus: Corpus, speech: Model, text: Model) -> Need:
         model_info(P.encoders.text, p.small_text_layers)
     need = Need("clap")
     crop = replace(lab, seconds=lab.n * min(lab.mean_seconds, p.max_seconds))
+    speech_step = kept(P, "speech states, 1 layer", speech, lab)
+    if not streams(P):  # each read whole, its 8-s crop cloned, one clip at a time
+        speech_step = ("reading speech states", read_bytes(speech, lab),
+                       "speech states cropped to max_seconds (clones, float32)",
+                       states_bytes(speech, crop, 1, 4))
     sequential(need.ram, [
-        ("reading speech states", read_bytes(speech, lab),
-         "speech states, 1 layer, full length (float32)", states_bytes(speech, lab, 1, 4)),
-        ("", 0.0, "speech states cropped to max_seconds (clones, float32)",
-         states_bytes(speech, crop, 1, 4)),
-        ("reading text states", read_bytes(text, lab, text=True),
-         "text states, 1 layer per role (float32)", states_bytes(text, lab, 1, 4, text=True)),
+        speech_step,
+        kept(P, "text states, 1 layer per role", text, lab, text=True),
         ("encoding the small text model (CPU)", weights_bytes(small) + encode_peak(
             small, 32, 0) if p.small_text else 0.0,
-         "text states, 1 layer per role (float32)", states_bytes(small, lab, 1, 4, text=True))])
+         *kept(P, "text states, 1 layer per role", small, lab, text=True)[2:])])
+    if streams(P):
+        need.ram["one batch read (float32)"] = batch_read(
+            speech, p.batch_size, lab, seconds=min(lab.max_seconds, p.max_seconds)) \
+            + batch_read(text, p.batch_size, lab, text=True)
     if p.small_text:
         need.disk[f"own text cache {small.name}"] = cache_bytes(small, lab, text=True)
         need.cpu_tflop = encode_flop(small, lab) / 1e12
@@ -462,23 +494,19 @@ def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
                                      (p.context_tokens - 2) / lab.pieces))
     need = Need("lemer")
     sequential(need.ram, [
-        ("reading text states", read_bytes(text, lab, text=True),
-         "text + context states, 1 layer (float32)", states_bytes(text, lab, 1, 4, text=True)),
-        ("reading speech states", read_bytes(speech, lab),
-         "speech states, 1 layer (float32)", states_bytes(speech, lab, 1, 4)),
+        kept(P, "text + context states, 1 layer", text, lab, text=True),
+        kept(P, "speech states, 1 layer", speech, lab),
         ("encoding contexts (TextStates, CPU)", encode_peak(text, 32, 0),
          "text encoder of TextStates (CPU)", weights_bytes(text)),
-        ("reading context states (TextStates)", read_bytes(text, context, text=True),
-         "text + context states, 1 layer (float32)",
-         states_bytes(text, context, 1, 4, text=True))])
+        kept(P, "text + context states, 1 layer", text, context, text=True)])
+    if streams(P):
+        need.ram["one batch read (float32)"] = batch_read(speech, p.batch_size, lab) \
+            + 2 * batch_read(text, p.batch_size, lab, text=True)
     need.cpu_tflop = encode_flop(text, context) / 1e12
     need.disk["context text cache (all states)"] = cache_bytes(text, context, text=True)
-    if p.units == "quantizer" and speech.kind == "ssl":
-        n_class = lab.n * (corpus.folds - 1) / corpus.folds / 3  # the largest of 4 classes
-        need.ram["quantizer units: one class padded as one batch"] = encode_peak(
-            replace(speech, layers=0, heads=0), int(n_class), lab.max_seconds)
-        need.notes.append(f"quantizer units batch {n_class:,.0f} clips padded to "
-                          f"{lab.max_seconds:.0f} s (issue 19: OOM)")
+    if p.units == "quantizer" and speech.kind == "ssl":  # one clip at a time, unpadded
+        need.ram["quantizer units: the longest clip"] = encode_peak(
+            replace(speech, layers=0, heads=0), 1, lab.max_seconds)
     seeds, folds = len(P.training.seeds), corpus.folds
     runs = (len(p.systems) + len(p.k_grid)) * folds * seeds
     ks, kt = _top(p.speech_top_layers, speech), _top(p.text_top_layers, text)
@@ -508,16 +536,17 @@ def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
         if m in own:
             need.disk[f"own speech cache {size}"] = cache_bytes(m, rated)
             need.cpu_tflop += encode_flop(m, rated) / 1e12
-        steps.append((f"reading {size} speech states", read_bytes(m, rated),
-                      f"{size} speech input state (float32)", states_bytes(m, rated, 1, 4)))
-    steps.append(("reading text states", read_bytes(text, rated, text=True),
-                  "text input state (float32)", states_bytes(text, rated, 1, 4, text=True)))
-    if p.layer_size in sizes:  # layer=None: every state as float32, then kept as float16
+        steps.append(kept(P, f"{size} speech input state", m, rated))
+    steps.append(kept(P, "text input state", text, rated, text=True))
+    if p.layer_size in sizes:  # layer=None: every state read as float32, kept as float16
         m = sizes[p.layer_size]
-        steps.append((f"reading {p.layer_size}'s every state", read_bytes(m, rated)
-                      + states_bytes(m, rated, None, 4),
-                      f"{p.layer_size}: every state (float16)", states_bytes(m, rated)))
+        steps.append(kept(P, f"{p.layer_size}: every state", m, rated, n_states=None,
+                          dtype=2))
     sequential(need.ram, steps)
+    if streams(P):
+        m = max(sizes.values(), key=lambda m: m.dim)
+        need.ram["one batch read (float32)"] = batch_read(m, p.batch_size, rated) \
+            + batch_read(text, p.batch_size, rated, text=True)
     seeds = len(P.training.seeds)
     trained = []
     kt = _top(p.text_ft_layers, text)
@@ -568,15 +597,18 @@ def _tokenwise(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     need = Need("tokenwise")
     steps = []
     for split in (read, lab) if corpus.read else (lab,):
-        steps += [("reading speech states", read_bytes(speech, split),
-                   "speech last state (float32)", states_bytes(speech, split, 1, 4)),
-                  ("reading every text state as float32", read_bytes(text, split, text=True)
-                   + states_bytes(text, split, None, 4, text=True),
-                   "text states 0 and last (float32 clones)",
-                   states_bytes(text, split, 2, 4, text=True))]
+        steps += [kept(P, "speech last state", speech, split),
+                  kept(P, "text states 0 and last", text, split, text=True, n_states=2)]
+    # `knn_accuracy`: the validation tokens (B, B_s, normalised copies) and 4,096 rows of
+    # the similarity matrix at a time
     val_tokens = read.n * p.pretrain_val_fraction * read.tokens()
-    steps.append(("1-NN over validation tokens (matrix)",
-                  val_tokens ** 2 * 4 + 3 * val_tokens * text.dim * 4, "", 0.0))
+    steps.append(("1-NN over validation tokens (chunked matrix)",
+                  min(val_tokens, 4096) * val_tokens * 4 + 4 * val_tokens * text.dim * 4,
+                  "", 0.0))
+    if streams(P):
+        need.ram["one batch read (float32)"] = batch_read(
+            speech, max(p.pretrain_batch_sizes), read) + 2 * batch_read(
+            text, max(p.pretrain_batch_sizes), read, text=True)
     gpu = on_gpu(P)
     for name in p.extra_speech:
         m = model_info(name)

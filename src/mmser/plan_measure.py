@@ -197,14 +197,16 @@ def child(stage: str, spec_path: str) -> None:
             keys[layers] = encoder.key
         F.write_index(cache_dir, text=F.cut_keys(keys, P.encoders.text_layers))
         return
-    store = F.FeatureStore(cache_dir)
+    store = F.FeatureStore(cache_dir, stream=P.training.stream_states)
     own = out / stage
     lab = df[df["split"] == "labelled"].reset_index(drop=True)
     held = []  # what the stage keeps alive
     if stage == "clap":
         from mmser.papers.clap import Bank
 
-        held.append(Bank(store, lab, P.clap, P.encoders, cache_root=own))
+        bank = Bank(store, lab, P.clap, P.encoders, cache_root=own)
+        held.append(bank)
+        draw(bank.pairs(lab, "main"), P.clap.batch_size)
     elif stage == "lemer":
         from mmser.papers import lemer as LE
 
@@ -213,12 +215,16 @@ def child(stage: str, spec_path: str) -> None:
         n_speech = store.speech(lab["utt_id"][:1], layer=None)[0].shape[0] - 1
         t_layer = -1 if not C.text_top_layers else n_text - C.text_top_layers
         s_layer = -1 if not C.speech_top_layers else n_speech - C.speech_top_layers
-        held += [store.text(lab["text"].tolist(), layer=t_layer),
-                 store.speech(lab["utt_id"], layer=s_layer)]
-        new_text = LE.TextStates(P.encoders.text, str(own / "text"), max_length=C.context_tokens)
+        sequences = {"text": store.text(lab["text"].tolist(), layer=t_layer),
+                     "speech": store.speech(lab["utt_id"], layer=s_layer)}
+        new_text = LE.TextStates(P.encoders.text, str(own / "text"), max_length=C.context_tokens,
+                                 stream=P.training.stream_states)
         context = LE.context_texts(df, "text", C.context_turns, C.context_tokens,
                                    new_text.count_tokens)
-        held.append(new_text(context.reindex(lab["utt_id"]).tolist(), layer=t_layer))
+        sequences["context"] = new_text(context.reindex(lab["utt_id"]).tolist(), layer=t_layer)
+        table = LE.item_table(lab, ["angry", "happy", "neutral", "sad"], **sequences)
+        held.append(table)
+        draw(LE.make_items(table, ("context", "speech"))(lab), C.batch_size)
     elif stage == "distil":
         from mmser.papers import distil as DI
 
@@ -233,13 +239,14 @@ def child(stage: str, spec_path: str) -> None:
                 keys[spec_] = cache.dir.name
         F.write_index(own, lab["utt_id"], digests, speech=keys)
         del waves
-        states = DI.States(cache_dir, own)
+        states = DI.States(cache_dir, own, stream=P.training.stream_states)
         for size, spec_ in P.distil.sizes.items():
             states.speech(spec_, lab["utt_id"], layer=0)
         states.text(P.distil.text, lab["text"], layer=0)
         layer_spec = P.distil.sizes.get(P.distil.layer_size)
         if layer_spec:
-            states.speech(layer_spec, lab["utt_id"], layer=None)
+            every = states.speech(layer_spec, lab["utt_id"], layer=None)
+            draw([{"speech": s} for s in every], P.distil.batch_size)
         held.append(states)
     elif stage == "vcemo":
         from mmser.papers import vcemo as VC
@@ -258,13 +265,23 @@ def child(stage: str, spec_path: str) -> None:
         items = TW.pretrain_items(store, read["utt_id"].tolist(), read["text"].tolist())
         items += TW.pretrain_items(store, lab["utt_id"].tolist(), lab["text"].tolist())
         held.append(items)
+        draw(items, max(P.tokenwise.pretrain_batch_sizes))
         n_val = max(1, int(len(read) * P.tokenwise.pretrain_val_fraction))
-        teacher = torch.cat([i["teacher_seq"] for i in items[:n_val]])
+        teacher = torch.cat([F.load_refs(i["teacher_seq"]) for i in items[:n_val]])
         TW.knn_accuracy(teacher, teacher)
         for name in P.tokenwise.extra_speech:
             TW.encode_speech(own / "extra", lab, "/", name)
     else:
         raise ValueError(f"unknown stage {stage!r}")
+
+
+def draw(items: list[dict], batch_size: int) -> None:
+    """One epoch of training batches over `items`, as `fit`'s loader builds them (streamed
+    states are read here): the stage's peak includes a batch."""
+    from mmser.training.data import loader
+
+    for _ in loader(items, batch_size, shuffle=True):
+        pass
 
 
 def _run_child(stage: str, spec: Path) -> int:
