@@ -505,3 +505,25 @@ def test_a_claim_pools_the_seeds_both_systems_ran(synthetic):
     row = R.claims(stages, n=100, seed=0).set_index("paper").loc["clap"]
     assert row["seeds"] == 2 and row["note"].endswith("seeds 0, 7")
     assert bootstrap(both, "full", "none", n=100)["seeds"] == [0, 7]
+
+
+def test_gap_reading_says_whether_training_stopped_while_still_improving():
+    from mmser.report.baseline import gap_reading, training_diagnosis
+
+    rising = pd.DataFrame({"epoch": [0, 1, 2], "val_score": [0.3, 0.4, 0.5]})
+    peaked = pd.DataFrame({"epoch": [0, 1, 2], "val_score": [0.3, 0.5, 0.4]})
+    stopped = pd.DataFrame({"epoch": [0, 1], "val_score": [0.5, 0.4]})  # early stopping
+    below = [{"metric": "UA", "diff": -0.2, "low": -0.25, "high": -0.15}]
+    d = training_diagnosis([rising, rising, peaked], max_epochs=3)
+    assert d == {"runs": 3, "ran_every_epoch": 3, "best_at_last_epoch": 2,
+                 "last_epoch_change": pytest.approx((0.1 + 0.1 - 0.1) / 3), "max_epochs": 3}
+    text = gap_reading("C1", below, d, "lemer.max_epochs")
+    assert "in 2 of 3 runs the best validation epoch was the last" in text
+    assert "`lemer.max_epochs`" in text and "UA -0.200 [-0.250, -0.150]" in text
+    d = training_diagnosis([peaked, stopped, stopped, rising], max_epochs=3)
+    assert (d["ran_every_epoch"], d["best_at_last_epoch"]) == (2, 1)
+    assert "in 3 of 4 runs the best validation epoch came before" in gap_reading(
+        "C1", below, d, "lemer.max_epochs")
+    # nothing to explain when the system does not fall below the probe
+    level = [{"metric": "UA", "diff": -0.01, "low": -0.05, "high": 0.03}]
+    assert gap_reading("C1", level, d, "lemer.max_epochs") == ""
