@@ -259,3 +259,50 @@ def test_a_streaming_store_returns_references_that_load_what_a_read_returns(tmp_
     assert value_digest(refs) != value_digest(streamed.speech(["u2", "u1"]))
     assert value_digest(refs) != value_digest(streamed.speech(["u1", "u2"], layer=0))
     assert value_digest(refs) != value_digest([r.cropped(4) for r in refs])
+
+
+def test_clips_are_read_once_for_their_keys_then_only_when_encoded(tmp_path):
+    # a corpus held as a list of float32 waves does not fit in memory at scale: each clip is
+    # read once for its cache key, then only when encoded, at most one batch at a time
+    import weakref
+
+    from mmser.corpus.audio import Clips, load_audio, write_audio
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / "audio" / f"u{i}.wav")
+        write_audio(paths[-1], np.full(1600 + 160 * (4 - i), 0.1 * (i + 1), np.float32))
+
+    class CountingClips(Clips):
+        def __init__(self, paths):
+            super().__init__(paths)
+            self.reads, self.alive, self.most_alive = 0, [], 0
+
+        def __getitem__(self, index):
+            wave = super().__getitem__(index)
+            self.reads += 1
+            self.alive = [ref for ref in self.alive if ref() is not None] + [weakref.ref(wave)]
+            self.most_alive = max(self.most_alive, len(self.alive))
+            return wave
+
+    plain = [load_audio(p).wave for p in paths]
+    clips = CountingClips(paths)
+    digests, sizes = F.clip_digests(clips)
+    assert clips.reads == 5 and clips.most_alive <= 2  # the one read and the one before
+    assert (digests, sizes) == F.clip_digests(plain)
+    # two clips already cached (by another cut, say): only the other three are read
+    cache = F.FeatureCache(tmp_path / "lazy", "enc")
+    F.speech_features(cache, CountingEncoder(), plain[1:3])
+    clips.reads, clips.alive, clips.most_alive = 0, [], 0
+    got = F.speech_features(cache, CountingEncoder(), clips, batch_size=2,
+                            digests=digests, sizes=sizes)
+    assert got == digests and clips.reads == 3 and clips.most_alive <= 2
+    # ... and nothing at all once everything is cached
+    clips.reads = 0
+    F.speech_features(cache, CountingEncoder(), clips, batch_size=2, digests=digests, sizes=sizes)
+    assert clips.reads == 0
+    # the entries are the bytes a list of every wave gives
+    eager = F.FeatureCache(tmp_path / "eager", "enc")
+    assert F.speech_features(eager, CountingEncoder(), plain, batch_size=2) == digests
+    for d in digests:
+        assert cache.path(d).read_bytes() == eager.path(d).read_bytes()

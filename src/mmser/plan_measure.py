@@ -171,7 +171,7 @@ def child(stage: str, spec_path: str) -> None:
     import torch  # noqa: F401 - the runtime every stage imports
 
     from mmser.config import Params
-    from mmser.corpus.audio import load_audio
+    from mmser.corpus.audio import Clips, load_audio
     from mmser.encode import features as F
     from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
@@ -180,12 +180,13 @@ def child(stage: str, spec_path: str) -> None:
     out = Path(spec["out"])
     cache_dir = out / "features"
     if stage == "features":  # notebooks/features.ipynb, cells 3 and 4
-        waves = [load_audio(p).wave for p in df["path"]]
+        clips = Clips(df["path"])
+        digests, sizes = F.clip_digests(clips)
         keys = {}
         for layers in [P.encoders.speech_layers, *P.features.speech_cuts]:
             encoder = SpeechEncoder(P.encoders.speech, layers)
-            digests = F.speech_features(F.FeatureCache(cache_dir, encoder.key), encoder, waves,
-                                        P.features.batch_size)
+            F.speech_features(F.FeatureCache(cache_dir, encoder.key), encoder, clips,
+                              P.features.batch_size, digests=digests, sizes=sizes)
             keys[layers] = encoder.key
         F.write_index(cache_dir, df["utt_id"], digests,
                       speech=F.cut_keys(keys, P.encoders.speech_layers))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import soundfile as sf
@@ -73,6 +75,29 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> Audio:
     if sr != sample_rate:
         wave = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), sr, sample_rate).numpy()
     return Audio(np.ascontiguousarray(wave, dtype=np.float32), int(sr), int(channels))
+
+
+class Clips(Sequence[np.ndarray]):
+    """The waves of audio files (`load_audio(path).wave`), each read when indexed and kept by
+    no one here: whoever encodes a corpus holds the clips it is working on, not the corpus
+    (960 h as float32 is 224 GB). Reading a clip twice costs time, never memory."""
+
+    def __init__(self, paths: Iterable[str | Path]):
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Clips: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | Clips:
+        if isinstance(index, slice):
+            return Clips(self.paths[index])
+        return load_audio(self.paths[index]).wave
 
 
 def check_length(seconds: float, path: str | Path) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,18 +133,37 @@ def prune(root: str | Path) -> list[str]:
     return gone
 
 
+def clip_digests(waves: Iterable[np.ndarray]) -> tuple[list[str], list[int]]:
+    """Each clip's cache key and length in samples, in one pass: one clip at a time when
+    `waves` reads them when asked (`mmser.corpus.audio.Clips`)."""
+    digests, sizes = [], []
+    for wave in waves:
+        digests.append(wave_digest(wave))
+        sizes.append(len(wave))
+    return digests, sizes
+
+
 def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
-                    batch_size: int = 8) -> list[str]:
-    """Make sure every clip's hidden states (layers+1, frames, dim, float16) are cached."""
-    digests = [wave_digest(w) for w in waves]
+                    batch_size: int = 8, *, digests: Sequence[str] | None = None,
+                    sizes: Sequence[int] | None = None) -> list[str]:
+    """Make sure every clip's hidden states (layers+1, frames, dim, float16) are cached.
+
+    `digests` and `sizes`: `clip_digests(waves)`, when the caller has them (several encoders
+    of the same clips); else they are computed here, which reads every clip once more."""
+    if (digests is None) != (sizes is None):
+        raise TypeError("speech_features: give both digests and sizes, or neither")
+    if digests is None:
+        digests, sizes = clip_digests(waves)
+    if not len(digests) == len(sizes) == len(waves):
+        raise ValueError(f"speech_features: {len(waves)} clips but {len(digests)} digests "
+                         f"and {len(sizes)} sizes")
 
     def compute(batch: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
         states, lengths = encoder(batch)
         return [{"hidden": states[:, i, :n].half()} for i, n in enumerate(lengths.tolist())]
 
-    cache.fill(digests, waves, [len(w) for w in waves], compute, batch_size,
-               desc=f"speech {cache.dir.name}")
-    return digests
+    cache.fill(digests, waves, sizes, compute, batch_size, desc=f"speech {cache.dir.name}")
+    return list(digests)
 
 
 def text_features(cache: FeatureCache, encoder, texts: Sequence[str],

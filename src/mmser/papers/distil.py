@@ -108,7 +108,7 @@ def encode_own(corpus: D.Corpus, speech_specs: Sequence[str], text_specs: Sequen
     several encoders) for the rated utterances and both transcripts, once."""
     from mmser.encode import features as F
     from mmser.corpus import manifest
-    from mmser.corpus.audio import load_audio
+    from mmser.corpus.audio import Clips
     from mmser.encode.encoders import TextEncoder
 
     speech = [s for s in speech_specs if not s.startswith(FEATURES)]
@@ -119,13 +119,13 @@ def encode_own(corpus: D.Corpus, speech_specs: Sequence[str], text_specs: Sequen
     keys: dict[str, dict[str, str]] = {"speech": {}, "text": {}}
     digests = None
     if speech:
-        paths = manifest.resolve_paths(rows, corpus.audio_root)
-        waves = [load_audio(p).wave for p in paths]
+        clips = Clips(manifest.resolve_paths(rows, corpus.audio_root))  # read when used
+        digests, sizes = F.clip_digests(clips)
         for spec in speech:
             _, name, layers = parse_source(spec)
             encoder = load_encoder(spec, "speech", None)
             cache = F.FeatureCache(root, f"{encoder.key}-{layers}")
-            digests = F.speech_features(cache, encoder, waves, batch_size)
+            F.speech_features(cache, encoder, clips, batch_size, digests=digests, sizes=sizes)
             keys["speech"][spec] = cache.dir.name
     texts = sorted({t for col in ("text", "asr_text") for t in rows[col].dropna()})
     for spec in text:

@@ -542,12 +542,12 @@ def encode_speech(root: str | Path, df: pd.DataFrame, audio_root: str | Path, na
     features stage's cache: a second call encodes nothing."""
     from mmser.encode import features as Fe
     from mmser.corpus import manifest
-    from mmser.corpus.audio import load_audio
+    from mmser.corpus.audio import Clips
     from mmser.encode.encoders import SpeechEncoder, best_device
 
     encoder = SpeechEncoder(name).to(best_device())
-    waves = [load_audio(p).wave for p in manifest.resolve_paths(df, audio_root)]
-    digests = Fe.speech_features(Fe.FeatureCache(root, encoder.key), encoder, waves, batch_size)
+    clips = Clips(manifest.resolve_paths(df, audio_root))  # each read when used
+    digests = Fe.speech_features(Fe.FeatureCache(root, encoder.key), encoder, clips, batch_size)
     Fe.write_index(root, df["utt_id"], digests, speech={"main": encoder.key})
     return FeatureStore(root)
 
