@@ -31,6 +31,7 @@ PAPERS = ("clap", "lemer", "distil", "vcemo", "tokenwise")
 SAMPLE_RATE = 16_000
 MAX_TEXT_TOKENS = 128  # TextEncoder's max_length (features stage)
 ENTRY_OVERHEAD = 200  # bytes of a safetensors header per cache entry (measured: ~130-200)
+KEY_BYTES = 150  # a clip's digest and size, kept by the features stage
 REF_BYTES = 330  # a StateRef held per utterance and sequence when streaming (tracemalloc
 #                  over 10,000 references with the cache's path lengths)
 RUNTIME_RSS = 1.0e9  # python + torch + transformers + pandas: an allowance (`--measure`
@@ -379,8 +380,8 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
                       cpu_tflop=encode_flop(asr, lab) * 2)
     transcribe.notes.append("ASR on the CPU (bundled Whisper tiny.en); decoding FLOPs "
                             "counted as twice the encoder's")
-    # features (notebooks/features.ipynb): every clip loaded first, then each cut encoded
-    # into a FeatureCache; texts of both columns (text, asr_text) likewise
+    # features (notebooks/features.ipynb): each clip's key in one pass, then each cut
+    # encoded into a FeatureCache, a batch of clips read at a time; texts likewise
     texts = replace(enc, n=2 * enc.n - (corpus.read.n if corpus.read else 0))
     cuts = [speech] + [model_info(e.speech, c) for c in P.features.speech_cuts]
     text_cuts = [text] + [model_info(e.text, c) for c in P.features.text_cuts]
@@ -395,8 +396,11 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
         flop += encode_flop(m, texts)
     weights = max(weights_bytes(m) for m in cuts + text_cuts)
     batch = max(encode_peak(m, P.features.batch_size, enc.max_seconds, gpu) for m in cuts)
-    features.ram = {"clips (float32)": wave_bytes(enc), "one batch of the longest clips": batch,
-                    "runtime": RUNTIME_RSS}
+    # clips are read a batch at a time (`Clips`); a digest and a size kept per clip
+    clips = P.features.batch_size * enc.max_seconds * SAMPLE_RATE * 4
+    features.ram = {"one batch of clips (float32)": clips,
+                    "one batch of the longest clips": batch,
+                    "clip keys (digest, size)": enc.n * KEY_BYTES, "runtime": RUNTIME_RSS}
     if gpu:  # `best_device`: the encoders run on the GPU, the host keeps the states' copies
         features.gpu_mem = weights + max(encode_peak(
             m, P.features.batch_size, enc.max_seconds, gpu, host=False) for m in cuts)

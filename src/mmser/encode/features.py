@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -143,6 +144,15 @@ def clip_digests(waves: Iterable[np.ndarray]) -> tuple[list[str], list[int]]:
     return digests, sizes
 
 
+def no_kernel_cache() -> None:
+    """Frozen encoders see a new padded length in almost every batch, and oneDNN (PyTorch's
+    CPU convolutions) keeps a compiled kernel for each shape, up to 1,024 of them: the
+    features stage's memory grew by about 7 MB a batch, that is with the corpus (measured
+    on tiny HuBERT and Whisper; issue 19). oneDNN reads this when it builds its first
+    kernel, so it is set before the first encoding; a value the user set is kept."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+
+
 def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
                     batch_size: int = 8, *, digests: Sequence[str] | None = None,
                     sizes: Sequence[int] | None = None) -> list[str]:
@@ -150,6 +160,7 @@ def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
 
     `digests` and `sizes`: `clip_digests(waves)`, when the caller has them (several encoders
     of the same clips); else they are computed here, which reads every clip once more."""
+    no_kernel_cache()
     if (digests is None) != (sizes is None):
         raise TypeError("speech_features: give both digests and sizes, or neither")
     if digests is None:
