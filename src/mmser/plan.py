@@ -292,6 +292,11 @@ def wave_bytes(split: Split) -> float:
     return split.seconds * SAMPLE_RATE * 4
 
 
+def clip_batch(batch: int, split: Split) -> float:
+    """One batch of the longest clips as float32 (`Clips` reads them when encoded)."""
+    return batch * split.max_seconds * SAMPLE_RATE * 4
+
+
 def encode_peak(model: Model, batch: int, seconds: float, gpu: bool = False,
                 host: bool = True) -> float:
     """Transient memory of one encoder batch of the longest clips. On the CPU: the hidden
@@ -397,8 +402,7 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
     weights = max(weights_bytes(m) for m in cuts + text_cuts)
     batch = max(encode_peak(m, P.features.batch_size, enc.max_seconds, gpu) for m in cuts)
     # clips are read a batch at a time (`Clips`); a digest and a size kept per clip
-    clips = P.features.batch_size * enc.max_seconds * SAMPLE_RATE * 4
-    features.ram = {"one batch of clips (float32)": clips,
+    features.ram = {"one batch of clips (float32)": clip_batch(P.features.batch_size, enc),
                     "one batch of the longest clips": batch,
                     "clip keys (digest, size)": enc.n * KEY_BYTES, "runtime": RUNTIME_RSS}
     if gpu:  # `best_device`: the encoders run on the GPU, the host keeps the states' copies
@@ -533,9 +537,9 @@ def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     sizes = {size: model_info(*encoder_of(spec, "speech", P.encoders))
              for size, spec in p.sizes.items()}
     own = [m for size, m in sizes.items() if not p.sizes[size].startswith("features:")]
-    steps = [("encoding own speech caches (CPU)", wave_bytes(rated) + max(
-        weights_bytes(m) + encode_peak(m, 8, rated.max_seconds) for m in own), "", 0.0)
-             ] if own else []
+    steps = [("encoding own speech caches (CPU)", clip_batch(8, rated) + rated.n * KEY_BYTES
+              + max(weights_bytes(m) + encode_peak(m, 8, rated.max_seconds) for m in own),
+              "", 0.0)] if own else []
     for size, m in sizes.items():
         if m in own:
             need.disk[f"own speech cache {size}"] = cache_bytes(m, rated)
@@ -617,7 +621,7 @@ def _tokenwise(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     for name in p.extra_speech:
         m = model_info(name)
         need.disk[f"own speech cache {m.name}"] = cache_bytes(m, lab)
-        steps.append((f"encoding {m.name}", wave_bytes(lab) + encode_peak(
+        steps.append((f"encoding {m.name}", clip_batch(8, lab) + encode_peak(
             m, 8, lab.max_seconds, gpu) + (0 if gpu else weights_bytes(m)), "", 0.0))
         if gpu:
             need.gpu_mem = max(need.gpu_mem, weights_bytes(m) + encode_peak(

@@ -171,7 +171,7 @@ def child(stage: str, spec_path: str) -> None:
     import torch  # noqa: F401 - the runtime every stage imports
 
     from mmser.config import Params
-    from mmser.corpus.audio import Clips, load_audio
+    from mmser.corpus.audio import Clips
     from mmser.encode import features as F
     from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
@@ -229,17 +229,17 @@ def child(stage: str, spec_path: str) -> None:
     elif stage == "distil":
         from mmser.papers import distil as DI
 
-        # DI.encode_own's calls (it takes a Corpus): the clips, then each size's states
-        waves = [load_audio(p).wave for p in lab["path"]]
+        # DI.encode_own's calls (it takes a Corpus): the clips' keys, then each size's states
+        clips = Clips(lab["path"])
+        digests, sizes = F.clip_digests(clips)
         keys = {}
         for size, spec_ in P.distil.sizes.items():
             if not spec_.startswith(DI.FEATURES):
                 encoder = DI.load_encoder(spec_, "speech", P.encoders)
                 cache = F.FeatureCache(own, f"{encoder.key}-{DI.parse_source(spec_)[2]}")
-                digests = F.speech_features(cache, encoder, waves, 8)
+                F.speech_features(cache, encoder, clips, 8, digests=digests, sizes=sizes)
                 keys[spec_] = cache.dir.name
         F.write_index(own, lab["utt_id"], digests, speech=keys)
-        del waves
         states = DI.States(cache_dir, own, stream=P.training.stream_states)
         for size, spec_ in P.distil.sizes.items():
             states.speech(spec_, lab["utt_id"], layer=0)
