@@ -248,7 +248,7 @@ def child(stage: str, spec_path: str) -> None:
 
         stream = P.training.stream_states
         texts = F.FeatureStore(cache_dir, stream=stream)
-        corpus = D.Corpus(lab.assign(fold=0), Path("/"), "loso")  # absolute paths
+        corpus = D.Corpus(lab.assign(fold=0), Path("/"), "loso", "tiny")  # absolute paths
         exp = VC.Experiment(corpus, lambda t: texts.text(t, layer=None), P.vcemo, own / "mels",
                             0, stream=stream)
         items = exp.items(corpus.labelled, augment=True)  # a training part, every view
