@@ -289,6 +289,58 @@ def test_training_items_alone_carry_augmented_views_and_never_the_test_fold(fixt
     assert set(preds["utt_id"]) == set(exp.corpus.labelled["utt_id"])
 
 
+def test_streamed_inputs_are_references_that_load_the_tensors_of_the_plain_run(fixture):
+    """training.stream_states: the items hold references, read per batch, whose batches
+    equal the plain run's (float32 of the same float16 log-mels and text states)."""
+    plain = _experiment(fixture)
+    corpus = D.load_corpus(fixture / "corpus", fixture / "manifest.csv")
+    store = FS.FeatureStore(fixture / "features", stream=True)
+    streamed = R.Experiment(corpus, lambda t: store.text(t, layer=None), TINY,
+                            fixture / "mels", seed=0, stream=True)
+    assert streamed.word_dim == plain.word_dim
+    for utt, views in plain.mels.items():
+        refs = streamed.mels[utt]
+        assert all(isinstance(r, FS.StateRef) for r in refs)
+        loaded = [r.load() for r in refs]
+        assert all(x.dtype == torch.float32 and torch.equal(x, v) for x, v in zip(loaded, views))
+        assert [len(r) for r in refs] == [len(v) for v in views]  # buckets without reading
+    rows = corpus.labelled
+    items, plain_items = streamed.items(rows, augment=True), plain.items(rows, augment=True)
+    assert len(items) == len(plain_items) == 2 * len(rows)
+    # the items hold no tensors: memory grows with the batch, not with the corpus
+    assert not any(isinstance(v, torch.Tensor) for item in items for v in item.values())
+    for a, b in zip(D.loader(items, 8, bucket_by="mel"), D.loader(plain_items, 8,
+                                                                bucket_by="mel")):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mel_views_read_one_clip_at_a_time_once_cached(tmp_path, monkeypatch):
+    """The views' digests need every clip, but never more than one alive at a time."""
+    import weakref
+
+    from mmser.corpus.audio import write_audio
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"clip{i}.wav")
+        write_audio(paths[-1], (0.3 * np.sin(np.arange(6000) * (0.02 + 0.01 * i)))
+                    .astype(np.float32))
+    cfg = R.MelConfig(16, 20)
+    first = R.mel_views(paths, tmp_path / "mels", cfg, n_augment=1)
+    real, alive, most = R.load_audio, [], [0]
+
+    def spy(path):
+        audio = real(path)
+        alive.append(weakref.ref(audio.wave))
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        return audio
+    monkeypatch.setattr(R, "load_audio", spy)
+    again = R.mel_views(paths, tmp_path / "mels", cfg, n_augment=1)
+    assert len(alive) == len(paths) and most[0] <= 2  # the one being read, and its last
+    assert all(torch.equal(a, b) for x, y in zip(first, again) for a, b in zip(x, y))
+
+
 def test_same_seed_same_metrics(fixture, tmp_path):
     exp = _experiment(fixture)
     a = exp.run(R.system("supcon"), tmp_path / "a", TRAIN, [0])

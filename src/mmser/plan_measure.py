@@ -5,8 +5,9 @@ Each paper profile's data path runs on tiny locally built models of the paper's 
 size, each stage in its own child process as DVC runs it: the features stage (the
 notebook's calls: every clip loaded, each cut encoded into a FeatureCache, texts of both
 transcript columns), then what the paper stage loads, through the stage's own code
-(clap `Bank`, distil `States`, vcemo `mel_views`, tokenwise `pretrain_items`,
-`encode_speech` and `knn_accuracy`, lemer's context states). The peak RSS of each child
+(clap `Bank`, distil `States`, vcemo `Experiment` and one pass of its training
+batches, tokenwise `pretrain_items`, `encode_speech` and `knn_accuracy`, lemer's context
+states). The peak RSS of each child
 (its VmHWM, read by the child itself) and the bytes it wrote are printed beside `mmser.plan`'s estimate of the
 same tiny setting, with the relative error. The plan's "runtime" term (python, torch,
 transformers) is replaced by the measured peak RSS of a child that imports exactly the
@@ -249,16 +250,19 @@ def child(stage: str, spec_path: str) -> None:
             every = states.speech(layer_spec, lab["utt_id"], layer=None)
             draw([{"speech": s} for s in every], P.distil.batch_size)
         held.append(states)
-    elif stage == "vcemo":
+    elif stage == "vcemo":  # notebooks/vcemo.ipynb, cell 3, then one pass of batches
         from mmser.papers import vcemo as VC
+        from mmser.training import data as D
 
-        C = P.vcemo
-        held.append(VC.mel_views([Path(p) for p in lab["path"]], own / "mels",
-                                 VC.MelConfig(C.n_mels, C.hop_ms), C.n_augment, 0,
-                                 snr_db=C.snr_db, max_semitones=C.max_semitones,
-                                 max_stretch=C.max_stretch))
-        texts = sorted(set(lab["text"]))
-        held.append(VC.cached_text_states(own / "text", P.encoders.text, texts)(texts))
+        stream = P.training.stream_states
+        texts = F.FeatureStore(cache_dir, stream=stream)
+        corpus = D.Corpus(lab.assign(fold=0), Path("/"), "loso", "tiny")  # absolute paths
+        exp = VC.Experiment(corpus, lambda t: texts.text(t, layer=None), P.vcemo, own / "mels",
+                            0, stream=stream)
+        items = exp.items(corpus.labelled, augment=True)  # a training part, every view
+        for _ in D.loader(items, P.vcemo.batch_size, shuffle=True, bucket_by="mel"):
+            pass
+        held += [exp, items]
     elif stage == "tokenwise":
         from mmser.papers import tokenwise as TW
 

@@ -28,12 +28,13 @@ import pandas as pd
 import torch
 import torchaudio.functional as AF
 import yaml
+from safetensors import safe_open
 
 from mmser.config import Training, Vcemo
 from mmser.corpus import manifest, synth
 from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest, write_audio
 from mmser.corpus.protocols import Fold
-from mmser.encode.features import FeatureCache
+from mmser.encode.features import FeatureCache, StateRef
 from mmser.models import vcemo as V
 from mmser.report.claims import DISAGREES, verdict
 from mmser.training.data import Corpus, label_ids
@@ -149,38 +150,60 @@ def augmentation_kind(clip_index: int, view: int, seed: int = 0) -> str:
     return AUGMENTATIONS[(clip_index + view - 1 + seed) % len(AUGMENTATIONS)]
 
 
+def cache_ref(cache: FeatureCache, digest: str, name: str) -> StateRef:
+    """Every state of one cache entry by reference, read when a batch is built (its shape
+    from the file's header, not its data)."""
+    path = cache.path(digest)
+    with safe_open(str(path), "pt") as f:
+        shape = tuple(f.get_slice(name).get_shape())
+    return StateRef(str(cache.dir.parent), f"{cache.dir.name}/{path.name}", name, None, shape)
+
+
 def mel_views(paths: Sequence[Path], cache_dir: str | Path, cfg: MelConfig, n_augment: int,
-              seed: int = 0, **aug_options) -> list[list[torch.Tensor]]:
+              seed: int = 0, *, stream: bool = False, **aug_options,
+              ) -> list[list[torch.Tensor]] | list[list[StateRef]]:
     """For each clip: [clean log-mel, augmented view 1, ..., view n_augment], computed once
     and cached under `cache_dir` (fold-independent: views depend on the clip, its place in
     `paths` and the seed). The kind of each view is `augmentation_kind`; its parameters
-    are drawn from a generator seeded by the clip, view, kind and seed."""
+    are drawn from a generator seeded by the clip, view, kind and seed.
+
+    Clips are read one at a time (for their digests), and again a batch at a time only
+    for views not cached yet. The views come back as float32 tensors of the cached
+    float16 entries, or with `stream=True` as `StateRef`s to them, read per batch (the
+    same float32 values), so that memory grows with the batch, not with the corpus."""
     cache = FeatureCache(cache_dir, cfg.key)
-    waves = [load_audio(p).wave for p in paths]
     options = ",".join(f"{k}={v}" for k, v in sorted(aug_options.items()))
-    keys, jobs = [], []
-    for i, wave in enumerate(waves):
+    keys, jobs, sizes = [], [], []
+    for i, path in enumerate(paths):
+        wave = load_audio(path).wave
         digest = wave_digest(wave)
         for k in range(n_augment + 1):
             kind = augmentation_kind(i, k, seed) if k else None
             key = digest if k == 0 else hashlib.sha256(
                 f"{digest}|{k}|{kind}|{seed}|{options}".encode()).hexdigest()
             keys.append(key)
-            jobs.append((wave, kind, key))
+            jobs.append((path, kind, key))
+            sizes.append(len(wave))
 
     def compute(batch: list) -> list[dict[str, torch.Tensor]]:
+        waves: dict[Path, np.ndarray] = {}  # this batch's clips, each read once
         out = []
-        for wave, kind, key in batch:
+        for path, kind, key in batch:
+            if path not in waves:
+                waves[path] = load_audio(path).wave
             if kind is None:
-                mel = log_mel(_stft(wave, cfg), cfg)
+                mel = log_mel(_stft(waves[path], cfg), cfg)
             else:
                 rng = np.random.default_rng(int(key[:12], 16))
-                mel = augment(wave, kind, rng, cfg, **aug_options)
+                mel = augment(waves[path], kind, rng, cfg, **aug_options)
             out.append({"mel": mel.half()})
         return out
 
-    cache.fill(keys, jobs, [len(j[0]) for j in jobs], compute, batch_size=32, desc="log-mels")
-    views = [cache.load(key)["mel"].float() for key in keys]
+    cache.fill(keys, jobs, sizes, compute, batch_size=32, desc="log-mels")
+    if stream:
+        views = [cache_ref(cache, key, "mel") for key in keys]
+    else:
+        views = [cache.load(key)["mel"].float() for key in keys]
     return [views[i:i + n_augment + 1] for i in range(0, len(views), n_augment + 1)]
 
 
@@ -235,10 +258,39 @@ def word_vectors(states0: torch.Tensor, max_tokens: int) -> torch.Tensor:
     return inner[:max_tokens]
 
 
+@dataclass(frozen=True)
+class TextInput(StateRef):
+    """A text's word vectors (`word_vectors` of hidden state 0) or sentence vector
+    (`sentence_vector` of the last layer), read from its cache entry when a batch is built
+    (`mmser.training.data.collate`): the streamed form of `Experiment.words` and `sent`."""
+
+    use: str = "words"  # words | sent
+    max_tokens: int = 0
+    pool: str = "mean"
+
+    @classmethod
+    def of(cls, states: StateRef, use: str, max_tokens: int, pool: str) -> "TextInput":
+        """The input `use` from a reference to every state (layers + 1, tokens, dim)."""
+        _, tokens, dim = states.shape
+        if use == "words":
+            inner = tokens - 2 if tokens > 2 else tokens
+            return cls(states.root, states.entry, states.name, 0,
+                       (min(inner, max_tokens), dim), use=use, max_tokens=max_tokens)
+        return cls(states.root, states.entry, states.name, -1, (dim,), use=use, pool=pool)
+
+    def load(self) -> torch.Tensor:
+        states = super().load()
+        if self.use == "words":
+            return word_vectors(states, self.max_tokens)
+        return sentence_vector(states, self.pool)
+
+
 def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence[str],
-                       batch_size: int = 32) -> Callable[[Sequence[str]], list[torch.Tensor]]:
+                       batch_size: int = 32, stream: bool = False,
+                       ) -> Callable[[Sequence[str]], list[torch.Tensor] | list[StateRef]]:
     """Encode `texts` the features stage did not (e.g. the Mandarin variant) into our own
-    cache; returns a lookup texts -> every hidden state (layers + 1, tokens, dim)."""
+    cache; returns a lookup texts -> every hidden state (layers + 1, tokens, dim), float32,
+    or with `stream=True` a `StateRef` to them (as `FeatureStore(stream=True).text`)."""
     from mmser.encode.encoders import TextEncoder
     from mmser.encode.features import text_digest, text_features
 
@@ -246,7 +298,9 @@ def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence
     cache = FeatureCache(cache_dir, encoder.key)
     text_features(cache, encoder, list(texts), batch_size=batch_size)
 
-    def lookup(batch: Sequence[str]) -> list[torch.Tensor]:
+    def lookup(batch: Sequence[str]) -> list[torch.Tensor] | list[StateRef]:
+        if stream:
+            return [cache_ref(cache, text_digest(t), "hidden") for t in batch]
         return [cache.load(text_digest(t))["hidden"].float() for t in batch]
     return lookup
 
@@ -301,11 +355,13 @@ class Experiment:
 
     Log-mels (clean and `n_augment` augmented views of every clip) come from a cache;
     `items(rows, augment=True)` adds the augmented views (the training part of a fold);
-    validation and test items are always clean.
+    validation and test items are always clean. With `stream=True` (`training.
+    stream_states`) the log-mels, and the text inputs when `text_states` returns
+    `StateRef`s, are references read per batch: the items hold no corpus of tensors.
     """
 
     def __init__(self, corpus: Corpus, text_states: Callable[[Sequence[str]], list],
-                 cfg: Vcemo, mel_dir: str | Path, seed: int = 0):
+                 cfg: Vcemo, mel_dir: str | Path, seed: int = 0, stream: bool = False):
         self.corpus, self.cfg, self.seed = corpus, cfg, seed
         rows = corpus.labelled
         if rows.empty:
@@ -322,16 +378,27 @@ class Experiment:
                              "use text_source: text")
         self.mel_cfg = MelConfig(cfg.n_mels, cfg.hop_ms)
         paths = manifest.resolve_paths(rows, corpus.audio_root)
-        views = mel_views(paths, mel_dir, self.mel_cfg, cfg.n_augment, seed,
+        views = mel_views(paths, mel_dir, self.mel_cfg, cfg.n_augment, seed, stream=stream,
                           snr_db=cfg.snr_db, max_semitones=cfg.max_semitones,
                           max_stretch=cfg.max_stretch)
         self.mels = dict(zip(rows["utt_id"], views))
         unique = sorted(set(texts))
         states = dict(zip(unique, text_states(unique)))
-        self.words = {t: word_vectors(s[0], cfg.max_tokens) for t, s in states.items()}
-        self.sent = {t: sentence_vector(s[-1], cfg.sentence_pool) for t, s in states.items()}
+        self.words = {t: self._text_input(s, "words") for t, s in states.items()}
+        self.sent = {t: self._text_input(s, "sent") for t, s in states.items()}
         self.word_dim = next(iter(self.words.values())).shape[-1]
         self.vocab: dict[str, int] | None = None
+
+    def _text_input(self, states: torch.Tensor | StateRef, use: str,
+                    ) -> torch.Tensor | TextInput:
+        """A text's word vectors or sentence vector from its states, or a reference to
+        them when `text_states` gave references (it streams)."""
+        cfg = self.cfg
+        if isinstance(states, StateRef):
+            return TextInput.of(states, use, cfg.max_tokens, cfg.sentence_pool)
+        if use == "words":
+            return word_vectors(states[0], cfg.max_tokens)
+        return sentence_vector(states[-1], cfg.sentence_pool)
 
     # -------------------------------------------------------------------- items
 
