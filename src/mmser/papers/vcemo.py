@@ -28,7 +28,6 @@ import pandas as pd
 import torch
 import torchaudio.functional as AF
 import yaml
-from safetensors import safe_open
 
 from mmser.config import Training, Vcemo
 from mmser.corpus import manifest, synth
@@ -150,15 +149,6 @@ def augmentation_kind(clip_index: int, view: int, seed: int = 0) -> str:
     return AUGMENTATIONS[(clip_index + view - 1 + seed) % len(AUGMENTATIONS)]
 
 
-def cache_ref(cache: FeatureCache, digest: str, name: str) -> StateRef:
-    """Every state of one cache entry by reference, read when a batch is built (its shape
-    from the file's header, not its data)."""
-    path = cache.path(digest)
-    with safe_open(str(path), "pt") as f:
-        shape = tuple(f.get_slice(name).get_shape())
-    return StateRef(str(cache.dir.parent), f"{cache.dir.name}/{path.name}", name, None, shape)
-
-
 def mel_views(paths: Sequence[Path], cache_dir: str | Path, cfg: MelConfig, n_augment: int,
               seed: int = 0, *, stream: bool = False, **aug_options,
               ) -> list[list[torch.Tensor]] | list[list[StateRef]]:
@@ -201,7 +191,7 @@ def mel_views(paths: Sequence[Path], cache_dir: str | Path, cfg: MelConfig, n_au
 
     cache.fill(keys, jobs, sizes, compute, batch_size=32, desc="log-mels")
     if stream:
-        views = [cache_ref(cache, key, "mel") for key in keys]
+        views = [cache.ref(key, "mel", layer=None) for key in keys]
     else:
         views = [cache.load(key)["mel"].float() for key in keys]
     return [views[i:i + n_augment + 1] for i in range(0, len(views), n_augment + 1)]
@@ -300,7 +290,7 @@ def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence
 
     def lookup(batch: Sequence[str]) -> list[torch.Tensor] | list[StateRef]:
         if stream:
-            return [cache_ref(cache, text_digest(t), "hidden") for t in batch]
+            return [cache.ref(text_digest(t), layer=None) for t in batch]
         return [cache.load(text_digest(t))["hidden"].float() for t in batch]
     return lookup
 
