@@ -570,16 +570,25 @@ def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
 
 
 def _vcemo(P, corpus: Corpus, speech: Model, text: Model) -> Need:
-    """papers/vcemo.py `mel_views`: every labelled clip's log-mel and its augmented views
-    (float32 in RAM, float16 on disk), the clips themselves while they are computed, and
-    every text state of each transcript (float32)."""
+    """papers/vcemo.py `mel_views`: each labelled clip's log-mel and its augmented views
+    (float16 on disk), computed 32 views at a time, one clip read at a time; held as
+    float32 with every text state of each transcript, or streamed (references, and one
+    training batch read: the views and their padded copy, the text inputs)."""
     p, lab = P.vcemo, corpus.labelled
     views = 1 + p.n_augment
     mel = lab.seconds * 1000 / p.hop_ms * p.n_mels * views
-    need = Need("vcemo", disk={"log-mel cache (float16)": mel * 2 + lab.n * views * ENTRY_OVERHEAD},
-                ram={"log-mels, every view (float32)": mel * 4,
-                     "clips (float32)": wave_bytes(lab),
-                     "text states, every layer (float32)": states_bytes(text, lab, None, 4, True)})
+    need = Need("vcemo", disk={"log-mel cache (float16)": mel * 2 + lab.n * views * ENTRY_OVERHEAD})
+    need.ram = {"computing log-mels: the clips of 32 views": clip_batch(32, lab),
+                "clip keys (digest, size)": lab.n * KEY_BYTES}
+    if streams(P):
+        n_train = lab.n * (corpus.folds - 1) / corpus.folds * views
+        frames = lab.max_seconds * 1000 / p.hop_ms
+        need.ram["references (views, text inputs)"] = lab.n * (views + 2) * REF_BYTES
+        need.ram["one batch read (float32)"] = min(p.batch_size, n_train) * (
+            frames * p.n_mels * 4 * 2 + batch_read(text, 1, lab, text=True))
+    else:
+        need.ram["log-mels, every view (float32)"] = mel * 4
+        need.ram["text states, every layer (float32)"] = states_bytes(text, lab, None, 4, True)
     systems = len(p.systems) + (7 if p.ablation else 0)
     seeds, folds = len(P.training.seeds), corpus.folds
     runs = systems * seeds * folds
