@@ -32,7 +32,7 @@ from torch import nn
 
 from mmser.corpus import protocols
 from mmser.corpus.protocols import Fold
-from mmser.encode.features import FeatureStore, load_refs
+from mmser.encode.features import FeatureStore, StateRef, load_refs
 from mmser.models.tokenwise import Aligner, Classifier, PredictorModel, functionals
 from mmser.training import data as D
 from mmser.training import loop as T
@@ -283,15 +283,16 @@ class FoldPretraining:
 # ---------------------------------------------------------------------------- downstream
 
 
-def layer_functionals(states: Iterable[torch.Tensor],
+def layer_functionals(states: Iterable[torch.Tensor | StateRef],
                       layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
     """Functionals of the requested hidden states of each utterance: {layer: (n, 2D)}.
 
-    `states` yields (layers + 1, L, D) per utterance (a generator keeps memory flat);
-    `layers` None = every hidden state (0 = embeddings); negative indices count back.
+    `states` yields (layers + 1, L, D) per utterance, or a reference to it (a generator
+    keeps memory flat); `layers` None = every hidden state (0 = embeddings); negative
+    indices count back.
     """
     rows: dict[int, list[torch.Tensor]] = {}
-    for state in states:
+    for state in map(load_refs, states):
         n_states = state.shape[0]
         bad = [l for l in layers or [] if not -n_states <= int(l) < n_states]
         if bad:
