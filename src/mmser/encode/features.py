@@ -103,22 +103,6 @@ class FeatureCache:
             for digest, tensors in zip(chunk, outputs):
                 atomic_write(self.path(digest), lambda tmp: save_file(
                     {k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
-        release_freed_memory()
-
-
-def release_freed_memory() -> None:
-    """Hand the heap's freed pages back to the OS (glibc's `malloc_trim`; elsewhere nothing).
-    Encoding frees buffers of every batch's size; glibc keeps them, so a stage's memory
-    after encoding grew with the number of clips encoded (measured on the tiny profiles:
-    about 30 MB more at 4x the clips), although nothing is held."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc: its allocator decides
-        pass
 
 
 def entry_problem(path: Path) -> str | None:
