@@ -411,11 +411,12 @@ def test_the_readme_block_matches_the_committed_results():
     if (report_dir / "tables" / "comparison.csv").is_file():
         assert block == R.readme_block(report_dir), (
             "README.md's results block is stale: run `python -m mmser.report.compare --readme`")
-    ravdess = ROOT / "results" / "ravdess"  # the RAVDESS run's tables, kept in Git
-    if (ravdess / "tables" / "comparison.csv").is_file():
-        assert R.readme_current(ROOT / "README.md", "ravdess") == R.readme_block(
-            ravdess, "ravdess"), "README.md's RAVDESS block is stale: run `python -m " \
-            "mmser.report.compare --readme --block ravdess --report-dir results/ravdess`"
+    for name in ("ravdess", "ravdess8"):  # the RAVDESS runs' tables, kept in Git
+        tables = ROOT / "results" / name
+        if (tables / "tables" / "comparison.csv").is_file():
+            assert R.readme_current(ROOT / "README.md", name) == R.readme_block(tables, name), (
+                f"README.md's {name} block is stale: run `python -m mmser.report.compare "
+                f"--readme --block {name} --report-dir results/{name}`")
 
 
 def test_dvc_report_stage_and_plots():
@@ -514,16 +515,24 @@ def test_gap_reading_says_whether_training_stopped_while_still_improving():
     peaked = pd.DataFrame({"epoch": [0, 1, 2], "val_score": [0.3, 0.5, 0.4]})
     stopped = pd.DataFrame({"epoch": [0, 1], "val_score": [0.5, 0.4]})  # early stopping
     below = [{"metric": "UA", "diff": -0.2, "low": -0.25, "high": -0.15}]
-    d = training_diagnosis([rising, rising, peaked], max_epochs=3)
+    d = training_diagnosis([rising, rising, peaked], max_epochs=3, patience=1)
     assert d == {"runs": 3, "ran_every_epoch": 3, "best_at_last_epoch": 2,
-                 "last_epoch_change": pytest.approx((0.1 + 0.1 - 0.1) / 3), "max_epochs": 3}
-    text = gap_reading("C1", below, d, "lemer.max_epochs")
+                 "last_epoch_change": pytest.approx((0.1 + 0.1 - 0.1) / 3), "max_epochs": 3,
+                 "patience": 1}
+    text = gap_reading("C1", below, d, "lemer")
     assert "in 2 of 3 runs the best validation epoch was the last" in text
     assert "`lemer.max_epochs`" in text and "UA -0.200 [-0.250, -0.150]" in text
-    d = training_diagnosis([peaked, stopped, stopped, rising], max_epochs=3)
+    # most runs ended by a short patience: try a longer one
+    d = training_diagnosis([peaked, stopped, stopped, rising], max_epochs=3, patience=1)
     assert (d["ran_every_epoch"], d["best_at_last_epoch"]) == (2, 1)
-    assert "in 3 of 4 runs the best validation epoch came before" in gap_reading(
-        "C1", below, d, "lemer.max_epochs")
+    text = gap_reading("VCEMO", below, d, "vcemo")
+    assert "early stopping ended 2 of 4 runs after 1 epoch(s)" in text
+    assert "`vcemo.patience`" in text
+    # the same runs with a patience of 5: they had stopped improving, epochs are not it
+    d = training_diagnosis([peaked, stopped, stopped, rising], max_epochs=3, patience=5)
+    assert "in 3 of 4 runs the best validation epoch came before the end" in gap_reading(
+        "C1", below, d, "clap", "finetune_epochs")
+    assert "`clap.finetune_epochs`" in gap_reading("C1", below, d, "clap", "finetune_epochs")
     # nothing to explain when the system does not fall below the probe
     level = [{"metric": "UA", "diff": -0.01, "low": -0.05, "high": 0.03}]
-    assert gap_reading("C1", level, d, "lemer.max_epochs") == ""
+    assert gap_reading("C1", level, d, "lemer") == ""

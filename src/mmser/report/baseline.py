@@ -107,11 +107,13 @@ def histories_of(run_dir: str | Path) -> list[pd.DataFrame]:
     return [pd.read_csv(f) for f in sorted(Path(run_dir).glob("seed*/fold*/history.csv"))]
 
 
-def training_diagnosis(histories: Sequence[pd.DataFrame], max_epochs: int) -> dict:
+def training_diagnosis(histories: Sequence[pd.DataFrame], max_epochs: int,
+                       patience: int | None = None) -> dict:
     """How a system's runs ended, from their `history.csv` (epoch, val_score): how many ran
-    every epoch of the schedule, in how many of those the best validation epoch was the
-    last (the score still rising when training stopped), and the mean change of the
-    validation score over each run's last epoch."""
+    every epoch of the schedule (the others were stopped by early stopping after `patience`
+    epochs without a better validation score), in how many of those the best validation
+    epoch was the last (the score still rising when training stopped), and the mean
+    change of the validation score over each run's last epoch."""
     runs = [h.sort_values("epoch") for h in histories if len(h)]
     full = [h for h in runs if int(h["epoch"].iloc[-1]) >= max_epochs - 1]
     rising = [h for h in full if int(h["val_score"].to_numpy().argmax()) == len(h) - 1]
@@ -119,29 +121,42 @@ def training_diagnosis(histories: Sequence[pd.DataFrame], max_epochs: int) -> di
             if len(h) > 1]
     return {"runs": len(runs), "ran_every_epoch": len(full), "best_at_last_epoch": len(rising),
             "last_epoch_change": sum(last) / len(last) if last else float("nan"),
-            "max_epochs": max_epochs}
+            "max_epochs": max_epochs, "patience": patience}
 
 
-def gap_reading(system: str, diffs: list[dict] | str, diagnosis: dict, setting: str) -> str:
+SHORT_PATIENCE = 2  # epochs: a noisy validation curve often dips once before it rises
+
+
+def gap_reading(system: str, diffs: list[dict] | str, diagnosis: dict, section: str,
+                epochs_key: str = "max_epochs") -> str:
     """For a notebook: when `system` falls below the frozen baseline, why, as measured by
-    its runs' validation curves (`training_diagnosis`), and which setting to try, chosen
-    on the validation folds (`setting`, e.g. "lemer.max_epochs"). Empty otherwise."""
+    its runs' validation curves (`training_diagnosis`), and which setting of its parameter
+    `section` to try, chosen on the validation folds. Empty otherwise."""
     if baseline_verdict(diffs) != "falls below":
         return ""
     d = diagnosis
-    runs, rising = d["runs"], d["best_at_last_epoch"]
+    runs, full, rising = d["runs"], d["ran_every_epoch"], d["best_at_last_epoch"]
     head = (f"Why {system} trails the frozen probe ({format_diffs(diffs)}), from its "
             f"{runs} runs' validation curves: ")
+    change = f"mean change of the validation score over the last epoch {d['last_epoch_change']:+.3f}"
     if runs and rising * 2 >= runs:
         return head + (
             f"in {rising} of {runs} runs the best validation epoch was the last of the "
-            f"{d['max_epochs']} the schedule allows (mean change over the last epoch "
-            f"{d['last_epoch_change']:+.3f}): training stopped while still improving. The "
-            f"setting to try is a longer schedule (`{setting}`, the epoch still chosen on "
-            "the validation folds); whether it closes the gap is measured only by running it.")
+            f"{d['max_epochs']} the schedule allows ({change}): training stopped while still "
+            f"improving. The setting to try is a longer schedule (`{section}.{epochs_key}`, "
+            "the epoch still chosen on the validation folds); whether it closes the gap is "
+            "measured only by running it.")
+    stopped = runs - full
+    if stopped * 2 >= runs and d["patience"] is not None and d["patience"] <= SHORT_PATIENCE:
+        return head + (
+            f"early stopping ended {stopped} of {runs} runs after {d['patience']} epoch(s) "
+            f"without a better validation score ({change}): a patience that short stops a "
+            "noisy curve at its first dip. The setting to try is a longer patience with "
+            f"more epochs (`{section}.patience`, `{section}.{epochs_key}`); whether it "
+            "closes the gap is measured only by running it.")
     return head + (
         f"in {runs - rising} of {runs} runs the best validation epoch came before the end "
-        f"of the schedule ({d['ran_every_epoch']} ran all {d['max_epochs']} epochs; mean "
-        f"change over the last epoch {d['last_epoch_change']:+.3f}): the runs had stopped "
-        f"improving on validation, so more epochs (`{setting}`) are not what is missing; "
-        "the gap lies in what the model learns from these clips, not in how long it trains.")
+        f"({full} ran all {d['max_epochs']} epochs; {change}): the runs had stopped "
+        f"improving on validation, so more epochs (`{section}.{epochs_key}`) are not what is "
+        "missing; the gap lies in what the model learns from these clips, not in how long "
+        "it trains.")
