@@ -536,3 +536,15 @@ def test_gap_reading_says_whether_training_stopped_while_still_improving():
     # nothing to explain when the system does not fall below the probe
     level = [{"metric": "UA", "diff": -0.01, "low": -0.05, "high": 0.03}]
     assert gap_reading("C1", level, d, "lemer") == ""
+
+
+def test_shared_gap_reading_tells_the_shared_part_from_what_a_system_adds():
+    from mmser.report.baseline import shared_gap_reading
+
+    below = [{"metric": "UA", "diff": -0.1, "low": -0.15, "high": -0.05}]
+    level = [{"metric": "UA", "diff": 0.01, "low": -0.03, "high": 0.05}]
+    text = shared_gap_reading("ours B_s", below, "speech", below, "functionals")
+    assert "speech falls below it too" in text and "lies in what they share" in text
+    text = shared_gap_reading("ours B_s", below, "speech", level, "functionals")
+    assert "speech does not" in text and "loses what speech keeps" in text
+    assert shared_gap_reading("ours B_s", level, "speech", below, "functionals") == ""

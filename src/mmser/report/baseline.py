@@ -160,3 +160,19 @@ def gap_reading(system: str, diffs: list[dict] | str, diagnosis: dict, section: 
         f"improving on validation, so more epochs (`{section}.{epochs_key}`) are not what is "
         "missing; the gap lies in what the model learns from these clips, not in how long "
         "it trains.")
+
+
+def shared_gap_reading(system: str, diffs: list[dict] | str, other: str,
+                       other_diffs: list[dict] | str, shared: str) -> str:
+    """For a system built on the same features and classifier as `other` (e.g. tokenwise's
+    B_s and its speech-only row): when `system` falls below the frozen baseline, whether
+    `other` does too, which says if the gap comes from what they share (`shared`) or from
+    what `system` adds. Empty when `system` does not fall below."""
+    if baseline_verdict(diffs) != "falls below":
+        return ""
+    head = f"Why {system} trails the frozen probe ({format_diffs(diffs)}): "
+    if baseline_verdict(other_diffs) == "falls below":
+        return head + (f"{other} falls below it too ({format_diffs(other_diffs)}), so the gap "
+                       f"lies in what they share ({shared}), not in what {system} adds to it.")
+    return head + (f"{other} does not ({format_diffs(other_diffs)}), so what {system} adds "
+                   f"to {shared} loses what {other} keeps.")
