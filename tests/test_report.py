@@ -527,6 +527,7 @@ def test_gap_reading_says_whether_training_stopped_while_still_improving():
     assert (d["ran_every_epoch"], d["best_at_last_epoch"]) == (2, 1)
     text = gap_reading("VCEMO", below, d, "vcemo")
     assert "early stopping ended 2 of 4 runs after 1 epoch(s)" in text
+    assert "in 1 of the others the best validation epoch was the last" in text
     assert "`vcemo.patience`" in text
     # the same runs with a patience of 5: they had stopped improving, epochs are not it
     d = training_diagnosis([peaked, stopped, stopped, rising], max_epochs=3, patience=5)

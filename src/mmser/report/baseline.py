@@ -138,7 +138,19 @@ def gap_reading(system: str, diffs: list[dict] | str, diagnosis: dict, section: 
     runs, full, rising = d["runs"], d["ran_every_epoch"], d["best_at_last_epoch"]
     head = (f"Why {system} trails the frozen probe ({format_diffs(diffs)}), from its "
             f"{runs} runs' validation curves: ")
-    change = f"mean change of the validation score over the last epoch {d['last_epoch_change']:+.3f}"
+    change = ("mean change of the validation score over the last epoch "
+              f"{d['last_epoch_change']:+.3f}")
+    stopped = runs - full
+    short = d["patience"] is not None and d["patience"] <= SHORT_PATIENCE
+    if short and stopped and (rising + stopped) * 2 >= runs:
+        return head + (
+            f"early stopping ended {stopped} of {runs} runs after {d['patience']} epoch(s) "
+            f"without a better validation score, and in {rising} of the others the best "
+            f"validation epoch was the last of the {d['max_epochs']} allowed ({change}): a "
+            "patience that short stops a noisy curve at its first dip, and the schedule "
+            "ends while it still rises. The setting to try is a longer patience with more "
+            f"epochs (`{section}.patience`, `{section}.{epochs_key}`); whether it closes the "
+            "gap is measured only by running it.")
     if runs and rising * 2 >= runs:
         return head + (
             f"in {rising} of {runs} runs the best validation epoch was the last of the "
@@ -146,14 +158,6 @@ def gap_reading(system: str, diffs: list[dict] | str, diagnosis: dict, section: 
             f"improving. The setting to try is a longer schedule (`{section}.{epochs_key}`, "
             "the epoch still chosen on the validation folds); whether it closes the gap is "
             "measured only by running it.")
-    stopped = runs - full
-    if stopped * 2 >= runs and d["patience"] is not None and d["patience"] <= SHORT_PATIENCE:
-        return head + (
-            f"early stopping ended {stopped} of {runs} runs after {d['patience']} epoch(s) "
-            f"without a better validation score ({change}): a patience that short stops a "
-            "noisy curve at its first dip. The setting to try is a longer patience with "
-            f"more epochs (`{section}.patience`, `{section}.{epochs_key}`); whether it "
-            "closes the gap is measured only by running it.")
     return head + (
         f"in {runs - rising} of {runs} runs the best validation epoch came before the end "
         f"({full} ran all {d['max_epochs']} epochs; {change}): the runs had stopped "
