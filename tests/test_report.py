@@ -543,9 +543,11 @@ def test_shared_gap_reading_tells_the_shared_part_from_what_a_system_adds():
     from mmser.report.baseline import shared_gap_reading
 
     below = [{"metric": "UA", "diff": -0.1, "low": -0.15, "high": -0.05}]
+    less = [{"metric": "UA", "diff": -0.03, "low": -0.06, "high": -0.001}]
     level = [{"metric": "UA", "diff": 0.01, "low": -0.03, "high": 0.05}]
-    text = shared_gap_reading("ours B_s", below, "speech", below, "functionals")
-    assert "speech falls below it too" in text and "lies in what they share" in text
+    text = shared_gap_reading("ours B_s", below, "speech", less, "functionals")
+    assert "what they share accounts for -0.030 of the gap" in text
+    assert "what ours B_s adds for -0.070" in text
     text = shared_gap_reading("ours B_s", below, "speech", level, "functionals")
-    assert "speech does not" in text and "loses what speech keeps" in text
+    assert "(not below it)" in text and "comes from what ours B_s adds" in text
     assert shared_gap_reading("ours B_s", level, "speech", below, "functionals") == ""

@@ -169,14 +169,16 @@ def gap_reading(system: str, diffs: list[dict] | str, diagnosis: dict, section: 
 def shared_gap_reading(system: str, diffs: list[dict] | str, other: str,
                        other_diffs: list[dict] | str, shared: str) -> str:
     """For a system built on the same features and classifier as `other` (e.g. tokenwise's
-    B_s and its speech-only row): when `system` falls below the frozen baseline, whether
-    `other` does too, which says if the gap comes from what they share (`shared`) or from
-    what `system` adds. Empty when `system` does not fall below."""
-    if baseline_verdict(diffs) != "falls below":
+    B_s and its speech-only row): when `system` falls below the frozen baseline, how much
+    of the gap `other` shows too (what they share, `shared`) and how much comes from what
+    `system` adds. Empty when `system` does not fall below."""
+    if baseline_verdict(diffs) != "falls below" or isinstance(other_diffs, str):
         return ""
-    head = f"Why {system} trails the frozen probe ({format_diffs(diffs)}): "
+    own, base = diffs[0]["diff"], other_diffs[0]["diff"]
+    head = (f"Why {system} trails the frozen probe ({format_diffs(diffs)}): {other}, with "
+            f"the same {shared}, stands at {format_diffs(other_diffs)} against it")
     if baseline_verdict(other_diffs) == "falls below":
-        return head + (f"{other} falls below it too ({format_diffs(other_diffs)}), so the gap "
-                       f"lies in what they share ({shared}), not in what {system} adds to it.")
-    return head + (f"{other} does not ({format_diffs(other_diffs)}), so what {system} adds "
-                   f"to {shared} loses what {other} keeps.")
+        return head + (f", so what they share accounts for {base:+.3f} of the gap and what "
+                       f"{system} adds for {own - base:+.3f}.")
+    return head + (f" (not below it), so the gap comes from what {system} adds to "
+                   f"{other}'s input, not from what they share.")
