@@ -547,7 +547,7 @@ def test_shared_gap_reading_tells_the_shared_part_from_what_a_system_adds():
     level = [{"metric": "UA", "diff": 0.01, "low": -0.03, "high": 0.05}]
     text = shared_gap_reading("ours B_s", below, "speech", less, "functionals")
     assert "what they share accounts for -0.030 of the gap" in text
-    assert "what ours B_s adds for -0.070" in text
+    assert "what ours B_s does differently for -0.070" in text
     text = shared_gap_reading("ours B_s", below, "speech", level, "functionals")
-    assert "(not below it)" in text and "comes from what ours B_s adds" in text
+    assert "(not below it)" in text and "comes from what ours B_s does differently" in text
     assert shared_gap_reading("ours B_s", level, "speech", below, "functionals") == ""

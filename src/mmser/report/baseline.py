@@ -171,7 +171,7 @@ def shared_gap_reading(system: str, diffs: list[dict] | str, other: str,
     """For a system built on the same features and classifier as `other` (e.g. tokenwise's
     B_s and its speech-only row): when `system` falls below the frozen baseline, how much
     of the gap `other` shows too (what they share, `shared`) and how much comes from what
-    `system` adds. Empty when `system` does not fall below."""
+    `system` does differently. Empty when `system` does not fall below."""
     if baseline_verdict(diffs) != "falls below" or isinstance(other_diffs, str):
         return ""
     own, base = diffs[0]["diff"], other_diffs[0]["diff"]
@@ -179,6 +179,6 @@ def shared_gap_reading(system: str, diffs: list[dict] | str, other: str,
             f"the same {shared}, stands at {format_diffs(other_diffs)} against it")
     if baseline_verdict(other_diffs) == "falls below":
         return head + (f", so what they share accounts for {base:+.3f} of the gap and what "
-                       f"{system} adds for {own - base:+.3f}.")
-    return head + (f" (not below it), so the gap comes from what {system} adds to "
-                   f"{other}'s input, not from what they share.")
+                       f"{system} does differently for {own - base:+.3f}.")
+    return head + (f" (not below it), so the gap comes from what {system} does "
+                   "differently, not from what they share.")
