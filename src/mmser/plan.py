@@ -258,11 +258,11 @@ def kept(P, label: str, model: Model, split: Split, text: bool = False,
 
 
 def batch_read(model: Model, batch: int, split: Split, text: bool = False,
-               n_states: int = 1, seconds: float | None = None) -> float:
-    """One batch of the longest sequences as `collate` reads them from references and pads
-    them (float32), with the float16 slices on the way."""
+               seconds: float | None = None) -> float:
+    """One batch of the longest sequences (one layer) as `collate` reads them from
+    references and pads them (float32), with the float16 slices on the way."""
     frames = MAX_TEXT_TOKENS if text else model.frames(seconds or split.max_seconds)
-    return batch * n_states * frames * model.dim * (4 + 4 + 2)
+    return batch * frames * model.dim * (4 + 4 + 2)
 
 
 def sequential(terms: dict[str, float], steps: list[tuple[str, float, str, float]]) -> None:
