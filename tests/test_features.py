@@ -306,3 +306,98 @@ def test_clips_are_read_once_for_their_keys_then_only_when_encoded(tmp_path):
     assert F.speech_features(eager, CountingEncoder(), plain, batch_size=2) == digests
     for d in digests:
         assert cache.path(d).read_bytes() == eager.path(d).read_bytes()
+
+
+class LayeredEncoder(CountingEncoder):
+    """CountingEncoder whose 3 hidden states differ: state k holds the clip's value + k."""
+
+    def __call__(self, waves):
+        states, lengths = super().__call__(waves)
+        return states + torch.arange(3.0).view(3, 1, 1, 1), lengths
+
+
+def _kept_store(root, keep, stream=False):
+    """A features folder of two clips whose speech cache keeps `keep` (None: every state)."""
+    cache = F.FeatureCache(root, "speech-key", keep)
+    digests = F.speech_features(cache, LayeredEncoder(), _waves([0.1, 0.2]))
+    F.write_index(root, ["u1", "u2"], digests, speech={"main": cache.dir.name})
+    return F.FeatureStore(root, stream=stream), cache
+
+
+def test_a_cache_keeping_some_states_holds_only_those_and_reads_them_by_index(tmp_path):
+    import pytest
+
+    full, _ = _kept_store(tmp_path / "full", None)
+    kept, cache = _kept_store(tmp_path / "kept", [0, -1])
+    # the folder names what it keeps, the entries hold those two of the three states
+    assert cache.dir.name == "speech-key-S-1.0"
+    assert json.loads((cache.dir / F.LAYOUT).read_text()) == {"n_states": 3, "kept": [0, 2]}
+    digest = kept.speech_digest("u1")
+    assert cache.load(digest)["hidden"].shape == (2, 10, 4)
+    assert cache.path(digest).stat().st_size < F.FeatureCache(
+        tmp_path / "full", "speech-key").path(digest).stat().st_size
+    # read by the encoder's own indices, the kept states equal the full cache's
+    assert kept.depth("speech") == full.depth("speech") == 2
+    for layer in (0, 2, -1, [0, -1], [2, 0]):
+        for a, b in zip(kept.speech(["u1", "u2"], layer=layer),
+                        full.speech(["u1", "u2"], layer=layer)):
+            assert torch.equal(a, b)
+    assert kept.speech(["u2"], layer=[2, 0])[0][:, 0, 0].tolist() == pytest.approx([2.2, 0.2],
+                                                                                   abs=1e-3)
+    assert kept.absolute("speech", [-1, 0]) == [2, 0] and kept.absolute("speech", None) is None
+    # a state not kept, or all of them, is a clear error that names the setting
+    with pytest.raises(KeyError, match=r"hidden state 1 is not cached \(kept: \[0, 2\] of 3\)"
+                                       r".*features.speech_states"):
+        kept.speech(["u1"], layer=1)
+    with pytest.raises(KeyError, match="not every one.*features.speech_states"):
+        kept.speech(["u1"], layer=None)
+    with pytest.raises(IndexError, match="hidden state 3 does not exist"):
+        kept.absolute("speech", [3])
+    # streamed references read the same kept states, one or a stack
+    streamed, _ = _kept_store(tmp_path / "kept", [0, -1], stream=True)
+    for layer in (0, -1, [0, -1]):
+        for ref, tensor in zip(streamed.speech(["u1", "u2"], layer=layer),
+                               full.speech(["u1", "u2"], layer=layer)):
+            assert ref.shape == tuple(tensor.shape) and torch.equal(ref.load(), tensor)
+            assert torch.equal(ref.cropped(4).load(), tensor[..., :4, :])
+    stack = streamed.speech(["u2"], layer=[0, -1])[0].every_state_time_first()
+    assert stack.shape == (11, 2, 4) and torch.equal(
+        stack.load(), full.speech(["u2"], layer=[0, -1])[0].transpose(0, 1).half())
+
+
+def test_keeping_every_state_is_the_plain_cache_and_a_bad_index_stops_before_encoding(tmp_path):
+    import pytest
+
+    assert F.kept_states([0, -2, 2], 3) is None  # all three: the plain cache
+    assert F.kept_states([-1, -1], 3) == (2,) and F.kept_states([], 3) == ()
+    with pytest.raises(ValueError, match=r"hidden states \[5\] do not exist"):
+        F.speech_features(F.FeatureCache(tmp_path, "k", [5]), LayeredEncoder(), _waves([0.1]))
+    assert not list((tmp_path / "k-S5").glob("*.safetensors"))
+    # a folder written by hand (no layout) holds every state
+    cache = F.FeatureCache(tmp_path, "by-hand")
+    cache.dir.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"hidden": torch.zeros(5, 2, 4)}, str(cache.path("d")))
+    assert cache.depth() == 4 and cache.position(-1) == -1
+
+
+def test_the_features_stage_keeps_the_configured_states_and_the_last(tmp_path):
+    from mmser.config import Params
+
+    P = Params.from_dict({"features": {"speech_cuts": [1], "text_cuts": [],
+                                       "speech_states": [0], "text_states": []}})
+    texts = ["hello", "bye now"]
+    keys, stats = F.cache_cuts("text", tmp_path, P.encoders, P.features, texts)
+    [(layers, name)] = keys.items()
+    cache = F.FeatureCache(tmp_path, name)
+    assert layers is None and stats[name].misses == 2
+    assert cache.layout.kept == (cache.layout.n_states - 1,)  # only the last (the probe's)
+    assert cache.load(F.text_digest("hello"))["hidden"].shape[0] == 1
+    waves = _waves([0.1, 0.2], n=16000)
+    keys, _ = F.cache_cuts("speech", tmp_path, P.encoders, P.features, waves)
+    assert set(keys) == {None, 1}
+    layout = F.FeatureCache(tmp_path, keys[None]).layout  # Whisper tiny.en: 5 states
+    assert layout == F.Layout(5, (0, 4))
+    # its 1-layer cut has two states, 0 and the last: every one, as a plain cache
+    assert F.FeatureCache(tmp_path, keys[1]).layout == F.Layout(2, None)

@@ -180,6 +180,18 @@ def test_clap_profile_runs_end_to_end(project, tmp_path):
     run = json.loads((project / "results/clap/run.json").read_text())
     assert {r["system"] for r in run["retrieval"]} == {"small", "full", dot}
     assert "iemocap" in metrics["setting"].lower()
+    # the disk holds the states clap reads: below the trained blocks (0) and the probe's last
+    assert _layouts(project) == {"speech": [0, 2], "text": [0, 2]}
+
+
+def _layouts(project: Path) -> dict:
+    """The hidden states the features stage kept per role (absolute indices; None: all)."""
+    from mmser.encode.features import FeatureCache, FeatureStore
+
+    store = FeatureStore(project / "interim/features")
+    kept = {role: FeatureCache(store.root, store.keys[role]["main"]).layout.kept
+            for role in ("speech", "text")}
+    return {role: None if k is None else list(k) for role, k in kept.items()}
 
 
 def test_vcemo_profile_runs_end_to_end(project, tmp_path):
@@ -204,6 +216,8 @@ def test_vcemo_profile_runs_end_to_end(project, tmp_path):
     assert (folds.groupby("system")["fold"].nunique() == len(SESSIONS)).all()
     assert (project / "results/vcemo/tables/ablation.md").is_file()
     assert metrics["corpus"] == "iemocap"
+    # BERT's input embeddings and last layer; of Whisper only the last (the probe's)
+    assert _layouts(project) == {"speech": [4], "text": [0, 2]}
 
 
 def test_lemer_profile_runs_end_to_end(project, tmp_path):
@@ -231,6 +245,7 @@ def test_lemer_profile_runs_end_to_end(project, tmp_path):
     assert run["encoder_states"] == "top 2 text / 2 speech layers trained"
     sweep = pd.read_csv(project / "results/lemer/k_sweep.csv")
     assert set(sweep["K"]) == {10, params["lemer"]["speech_k"]}  # Figure 3: the grid and K
+    assert _layouts(project) == {"speech": [0, 2], "text": [0, 2]}  # below the tuned blocks
 
 
 def test_distil_profile_runs_end_to_end(project, tmp_path):
@@ -264,6 +279,7 @@ def test_distil_profile_runs_end_to_end(project, tmp_path):
     assert metrics["context"].startswith("msp_podcast") and "profile paper" in metrics["context"]
     run = json.loads((project / "results/distil/run.json").read_text())
     assert names <= set(run["params"]) and run["layer_weights"]  # Figure 2: frozen base
+    assert _layouts(project) == {"speech": None, "text": [0, 2]}  # Figure 2 weighs them all
 
 
 def test_tokenwise_profile_runs_end_to_end(project, tmp_path):
@@ -279,10 +295,10 @@ def test_tokenwise_profile_runs_end_to_end(project, tmp_path):
                    "pretrain_batch_sizes": [4], "pretrain_lrs": [1.0e-4], "bootstrap_n": 50,
                    **{f"{role}_{k}": v for role in ("baseline", "ours") for k, v in grid.items()}})
     # as written: LibriSpeech read speech for pre-training (per fold), reference text, the
-    # Whisper last layer plus the layer search, both protocols
+    # Whisper last layer (the paper searches WavLM's layers only), both protocols
     assert params["dataset"]["read_corpus"] == "librispeech"
     cfg = params["tokenwise"]
-    assert cfg["pretrain_speakers"] == "fold" and cfg["speech_layer_search"]
+    assert cfg["pretrain_speakers"] == "fold" and not cfg["speech_layer_search"]
     assert cfg["protocols"] == ["random_70_20_10", "corpus"] and cfg["hidden"] == 256
     out = _run(["dvc", "repro", "tokenwise"], project).stdout
     assert "Running stage 'tokenwise'" in out
@@ -291,8 +307,7 @@ def test_tokenwise_profile_runs_end_to_end(project, tmp_path):
     metrics = json.loads((project / "results/tokenwise/metrics.json").read_text())
     assert metrics["corpus"] == "iemocap" and len(metrics["protocols"]) == 2
     folds = pd.read_csv(project / "results/tokenwise/tables/fold_metrics.csv")
-    systems = {"speech whisper", "layer search: speech whisper", "speech wavlm", "text bert",
-               "ours B_s"}
+    systems = {"speech whisper", "speech wavlm", "text bert", "ours B_s"}
     assert {f"{s} [{p}]" for s in systems for p in ("loso", "random_70_20_10")} \
         == set(folds["system"])
     assert (project / "results/tokenwise/tables/table3.md").is_file()
@@ -301,3 +316,4 @@ def test_tokenwise_profile_runs_end_to_end(project, tmp_path):
     assert "frozen probe" in beside
     run = json.loads((project / "results/tokenwise/run.json").read_text())
     assert run["pretraining"]["speakers"] == "fold" and run["pretraining"]["folds"]
+    assert _layouts(project) == {"speech": [2], "text": [0, 2]}  # S; T and B

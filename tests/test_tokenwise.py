@@ -108,11 +108,12 @@ def test_functionals_by_hand():
     out = TWM.functionals([seq, torch.tensor([[5.0, 7.0]])])
     assert out.tolist() == [[2.0, 4.0, 1.0, 2.0], [5.0, 7.0, 0.0, 0.0]]
     states = torch.stack([seq, seq + 1, seq * 2])  # 3 hidden states
-    layers = TW.layer_functionals([states], layers=[0, -1])
+    # a stack of the states read, named by their absolute indices (FeatureStore.absolute)
+    layers = TW.layer_functionals([states[[0, 2]]], layers=[0, 2])
     assert sorted(layers) == [0, 2] and layers[2][0].tolist() == [4.0, 8.0, 2.0, 4.0]
     assert len(TW.layer_functionals([states])) == 3
-    with pytest.raises(ValueError, match="do not exist"):
-        TW.layer_functionals([states], layers=[5])
+    with pytest.raises(ValueError, match="a stack of 3 hidden states"):
+        TW.layer_functionals([states], layers=[0, 2])
 
 
 # ------------------------------------------------------------------ shapes and masks

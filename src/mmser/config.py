@@ -84,6 +84,7 @@ BOUNDS: list[tuple[str, Bound]] = [
 ]
 # Element types of lists whose default is empty (others: the default's elements' type).
 ELEMENTS = {"training.claim_seeds": int, "tokenwise.speech_layers": int,
+            "features.speech_states": int, "features.text_states": int,
             "tokenwise.text_layers": int, "tokenwise.extra_speech": str,
             "clap.similarity_ablation": str,
             "synthetic.snr_db": float}
@@ -147,6 +148,11 @@ class Features:
     text_source: str = "text"  # text (reference) | asr_text
     speech_cuts: list = field(default_factory=lambda: [2])  # also cache these layer cuts
     text_cuts: list = field(default_factory=lambda: [3])
+    # the hidden states cached per clip / text (0 = embeddings, -1 = the last, which the
+    # probe reads and is always kept); null: every one. A paper profile keeps what its stage
+    # reads: the disk then holds a state or two per utterance, not the encoder's every layer
+    speech_states: list | None = None
+    text_states: list | None = None
 
 
 @dataclass

@@ -280,11 +280,22 @@ def sequential(terms: dict[str, float], steps: list[tuple[str, float, str, float
         terms[f"while {worst}"] = peak - held
 
 
-def cache_bytes(model: Model, split: Split, text: bool = False) -> float:
-    """A FeatureCache of `split`: every hidden state in float16 (`speech_features`,
-    `text_features`), plus the token ids (int64) of a text, one file per entry."""
+def cache_bytes(model: Model, split: Split, text: bool = False,
+                states: int | None = None) -> float:
+    """A FeatureCache of `split`: `states` hidden states (None: every one) in float16
+    (`speech_features`, `text_features`), plus the token ids (int64) of a text, one file per
+    entry."""
     ids = split.n * split.tokens() * 8 if text else 0.0
-    return states_bytes(model, split, text=text) + ids + split.n * ENTRY_OVERHEAD
+    return states_bytes(model, split, states, text=text) + ids + split.n * ENTRY_OVERHEAD
+
+
+def stage_states(states: list | None, model: Model) -> int:
+    """How many hidden states of `model` the features stage caches for
+    `features.<role>_states` (`mmser.encode.features.with_last`: those and the last)."""
+    from mmser.encode.features import kept_states, with_last
+
+    kept = kept_states(with_last(states), model.layers + 1)
+    return model.layers + 1 if kept is None else len(kept)
 
 
 def wave_bytes(split: Split) -> float:
@@ -394,10 +405,14 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
     gpu = on_gpu(P)
     flop = 0.0
     for m in cuts:
-        features.disk[f"speech cache {m.name} L{m.layers}"] = cache_bytes(m, enc)
+        n = stage_states(P.features.speech_states, m)
+        features.disk[f"speech cache {m.name} L{m.layers}, {n} states"] = cache_bytes(
+            m, enc, states=n)
         flop += encode_flop(m, enc)
     for m in text_cuts:
-        features.disk[f"text cache {m.name} L{m.layers}"] = cache_bytes(m, texts, text=True)
+        n = stage_states(P.features.text_states, m)
+        features.disk[f"text cache {m.name} L{m.layers}, {n} states"] = cache_bytes(
+            m, texts, text=True, states=n)
         flop += encode_flop(m, texts)
     weights = max(weights_bytes(m) for m in cuts + text_cuts)
     batch = max(encode_peak(m, P.features.batch_size, enc.max_seconds, gpu) for m in cuts)
@@ -467,7 +482,8 @@ def _clap(P, corpus: Corpus, speech: Model, text: Model) -> Need:
             speech, p.batch_size, lab, seconds=min(lab.max_seconds, p.max_seconds)) \
             + batch_read(text, p.batch_size, lab, text=True)
     if p.small_text:
-        need.disk[f"own text cache {small.name}"] = cache_bytes(small, lab, text=True)
+        need.disk[f"own text cache {small.name}, 1 state"] = cache_bytes(small, lab, text=True,
+                                                                          states=1)
         need.cpu_tflop = encode_flop(small, lab) / 1e12
     seeds, folds = len(P.training.seeds), corpus.folds
     systems = len(p.systems) + len(p.similarity_ablation)
@@ -511,7 +527,8 @@ def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
         need.ram["one batch read (float32)"] = batch_read(speech, p.batch_size, lab) \
             + 2 * batch_read(text, p.batch_size, lab, text=True)
     need.cpu_tflop = encode_flop(text, context) / 1e12
-    need.disk["context text cache (all states)"] = cache_bytes(text, context, text=True)
+    need.disk["context text cache (2 states)"] = cache_bytes(text, context, text=True,
+                                                             states=2)
     if p.units == "quantizer" and speech.kind == "ssl":  # one clip at a time, unpadded
         need.ram["quantizer units: the longest clip"] = encode_peak(
             replace(speech, layers=0, heads=0), 1, lab.max_seconds)
@@ -588,7 +605,7 @@ def _vcemo(P, corpus: Corpus, speech: Model, text: Model) -> Need:
             frames * p.n_mels * 4 * 2 + batch_read(text, 1, lab, text=True))
     else:
         need.ram["log-mels, every view (float32)"] = mel * 4
-        need.ram["text states, every layer (float32)"] = states_bytes(text, lab, None, 4, True)
+        need.ram["text states 0 and last (float32)"] = states_bytes(text, lab, 2, 4, True)
     systems = len(p.systems) + (7 if p.ablation else 0)
     seeds, folds = len(P.training.seeds), corpus.folds
     runs = systems * seeds * folds

@@ -174,7 +174,6 @@ def child(stage: str, spec_path: str) -> None:
     from mmser.config import Params
     from mmser.corpus.audio import Clips
     from mmser.encode import features as F
-    from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
     P = Params.from_dict(spec["params"])
     df = pd.read_csv(spec["manifest"])
@@ -183,20 +182,12 @@ def child(stage: str, spec_path: str) -> None:
     if stage == "features":  # notebooks/features.ipynb, cells 3 and 4
         clips = Clips(df["path"])
         digests, sizes = F.clip_digests(clips)
-        keys = {}
-        for layers in [P.encoders.speech_layers, *P.features.speech_cuts]:
-            encoder = SpeechEncoder(P.encoders.speech, layers)
-            F.speech_features(F.FeatureCache(cache_dir, encoder.key), encoder, clips,
-                              P.features.batch_size, digests=digests, sizes=sizes)
-            keys[layers] = encoder.key
+        keys, _ = F.cache_cuts("speech", cache_dir, P.encoders, P.features, clips,
+                               digests=digests, sizes=sizes)
         F.write_index(cache_dir, df["utt_id"], digests,
                       speech=F.cut_keys(keys, P.encoders.speech_layers))
         texts = sorted({t for col in ("text", "asr_text") for t in df[col].dropna()})
-        keys = {}
-        for layers in [P.encoders.text_layers, *P.features.text_cuts]:
-            encoder = TextEncoder(P.encoders.text, layers)
-            F.text_features(F.FeatureCache(cache_dir, encoder.key), encoder, texts)
-            keys[layers] = encoder.key
+        keys, _ = F.cache_cuts("text", cache_dir, P.encoders, P.features, texts)
         F.write_index(cache_dir, text=F.cut_keys(keys, P.encoders.text_layers))
         return
     store = F.FeatureStore(cache_dir, stream=P.training.stream_states)
@@ -213,14 +204,13 @@ def child(stage: str, spec_path: str) -> None:
         from mmser.papers import lemer as LE
 
         C = P.lemer
-        n_text = store.text(lab["text"][:1].tolist(), layer=None)[0].shape[0] - 1
-        n_speech = store.speech(lab["utt_id"][:1], layer=None)[0].shape[0] - 1
+        n_text, n_speech = store.depth("text"), store.depth("speech")
         t_layer = -1 if not C.text_top_layers else n_text - C.text_top_layers
         s_layer = -1 if not C.speech_top_layers else n_speech - C.speech_top_layers
         sequences = {"text": store.text(lab["text"].tolist(), layer=t_layer),
                      "speech": store.speech(lab["utt_id"], layer=s_layer)}
         new_text = LE.TextStates(P.encoders.text, str(own / "text"), max_length=C.context_tokens,
-                                 stream=P.training.stream_states)
+                                 stream=P.training.stream_states, keep=[t_layer, -1])
         context = LE.context_texts(df, "text", C.context_turns, C.context_tokens,
                                    new_text.count_tokens)
         sequences["context"] = new_text(context.reindex(lab["utt_id"]).tolist(), layer=t_layer)
@@ -257,7 +247,7 @@ def child(stage: str, spec_path: str) -> None:
         stream = P.training.stream_states
         texts = F.FeatureStore(cache_dir, stream=stream)
         corpus = D.Corpus(lab.assign(fold=0), Path("/"), "loso", "tiny")  # absolute paths
-        exp = VC.Experiment(corpus, lambda t: texts.text(t, layer=None), P.vcemo, own / "mels",
+        exp = VC.Experiment(corpus, lambda t: texts.text(t, layer=VC.TEXT_STATES), P.vcemo, own / "mels",
                             0, stream=stream)
         items = exp.items(corpus.labelled, augment=True)  # a training part, every view
         for _ in D.loader(items, P.vcemo.batch_size, shuffle=True, bucket_by="mel"):

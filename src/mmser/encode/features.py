@@ -1,9 +1,10 @@
 """Frozen-encoder features, computed once and cached on disk.
 
-One safetensors file per (encoder, input): `<root>/<encoder key>/<digest>.safetensors`, where
-the encoder key covers the model name, layer cut, weights (and tokenizer) and the code that
-encodes (`mmser.encode.encoders.encoder_key`), and the digest covers the audio samples
-(speech) or the exact string (text). A changed clip, text, weight, encoding function or
+One safetensors file per (encoder, input): `<root>/<encoder key>[-S<kept>]/<digest>.safetensors`,
+where the encoder key covers the model name, layer cut, weights (and tokenizer) and the code
+that encodes (`mmser.encode.encoders.encoder_key`), `-S<kept>` names the hidden states kept
+when not every one is (`features.speech_states`; the folder's `layout.json` records them),
+and the digest covers the audio samples (speech) or the exact string (text). A changed clip, text, weight, encoding function or
 library version gets a new entry; an unchanged one is never encoded twice. Entries are
 written atomically; a truncated one is set aside and encoded again.
 """
@@ -47,12 +48,76 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class FeatureCache:
-    """Get-or-compute store of every hidden state of one encoder."""
+LAYOUT = "layout.json"
 
-    def __init__(self, root: str | Path, encoder_key: str):
-        self.dir = Path(root) / encoder_key
+
+@dataclass(frozen=True)
+class Layout:
+    """Which hidden states a cache's entries hold: `kept` (absolute indices, 0 = the input
+    embeddings) of the encoder's `n_states` (layers + 1); `kept=None`: every one."""
+
+    n_states: int
+    kept: tuple[int, ...] | None = None
+
+    def position(self, layer: int | Sequence[int] | None, where: str
+                 ) -> int | tuple[int, ...] | None:
+        """Where hidden state `layer` (negative: from the last; a list: a stack of them;
+        None: every one) lies in an entry; a clear error names a state that is not kept."""
+        if layer is None or isinstance(layer, int):
+            if layer is None and self.kept is not None:
+                raise KeyError(f"{where} holds hidden states {list(self.kept)} of "
+                               f"{self.n_states}, not every one; set features.speech_states "
+                               "(text_states) to null and run `dvc repro features`")
+            return layer if layer is None else self._one(layer, where)
+        return tuple(self._one(int(i), where) for i in layer)
+
+    def _one(self, layer: int, where: str) -> int:
+        if not -self.n_states <= layer < self.n_states:
+            raise IndexError(f"{where}: hidden state {layer} does not exist; the encoder has "
+                             f"{self.n_states} (0 = embeddings)")
+        if self.kept is None:
+            return layer
+        state = layer % self.n_states
+        if state not in self.kept:
+            raise KeyError(f"{where}: hidden state {layer} is not cached (kept: "
+                           f"{list(self.kept)} of {self.n_states}); add it to "
+                           "features.speech_states (text_states) and run `dvc repro features`")
+        return self.kept.index(state)
+
+
+def with_last(states: Sequence[int] | None) -> list[int] | None:
+    """What the features stage keeps of `features.<role>_states`: those and the last hidden
+    state, which its probe reads (None: every state)."""
+    return None if states is None else [*states, -1]
+
+
+def kept_states(keep: Sequence[int] | None, n_states: int) -> tuple[int, ...] | None:
+    """`keep` (indices, negative from the last) as sorted absolute indices; None: every
+    state (also when `keep` names them all)."""
+    if keep is None:
+        return None
+    bad = [i for i in keep if not -n_states <= int(i) < n_states]
+    if bad:
+        raise ValueError(f"hidden states {bad} do not exist; the encoder has {n_states} "
+                         "(0 = embeddings)")
+    kept = tuple(sorted({int(i) % n_states for i in keep}))
+    return None if len(kept) == n_states else kept
+
+
+class FeatureCache:
+    """Get-or-compute store of the hidden states of one encoder: every one, or with `keep`
+    (indices, negative from the last) only those, so that the disk holds what stages read.
+
+    Opened by its folder's name alone (`FeatureStore`), it reads which states it holds from
+    `layout.json`; a folder without one holds every state."""
+
+    def __init__(self, root: str | Path, encoder_key: str, keep: Sequence[int] | None = None):
+        self.keep = None if keep is None else sorted({int(i) for i in keep})
+        name = encoder_key if self.keep is None else \
+            f"{encoder_key}-S{'.'.join(map(str, self.keep))}"
+        self.dir = Path(root) / name
         self.stats = CacheStats()
+        self._layout: Layout | None = None
 
     def path(self, digest: str) -> Path:
         return self.dir / f"{digest}.safetensors"
@@ -60,13 +125,63 @@ class FeatureCache:
     def load(self, digest: str) -> dict[str, torch.Tensor]:
         return load_file(str(self.path(digest)))
 
-    def ref(self, digest: str, name: str = "hidden", layer: int | None = -1) -> "StateRef":
-        """A reference to one layer (None: every state) of an entry, read when loaded."""
+    @property
+    def layout(self) -> Layout:
+        """The states this cache's entries hold (from `layout.json`, else from an entry)."""
+        if self._layout is None:
+            record = self.dir / LAYOUT
+            if record.is_file():
+                data = json.loads(record.read_text())
+                kept = data["kept"]
+                self._layout = Layout(data["n_states"], None if kept is None else tuple(kept))
+            else:  # written before layouts, or by hand: every state
+                entry = next(self.dir.glob("*.safetensors"), None)
+                if entry is None:
+                    raise FileNotFoundError(f"{self.dir}: no cache entry to read states from")
+                with safe_open(str(entry), "pt") as f:
+                    self._layout = Layout(f.get_slice("hidden").get_shape()[0])
+        return self._layout
+
+    def depth(self) -> int:
+        """The encoder's layer count (its hidden states less the input embeddings)."""
+        return self.layout.n_states - 1
+
+    def position(self, layer: int | Sequence[int] | None) -> int | tuple[int, ...] | None:
+        return self.layout.position(layer, str(self.dir))
+
+    def absolute(self, layers: Sequence[int] | None) -> list[int] | None:
+        """`layers` (negative: from the last) as absolute indices, each checked to be
+        cached; None stays None (every state)."""
+        if layers is None:
+            return None
+        self.position(layers)  # a clear error for one that is not cached
+        return [int(l) % self.layout.n_states for l in layers]
+
+    def kept_of(self, states: torch.Tensor) -> torch.Tensor:
+        """The kept states of freshly computed ones (n_states, ...); records the layout."""
+        layout = Layout(states.shape[0], kept_states(self.keep, states.shape[0]))
+        if self._layout != layout:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            kept = None if layout.kept is None else list(layout.kept)
+            write_text(self.dir / LAYOUT, json.dumps({"n_states": layout.n_states,
+                                                      "kept": kept}))
+            self._layout = layout
+        return states if layout.kept is None else states[list(layout.kept)]
+
+    def ref(self, digest: str, name: str = "hidden",
+            layer: int | Sequence[int] | None = -1) -> "StateRef":
+        """A reference to hidden state `layer` (a list: a stack; None: every state) of an
+        entry, read when loaded."""
         path = self.path(digest)
         with safe_open(str(path), "pt") as f:
             shape = tuple(f.get_slice(name).get_shape())
-        return StateRef(str(self.dir.parent), f"{self.dir.name}/{path.name}", name, layer,
-                        shape if layer is None else shape[1:])
+        position = layer if name != "hidden" else self.position(layer)
+        if isinstance(position, tuple):
+            shape = (len(position), *shape[1:])
+        elif position is not None:
+            shape = shape[1:]
+        return StateRef(str(self.dir.parent), f"{self.dir.name}/{path.name}", name, position,
+                        shape)
 
     def has(self, digest: str) -> bool:
         """Whether a whole entry is on disk; a truncated or unreadable one is set aside."""
@@ -156,7 +271,8 @@ def no_kernel_cache() -> None:
 def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
                     batch_size: int = 8, *, digests: Sequence[str] | None = None,
                     sizes: Sequence[int] | None = None) -> list[str]:
-    """Make sure every clip's hidden states (layers+1, frames, dim, float16) are cached.
+    """Make sure every clip's hidden states (layers+1, frames, dim, float16; the cache's
+    kept ones) are cached.
 
     `digests` and `sizes`: `clip_digests(waves)`, when the caller has them (several encoders
     of the same clips); else they are computed here, which reads every clip once more."""
@@ -171,6 +287,7 @@ def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
 
     def compute(batch: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
         states, lengths = encoder(batch)
+        states = cache.kept_of(states)
         return [{"hidden": states[:, i, :n].half()} for i, n in enumerate(lengths.tolist())]
 
     cache.fill(digests, waves, sizes, compute, batch_size, desc=f"speech {cache.dir.name}")
@@ -179,11 +296,13 @@ def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
 
 def text_features(cache: FeatureCache, encoder, texts: Sequence[str],
                   batch_size: int = 32) -> list[str]:
-    """Make sure every text's hidden states (layers+1, tokens, dim) and token ids are cached."""
+    """Make sure every text's hidden states (layers+1, tokens, dim; the cache's kept ones)
+    and token ids are cached."""
     digests = [text_digest(t) for t in texts]
 
     def compute(batch: list[str]) -> list[dict[str, torch.Tensor]]:
         states, mask, ids = encoder(batch)
+        states = cache.kept_of(states)
         lengths = mask.sum(-1).tolist()
         return [{"hidden": states[:, i, :n].half(), "input_ids": ids[i, :n]}
                 for i, n in enumerate(lengths)]
@@ -193,9 +312,36 @@ def text_features(cache: FeatureCache, encoder, texts: Sequence[str],
     return digests
 
 
+def cache_cuts(role: str, root: str | Path, encoders, features, inputs: Sequence, *,
+               digests: Sequence[str] | None = None, sizes: Sequence[int] | None = None,
+               device: str = "cpu") -> tuple[dict, dict[str, CacheStats]]:
+    """The features stage's encoding of one role ("speech": clips, "text": strings): the
+    configured encoder and each cut (`features.<role>_cuts`), keeping the states
+    `features.<role>_states` and the last (the probe reads it). `encoders` and `features`
+    are the params' sections. Returns ({layers: cache folder}, {cache folder: stats})."""
+    from mmser.encode.encoders import SpeechEncoder, TextEncoder
+
+    keep = with_last(getattr(features, f"{role}_states"))
+    main = getattr(encoders, f"{role}_layers")
+    keys, stats = {}, {}
+    for layers in [main, *getattr(features, f"{role}_cuts")]:
+        if role == "speech":
+            encoder = SpeechEncoder(encoders.speech, layers).to(device)
+            cache = FeatureCache(root, encoder.key, keep)
+            speech_features(cache, encoder, inputs, features.batch_size, digests=digests,
+                            sizes=sizes)
+        else:
+            encoder = TextEncoder(encoders.text, layers).to(device)
+            cache = FeatureCache(root, encoder.key, keep)
+            text_features(cache, encoder, inputs)
+        keys[layers], stats[cache.dir.name] = cache.dir.name, cache.stats
+    return keys, stats
+
+
 def pooled(cache: FeatureCache, digests: Sequence[str], layer: int = -1) -> np.ndarray:
     """Mean over time of one layer for each entry: (n, dim) float32."""
-    return np.stack([cache.load(d)["hidden"][layer].float().mean(0).numpy() for d in digests])
+    position = cache.position(layer)
+    return np.stack([cache.load(d)["hidden"][position].float().mean(0).numpy() for d in digests])
 
 
 def write_stats(path: str | Path, stats: dict[str, CacheStats]) -> None:
@@ -239,9 +385,12 @@ def write_index(root: str | Path, utt_ids: Sequence[str] | None = None,
 ENCODER_USE: Counter = Counter()
 
 
-def layer_copy(states: torch.Tensor, layer: int | None) -> torch.Tensor:
-    """One layer (or all) of an entry as float32 in storage of its own: a read keeps what it
-    returns, not every layer of every entry (`.float()` of a float32 slice is a view)."""
+def layer_copy(states: torch.Tensor, layer: int | tuple[int, ...] | None) -> torch.Tensor:
+    """One state (a tuple: a stack; None: all) of an entry, by position in the entry, as
+    float32 in storage of its own: a read keeps what it returns, not every state of every
+    entry (`.float()` of a float32 slice is a view)."""
+    if isinstance(layer, tuple):
+        layer = list(layer)
     return (states if layer is None else states[layer]).to(torch.float32, copy=True)
 
 
@@ -253,14 +402,15 @@ class StateRef:
     grows with the batch, not with the corpus (at paper scale a corpus of states is
     hundreds of GB). `entry` names the cache file by content (encoder key / input digest),
     so a run's fingerprint over references proves the same inputs as one over tensors.
-    `shape` is what `load` returns: one layer (length, dim) or every state
-    (layers + 1, length, dim), its time axis cropped to `frames` when set.
+    `layer` is a position in the entry (`FeatureCache.position`): one state, a tuple (a
+    stack of them) or None (every state the entry holds). `shape` is what `load` returns:
+    (length, dim) or (states, length, dim), its time axis cropped to `frames` when set.
     """
 
     root: str
     entry: str
     name: str  # the tensor in the entry: "hidden" or "input_ids"
-    layer: int | None
+    layer: int | tuple[int, ...] | None
     shape: tuple
     frames: int | None = None
     time_first: bool = False  # every state as (length, layers + 1, dim): collate pads time
@@ -271,14 +421,14 @@ class StateRef:
 
     def cropped(self, frames: int) -> "StateRef":
         """The first `frames` time steps (of every state, when all are read)."""
-        axis = 1 if self.layer is None and not self.time_first else 0
+        axis = 1 if not isinstance(self.layer, int) and not self.time_first else 0
         shape = list(self.shape)
         shape[axis] = min(shape[axis], frames)
         return replace(self, frames=frames, shape=tuple(shape))
 
     def every_state_time_first(self, dtype: str = "float16") -> "StateRef":
-        """Every state, time first: (length, layers + 1, dim), in `dtype`."""
-        if self.layer is not None or self.time_first:
+        """Every state read (or a stack), time first: (length, states, dim), in `dtype`."""
+        if isinstance(self.layer, int) or self.time_first:
             raise ValueError(f"{self.entry}: already one layer or time first")
         shape = (self.shape[1], self.shape[0], *self.shape[2:])
         return replace(self, time_first=True, dtype=dtype, shape=shape)
@@ -287,10 +437,13 @@ class StateRef:
         ENCODER_USE["cache_reads"] += 1
         with safe_open(str(Path(self.root) / self.entry), "pt") as f:
             part = f.get_slice(self.name)  # reads only the slice asked for
+            time = slice(None, self.frames)
             if self.layer is None:
-                x = part[:, : self.frames] if self.frames else part[:]
+                x = part[:, time]
+            elif isinstance(self.layer, tuple):
+                x = torch.stack([part[i, time] for i in self.layer])
             else:
-                x = part[self.layer, : self.frames] if self.frames else part[self.layer]
+                x = part[self.layer, time]
         if self.name == "input_ids":
             return x
         x = x.to(getattr(torch, self.dtype))
@@ -312,11 +465,15 @@ class FeatureStore:
     """The cached hidden states by utterance id (speech) or by string (text).
 
     `cut` is "main" (the configured encoder) or the layer count of a cut cached by the
-    features stage (`features.speech_cuts`, `features.text_cuts`). `layer=None` returns
-    every hidden state, (layers + 1, length, dim); an int returns that one, (length, dim).
-    Everything comes back as float32, one entry read at a time: a read's peak memory is
-    what it returns plus one entry. With `stream=True` (`features.stream`, the paper
-    profiles) `speech` and `text` return `StateRef`s instead, read when a batch needs them.
+    features stage (`features.speech_cuts`, `features.text_cuts`). `layer` is a hidden
+    state's index (0 = embeddings, negative from the last): an int returns that one,
+    (length, dim); a list returns a stack of them, (len(list), length, dim); None returns
+    every one, (layers + 1, length, dim), where the cache holds every one (`depth` gives the
+    layer count either way). A state the features stage did not keep
+    (`features.speech_states`, `text_states`) is a clear error. Everything comes back as
+    float32, one entry read at a time: a read's peak memory is what it returns plus one
+    entry. With `stream=True` (`training.stream_states`, the paper profiles) `speech` and
+    `text` return `StateRef`s instead, read when a batch needs them.
     """
 
     def __init__(self, root: str | Path = "interim/features", stream: bool = False):
@@ -331,13 +488,17 @@ class FeatureStore:
         self.keys = json.loads((self.root / KEYS).read_text())
         index = pd.read_csv(self.root / INDEX, dtype=str)
         self._speech = dict(zip(index["utt_id"], index["speech"]))
+        self._caches: dict[str, FeatureCache] = {}
 
     def _cache(self, role: str, cut: str | int) -> FeatureCache:
         cuts = self.keys.get(role, {})
         if str(cut) not in cuts:
             raise KeyError(f"no cached {role} features for cut {cut!r}; cached cuts: "
                            f"{sorted(cuts)} (set features.{role}_cuts in params.yaml)")
-        return FeatureCache(self.root, cuts[str(cut)])
+        key = cuts[str(cut)]
+        if key not in self._caches:  # one per key: its layout is read once
+            self._caches[key] = FeatureCache(self.root, key)
+        return self._caches[key]
 
     def _load(self, cache: FeatureCache, digest: str, name: str, what: str) -> torch.Tensor:
         if not cache.path(digest).is_file():
@@ -357,8 +518,18 @@ class FeatureStore:
                            "(is its split in features.splits?)")
         return self._speech[utt_id]
 
-    def _ref(self, cache: FeatureCache, digest: str, name: str, layer: int | None,
-             what: str) -> StateRef:
+    def depth(self, role: str, cut: str | int = MAIN) -> int:
+        """The layer count of the `role` ("speech" | "text") encoder of `cut`."""
+        return self._cache(role, cut).depth()
+
+    def absolute(self, role: str, layers: Sequence[int] | None,
+                 cut: str | int = MAIN) -> list[int] | None:
+        """Hidden-state indices (negative: from the last) as absolute ones, each checked to
+        be cached: what a stack read with `layer=layers` holds, in order."""
+        return self._cache(role, cut).absolute(layers)
+
+    def _ref(self, cache: FeatureCache, digest: str, name: str,
+             layer: int | Sequence[int] | None, what: str) -> StateRef:
         path = cache.path(digest)
         if not path.is_file():
             raise KeyError(f"{what} has no entry in {cache.dir}; run the features stage on "
@@ -369,23 +540,26 @@ class FeatureStore:
                                "aside and encodes it again")
         return cache.ref(digest, name, layer)
 
-    def speech(self, utt_ids: Sequence[str], layer: int | None = -1,
+    def speech(self, utt_ids: Sequence[str], layer: int | Sequence[int] | None = -1,
                cut: str | int = MAIN) -> list[torch.Tensor] | list[StateRef]:
         cache = self._cache("speech", cut)
-        if self.stream:
-            return [self._ref(cache, self.speech_digest(u), "hidden", layer, f"utterance {u!r}")
-                    for u in utt_ids]
-        return [layer_copy(self._load(cache, self.speech_digest(u), "hidden", f"utterance {u!r}"),
-                     layer) for u in utt_ids]
+        digests = [(self.speech_digest(u), f"utterance {u!r}") for u in utt_ids]
+        return self._read(cache, digests, layer)
 
-    def text(self, texts: Sequence[str], layer: int | None = -1,
+    def text(self, texts: Sequence[str], layer: int | Sequence[int] | None = -1,
              cut: str | int = MAIN) -> list[torch.Tensor] | list[StateRef]:
         cache = self._cache("text", cut)
+        return self._read(cache, [(text_digest(t), f"text {t[:40]!r}") for t in texts], layer)
+
+    def _read(self, cache: FeatureCache, digests: Sequence[tuple[str, str]],
+              layer: int | Sequence[int] | None) -> list[torch.Tensor] | list[StateRef]:
+        if not digests:
+            return []
         if self.stream:
-            return [self._ref(cache, text_digest(t), "hidden", layer, f"text {t[:40]!r}")
-                    for t in texts]
-        return [layer_copy(self._load(cache, text_digest(t), "hidden", f"text {t[:40]!r}"), layer)
-                for t in texts]
+            return [self._ref(cache, d, "hidden", layer, what) for d, what in digests]
+        position = cache.position(layer)
+        return [layer_copy(self._load(cache, d, "hidden", what), position)
+                for d, what in digests]
 
     def token_ids(self, texts: Sequence[str], cut: str | int = MAIN) -> list[torch.Tensor]:
         cache = self._cache("text", cut)

@@ -132,17 +132,18 @@ def _text_states(store: FeatureStore, texts: list[str], role: str, p: ClapParams
     clap.small_text) from this stage's own cache, encoded once."""
     if role == "main" or p.small_text is None:
         cut = "main" if role == "main" else p.small_text_layers
-        n_layers = len(store.text(texts[:1], layer=None, cut=cut)[0]) - 1
+        n_layers = store.depth("text", cut)
         return store.text(texts, layer=_below_top(n_layers, _text_top(p, n_layers)), cut=cut)
     from mmser.encode.features import FeatureCache, text_features
 
     encoder = _encoder("text", p.small_text, p.small_text_layers)
-    cache = FeatureCache(cache_root, encoder.key)
-    digests = text_features(cache, encoder, texts)
     layer = _below_top(encoder.n_layers, _text_top(p, encoder.n_layers))
+    cache = FeatureCache(cache_root, encoder.key, keep=[layer])  # the one state it reads
+    digests = text_features(cache, encoder, texts)
     if store.stream:
         return [cache.ref(d, layer=layer) for d in digests]
-    return [cache.load(d)["hidden"][layer].float() for d in digests]
+    position = cache.position(layer)
+    return [cache.load(d)["hidden"][position].float() for d in digests]
 
 
 def _shaped(states: torch.Tensor | StateRef, frames: int | None, pool: str | None
@@ -177,7 +178,7 @@ class Bank:
                              f"{len(missing)} utterances, e.g. "
                              f"{missing['utt_id'].head(3).tolist()}")
         ids = df["utt_id"].tolist()
-        n_speech = len(store.speech(ids[:1], layer=None)[0]) - 1
+        n_speech = store.depth("speech")
         max_frames = int(p.max_seconds * FRAMES_PER_SECOND)  # the paper's 8-s cut
         states = store.speech(ids, layer=_below_top(n_speech, p.speech_top_layers))
         # with nothing trained below the pooling, pool once here: exactly what Side does

@@ -179,10 +179,10 @@ class States:
     def text(self, spec: str, texts: Sequence[str], layer: int | None = -1) -> list:
         return self._get("text", spec, list(texts), layer)
 
-    def n_states(self, role: str, spec: str, key: str) -> int:
+    def n_states(self, role: str, spec: str) -> int:
+        """The hidden states of a source's encoder (layers + 1), cached or not."""
         store, cut = self._where(spec)
-        read = store.speech if role == "speech" else store.text
-        return int(read([key], layer=None, cut=cut)[0].shape[0])
+        return store.depth(role, cut) + 1
 
 
 # ------------------------------------------------------------------------------ systems
@@ -217,7 +217,7 @@ class Builder:
         self.run_dir = Path(run_dir)
         self._encoders: dict[tuple, nn.Module] = {}
         self._n_states: dict[tuple, int] = {}
-        self._first = first_key  # an utterance id whose entry gives the number of states
+        self._first = first_key  # an utterance id whose entry gives the state width
         self._first_text = str(corpus.rated["text"].iloc[0])
 
     # -- sources and layers
@@ -233,8 +233,7 @@ class Builder:
 
     def n_layers(self, spec: str, role: str) -> int:
         if (spec, role) not in self._n_states:
-            key = self._first if role == "speech" else self._first_text
-            self._n_states[(spec, role)] = self.states.n_states(role, spec, key)
+            self._n_states[(spec, role)] = self.states.n_states(role, spec)
         return self._n_states[(spec, role)] - 1
 
     def _ft(self, role: str) -> int | None:

@@ -625,11 +625,14 @@ def paper_columns(table: pd.DataFrame, key: str = "system") -> pd.DataFrame:
 
 class TextStates:
     """Strings the features stage did not encode (spliced context, keywords, label words):
-    every hidden state through the text encoder, cached under `root` once."""
+    the hidden states `keep` (None: every one) through the text encoder, cached under
+    `root` once."""
 
     def __init__(self, name: str, root: str, layers: int | None = None,
-                 max_length: int = 150, stream: bool = False):
+                 max_length: int = 150, stream: bool = False,
+                 keep: Sequence[int] | None = None):
         self.name, self.root, self.layers, self.max_length = name, root, layers, max_length
+        self.keep = keep
         self.stream = stream  # StateRefs, read per batch (`training.stream_states`)
         self._encoder = None
 
@@ -647,12 +650,15 @@ class TextStates:
     def __call__(self, texts: Sequence[str], layer: int | None = -1) -> list[torch.Tensor]:
         from mmser.encode.features import FeatureCache, text_features
 
-        cache = FeatureCache(self.root, f"{self.encoder.key}-max{self.max_length}")
+        cache = FeatureCache(self.root, f"{self.encoder.key}-max{self.max_length}", self.keep)
         digests = text_features(cache, self.encoder, list(texts))
+        if not digests:
+            return []
         if self.stream:
             return [cache.ref(d, layer=layer) for d in digests]
         # one entry at a time, each layer copied out: not every state of every text held
-        return [layer_copy(cache.load(d)["hidden"], layer) for d in digests]
+        position = cache.position(layer)
+        return [layer_copy(cache.load(d)["hidden"], position) for d in digests]
 
     def tokens(self, text: str) -> list[str]:
         ids = self.encoder.tokenizer(text, truncation=True, max_length=self.max_length)

@@ -285,23 +285,21 @@ class FoldPretraining:
 
 def layer_functionals(states: Iterable[torch.Tensor | StateRef],
                       layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-    """Functionals of the requested hidden states of each utterance: {layer: (n, 2D)}.
+    """Functionals of each hidden state of each utterance: {layer: (n, 2D)}.
 
-    `states` yields (layers + 1, L, D) per utterance, or a reference to it (a generator
-    keeps memory flat); `layers` None = every hidden state (0 = embeddings); negative
-    indices count back.
+    `states` yields each utterance's stack of the hidden states `layers` (absolute indices,
+    in that order: `FeatureStore.absolute`), or of every state (0 = embeddings) when
+    `layers` is None; or a reference to it (a generator keeps memory flat).
     """
     rows: dict[int, list[torch.Tensor]] = {}
-    for state in map(load_refs, states):
-        n_states = state.shape[0]
-        bad = [l for l in layers or [] if not -n_states <= int(l) < n_states]
-        if bad:
-            raise ValueError(f"layers {bad} do not exist; the encoder has {n_states} hidden "
-                             "states (0 = embeddings)")
-        chosen = range(n_states) if layers is None else {int(l) % n_states for l in layers}
-        for layer in sorted(chosen):
-            rows.setdefault(layer, []).append(functionals([state[layer]])[0])
-    return {layer: torch.stack(r) for layer, r in rows.items()}
+    for stack in map(load_refs, states):
+        names = range(stack.shape[0]) if layers is None else [int(l) for l in layers]
+        if len(names) != stack.shape[0]:
+            raise ValueError(f"a stack of {stack.shape[0]} hidden states for layers "
+                             f"{list(names)}")
+        for layer, state in zip(names, stack):
+            rows.setdefault(layer, []).append(functionals([state])[0])
+    return {layer: torch.stack(r) for layer, r in sorted(rows.items())}
 
 
 @dataclass

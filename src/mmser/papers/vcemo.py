@@ -33,7 +33,7 @@ from mmser.config import Training, Vcemo
 from mmser.corpus import manifest, synth
 from mmser.corpus.audio import SAMPLE_RATE, load_audio, wave_digest, write_audio
 from mmser.corpus.protocols import Fold
-from mmser.encode.features import FeatureCache, StateRef
+from mmser.encode.features import FeatureCache, StateRef, layer_copy
 from mmser.models import vcemo as V
 from mmser.report.claims import DISAGREES, verdict
 from mmser.training.data import Corpus, label_ids
@@ -248,6 +248,11 @@ def word_vectors(states0: torch.Tensor, max_tokens: int) -> torch.Tensor:
     return inner[:max_tokens]
 
 
+# the text encoder's states VCEMO reads: the input embeddings (its word vectors) and the
+# last layer (its sentence vector); `text_states` lookups return these two, stacked
+TEXT_STATES = [0, -1]
+
+
 @dataclass(frozen=True)
 class TextInput(StateRef):
     """A text's word vectors (`word_vectors` of hidden state 0) or sentence vector
@@ -260,13 +265,16 @@ class TextInput(StateRef):
 
     @classmethod
     def of(cls, states: StateRef, use: str, max_tokens: int, pool: str) -> "TextInput":
-        """The input `use` from a reference to every state (layers + 1, tokens, dim)."""
+        """The input `use` from a reference to a stack of states (`TEXT_STATES`, or every
+        one) of shape (states, tokens, dim)."""
         _, tokens, dim = states.shape
+        first, last = (states.layer[0], states.layer[-1]) if isinstance(states.layer, tuple) \
+            else (0, -1)
         if use == "words":
             inner = tokens - 2 if tokens > 2 else tokens
-            return cls(states.root, states.entry, states.name, 0,
+            return cls(states.root, states.entry, states.name, first,
                        (min(inner, max_tokens), dim), use=use, max_tokens=max_tokens)
-        return cls(states.root, states.entry, states.name, -1, (dim,), use=use, pool=pool)
+        return cls(states.root, states.entry, states.name, last, (dim,), use=use, pool=pool)
 
     def load(self) -> torch.Tensor:
         states = super().load()
@@ -279,19 +287,21 @@ def cached_text_states(cache_dir: str | Path, encoder_name: str, texts: Sequence
                        batch_size: int = 32, stream: bool = False,
                        ) -> Callable[[Sequence[str]], list[torch.Tensor] | list[StateRef]]:
     """Encode `texts` the features stage did not (e.g. the Mandarin variant) into our own
-    cache; returns a lookup texts -> every hidden state (layers + 1, tokens, dim), float32,
-    or with `stream=True` a `StateRef` to them (as `FeatureStore(stream=True).text`)."""
+    cache (only the `TEXT_STATES` it reads); returns a lookup texts -> those states (2,
+    tokens, dim), float32, or with `stream=True` a `StateRef` to them (as
+    `FeatureStore(stream=True).text(texts, TEXT_STATES)`)."""
     from mmser.encode.encoders import TextEncoder
     from mmser.encode.features import text_digest, text_features
 
     encoder = TextEncoder(encoder_name)
-    cache = FeatureCache(cache_dir, encoder.key)
+    cache = FeatureCache(cache_dir, encoder.key, keep=TEXT_STATES)
     text_features(cache, encoder, list(texts), batch_size=batch_size)
 
     def lookup(batch: Sequence[str]) -> list[torch.Tensor] | list[StateRef]:
         if stream:
-            return [cache.ref(text_digest(t), layer=None) for t in batch]
-        return [cache.load(text_digest(t))["hidden"].float() for t in batch]
+            return [cache.ref(text_digest(t), layer=TEXT_STATES) for t in batch]
+        position = cache.position(TEXT_STATES)
+        return [layer_copy(cache.load(text_digest(t))["hidden"], position) for t in batch]
     return lookup
 
 
