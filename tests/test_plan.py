@@ -21,9 +21,10 @@ def _plan(paper: str, **params):
 
 
 def test_features_disk_grows_with_the_cached_layers():
-    _, one = _plan("clap", features={"speech_cuts": []})
-    _, two = _plan("clap", features={"speech_cuts": [2]})
-    _, six = _plan("clap", features={"speech_cuts": [6]})
+    every = {"speech_states": None}  # every state of every cut
+    _, one = _plan("clap", features={"speech_cuts": [], **every})
+    _, two = _plan("clap", features={"speech_cuts": [2], **every})
+    _, six = _plan("clap", features={"speech_cuts": [6], **every})
     disks = [sum(n["features"].disk.values()) for n in (one, two, six)]
     assert disks[0] < disks[1] < disks[2]
     # a 2-layer cut stores 3 states per frame, the 12-layer encoder 13
@@ -32,12 +33,29 @@ def test_features_disk_grows_with_the_cached_layers():
     assert cut / PL.cache_bytes(hubert, PL.IEMOCAP) == pytest.approx(3 / 13, rel=0.01)
 
 
+def _speech_disk(needs) -> float:
+    return sum(v for k, v in needs["features"].disk.items() if k.startswith("speech"))
+
+
+def test_the_profiles_cache_only_the_states_their_stage_reads():
+    # clap keeps HuBERT's state 0 (below its 12 trained blocks) and the last: 2 of 13
+    _, kept = _plan("clap")
+    _, every = _plan("clap", features={"speech_states": None})
+    assert _speech_disk(kept) / _speech_disk(every) == pytest.approx(2 / 13, rel=0.01)
+    assert PL.stage_states([0], PL.model_info("facebook/hubert-base-ls960")) == 2
+    assert PL.stage_states([-1], PL.model_info("facebook/hubert-base-ls960")) == 1
+    assert PL.stage_states(None, PL.model_info("facebook/hubert-base-ls960")) == 13
+
+
 def test_tokenwise_read_max_scales_the_features_stage():
     _, full = _plan("tokenwise")
     _, sample = _plan("tokenwise", dataset={"read_max": 10_000})
     assert sum(sample["features"].disk.values()) < sum(full["features"].disk.values()) / 10
-    # all of LibriSpeech 960 h in fp16 states: the issue's ~1.2 TB order of magnitude
-    assert sum(full["features"].disk.values()) > 1e12
+    # all of LibriSpeech 960 h, every state in fp16: the issue's ~1.2 TB order of magnitude;
+    # the profile keeps Whisper's last state (1 of 7) and BERT's first and last (2 of 13)
+    _, every = _plan("tokenwise", features={"speech_states": None, "text_states": None})
+    assert sum(every["features"].disk.values()) > 1e12
+    assert _speech_disk(full) / _speech_disk(every) == pytest.approx(1 / 7, rel=0.01)
 
 
 def test_the_limit_message_names_the_exceeded_limit():
