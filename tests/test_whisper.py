@@ -237,3 +237,28 @@ def test_chinese_is_scored_by_characters():
     assert asr.wer(["我今天很高兴！"], ["我今天很高兴"], "zh") == 0.0
     assert asr.wer(["我很高兴"], ["我很高心"], "zh") == pytest.approx(0.25)  # one of 4 chars
     assert asr.wer(["我很高兴"], ["我很高心"]) == 1.0  # as English: one unsegmented "word"
+
+
+def test_clips_read_when_their_batch_is_decoded_give_the_same_transcripts(clips, model):
+    """Transcribing a corpus holds one batch of clips, not the corpus (issue 19): a lazy
+    sequence is read once per clip for its length, then once per batch that holds one of
+    its windows, and its transcripts equal those of the clips held in memory."""
+    long = np.concatenate([np.pad(clips[0], (0, 30 * 16_000 - len(clips[0]))), clips[1]])
+    waves = [long, *clips]
+
+    class Counted:
+        def __init__(self):
+            self.reads = [0] * len(waves)
+
+        def __len__(self):
+            return len(waves)
+
+        def __getitem__(self, i):
+            self.reads[i] += 1
+            return waves[i].copy()
+
+    lazy = Counted()
+    assert W.transcribe(*model, lazy, batch_size=2) == W.transcribe(*model, waves, batch_size=2)
+    # the 2-window clip is read for its length and for each of its windows' batches (at
+    # most 2); every other clip for its length and its one batch
+    assert lazy.reads[0] in (2, 3) and lazy.reads[1:] == [2, 2, 2]

@@ -298,11 +298,6 @@ def stage_states(states: list | None, model: Model) -> int:
     return model.layers + 1 if kept is None else len(kept)
 
 
-def wave_bytes(split: Split) -> float:
-    """Clips held as float32 arrays (`load_audio`), as every stage that reads audio does."""
-    return split.seconds * SAMPLE_RATE * 4
-
-
 def clip_batch(batch: int, split: Split) -> float:
     """One batch of the longest clips as float32 (`Clips` reads them when encoded)."""
     return batch * split.max_seconds * SAMPLE_RATE * 4
@@ -387,11 +382,12 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
     e = P.encoders
     speech, text = model_info(e.speech, e.speech_layers), model_info(e.text, e.text_layers)
     lab, enc = corpus.labelled, corpus.encoded
-    # transcribe (`asr.transcribe_files`): the labelled split's clips in RAM, the bundled
-    # Whisper tiny.en decoding on the CPU
+    # transcribe (`asr.transcribe_files`): one batch of clips read at a time (`Clips`), the
+    # bundled Whisper tiny.en decoding on the CPU
     asr = model_info("whisper-tiny.en")
     transcribe = Need("transcribe", disk={"manifest.csv": corpus.encoded.n * 200},
-                      ram={"clips (float32)": wave_bytes(lab if corpus.read else enc),
+                      ram={"one batch of clips (float32)": clip_batch(
+                          P.transcribe.batch_size, lab if corpus.read else enc),
                            "Whisper tiny.en": weights_bytes(asr), "runtime": RUNTIME_RSS},
                       cpu_tflop=encode_flop(asr, lab) * 2)
     transcribe.notes.append("ASR on the CPU (bundled Whisper tiny.en); decoding FLOPs "
@@ -406,13 +402,13 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
     flop = 0.0
     for m in cuts:
         n = stage_states(P.features.speech_states, m)
-        features.disk[f"speech cache {m.name} L{m.layers}, {n} states"] = cache_bytes(
-            m, enc, states=n)
+        label = f"speech cache {m.name} L{m.layers}, {n} of {m.layers + 1} states"
+        features.disk[label] = cache_bytes(m, enc, states=n)
         flop += encode_flop(m, enc)
     for m in text_cuts:
         n = stage_states(P.features.text_states, m)
-        features.disk[f"text cache {m.name} L{m.layers}, {n} states"] = cache_bytes(
-            m, texts, text=True, states=n)
+        label = f"text cache {m.name} L{m.layers}, {n} of {m.layers + 1} states"
+        features.disk[label] = cache_bytes(m, texts, text=True, states=n)
         flop += encode_flop(m, texts)
     weights = max(weights_bytes(m) for m in cuts + text_cuts)
     batch = max(encode_peak(m, P.features.batch_size, enc.max_seconds, gpu) for m in cuts)

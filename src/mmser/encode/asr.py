@@ -21,7 +21,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
-from mmser.corpus.audio import load_audio
+from mmser.corpus.audio import Clips, load_audio
 
 BACKENDS = ("converted", "faster-whisper")
 # languages written without spaces between words: scored by characters (CER), the usual
@@ -30,7 +30,13 @@ CHARACTER_SCORED = {"zh", "yue", "ja"}
 CJK = re.compile(r"([\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff])")  # kana and Han characters
 
 
-def _waves(items: Sequence) -> list[np.ndarray]:
+def _waves(items: Sequence) -> Sequence[np.ndarray]:
+    """The clips of `items` (paths or waveforms). Paths become a `Clips`: each file is read
+    when its batch is transcribed, so memory follows the batch, not the corpus."""
+    if isinstance(items, Clips):
+        return items
+    if all(isinstance(x, (str, Path)) for x in items):
+        return Clips(items)
     return [load_audio(x).wave if isinstance(x, (str, Path)) else np.asarray(x, np.float32)
             for x in items]
 

@@ -13,6 +13,7 @@ import functools
 import json
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -270,11 +271,17 @@ def _window_samples(encoder: nn.Module) -> int:
     return 2 * HOP * _as_encoder(encoder).embed_positions.weight.shape[0]
 
 
+def _window_spans(samples: int, size: int) -> list[tuple[int, int]]:
+    """A clip of `samples` as consecutive windows of `size`, each (start, length); a last
+    piece shorter than one STFT window (25 ms) is dropped, since it cannot make a mel frame
+    of its own."""
+    spans = [(start, min(size, samples - start)) for start in range(0, samples, size)]
+    return spans[:1] + [s for s in spans[1:] if s[1] >= N_FFT]
+
+
 def _windows(wave: np.ndarray, size: int) -> list[np.ndarray]:
-    """A clip as consecutive windows of `size` samples; a last piece shorter than one STFT
-    window (25 ms) is dropped, since it cannot make a mel frame of its own."""
-    pieces = [wave[start:start + size] for start in range(0, len(wave), size)]
-    return pieces[:1] + [p for p in pieces[1:] if len(p) >= N_FFT]
+    """A clip as its windows (`_window_spans`)."""
+    return [wave[start:start + n] for start, n in _window_spans(len(wave), size)]
 
 
 def encode(encoder: nn.Module, waves: list[np.ndarray], output_hidden_states: bool = True
@@ -412,7 +419,7 @@ def _decode_batch(model, memory: torch.Tensor, prompt: list[int], eot: int, cap:
 
 
 @torch.inference_mode()
-def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
+def transcribe(model, tokenizer, waves: Sequence[np.ndarray], batch_size: int = 8,
                max_new_tokens: int | None = None, min_seconds: float = 8.0,
                progress: bool = False, language: str = "en") -> list[str]:
     """Greedy transcripts of 16-kHz clips in `language` (a Whisper code: en, zh, ...; other
@@ -427,6 +434,9 @@ def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
     also means the decoder needs no cross-attention mask (transformers' WhisperDecoder takes
     none). New tokens are capped at `max_new_tokens`, or 10 + 8 per second of the longest
     clip (speech is about 3 words, 4-5 tokens, a second), which ends hallucination loops.
+    `waves` may read each clip when indexed (`mmser.corpus.audio.Clips`): each is read once
+    for its length, then a batch's clips when the batch is decoded, so memory follows the
+    batch, not the corpus.
     """
     from mmser.progress import progress as bar
 
@@ -434,18 +444,20 @@ def transcribe(model, tokenizer, waves: list[np.ndarray], batch_size: int = 8,
     prompt, blocked = _start_ids(model, tokenizer, language), _blocked(model, tokenizer)
     room = model.config.max_target_positions - len(prompt)
     size = _window_samples(model.model.encoder)
-    pieces = [_windows(np.asarray(w), size) for w in waves]
-    clips, waves = waves, [p for ps in pieces for p in ps]
-    order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
-    texts = [""] * len(waves)
-    with bar(total=len(waves), desc="transcribing", unit="window" if len(waves) > len(clips)
+    # every window as (clip, start, samples), cut as `_windows` cuts, no clip held
+    pieces = [_window_spans(len(waves[c]), size) for c in range(len(waves))]
+    spans = [(c, start, n) for c, ps in enumerate(pieces) for start, n in ps]
+    order = sorted(range(len(spans)), key=lambda i: spans[i][2])
+    texts = [""] * len(spans)
+    with bar(total=len(spans), desc="transcribing", unit="window" if len(spans) > len(waves)
              else "clip", disable=not progress) as bar:
         for s in range(0, len(order), batch_size):
             chunk = order[s:s + batch_size]
-            longest = max(len(waves[i]) for i in chunk)
+            clips = {c: np.asarray(waves[c], np.float32) for c in {spans[i][0] for i in chunk}}
+            batch = [clips[c][start:start + n] for c, start, n in (spans[i] for i in chunk)]
+            longest = max(len(w) for w in batch)
             window = max(int(min_seconds * SAMPLE_RATE), longest)
-            padded = [np.pad(np.asarray(waves[i], np.float32), (0, window - len(waves[i])))
-                      for i in chunk]
+            padded = [np.pad(w, (0, window - len(w))) for w in batch]
             memory = encode(model.model.encoder, padded, output_hidden_states=False)[0][-1]
             cap = min(room, max_new_tokens or int(10 + 8 * longest / SAMPLE_RATE))
             for i, ids in zip(chunk, _decode_batch(model, memory, prompt, eot, cap, blocked)):
