@@ -172,6 +172,10 @@ class Training:
     # read cached encoder states from disk per batch (`mmser.encode.features.StateRef`):
     # memory grows with the batch, not the corpus; the paper profiles set it
     stream_states: bool = False
+    # compute the speech states a stage trains on from the clips, per batch, through the
+    # frozen part of its SSL encoder (`mmser.encode.live`), instead of caching them: the
+    # profiles that fine-tune a speech encoder set it (clap, lemer, distil)
+    speech_from_waves: bool = False
 
 
 @dataclass

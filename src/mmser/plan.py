@@ -436,13 +436,40 @@ def on_gpu(P) -> bool:
     return P.training.accelerator == "gpu"
 
 
+def live(P) -> bool:
+    """Whether the stage computes its speech states from the clips per batch
+    (`training.speech_from_waves`, `mmser.encode.live`) instead of reading a cache."""
+    return bool(P.training.speech_from_waves)
+
+
+def live_flop(P, trained: list["Trained"]) -> float:
+    """FLOPs of computing, in every step, the input of each trained SSL speech block stack
+    from the clips (`training.speech_from_waves`): the front end and the frozen layers
+    below, one forward per clip (SSL frames are 20 ms)."""
+    if not live(P):
+        return 0.0
+    flop = 0.0
+    for t in trained:
+        for m, k, frames in t.blocks:
+            if m.kind == "ssl":
+                below = replace(m, layers=m.layers - k, params=(m.layers - k) * m.layer_params)
+                clip = Split(1, frames * 0.02, frames * 0.02, 0.0)
+                flop += t.steps * t.batch * encode_flop(below, clip)
+    return flop
+
+
 def _finish(need: Need, P, trained: list[Trained], runs: int) -> Need:
-    """GPU memory of the largest trained model, hours of all, and `runs` checkpoints
+    """GPU memory of the largest trained model, hours of all (with the speech input
+    computed from the clips when `training.speech_from_waves`), and `runs` checkpoints
     (`best.pt`: the model's float32 weights) on disk."""
     prec = P.training.precision
     need.trained = trained
     need.gpu_mem = max([need.gpu_mem] + [t.gpu_mem(prec) for t in trained])
     need.gpu_hours += sum(t.flop() for t in trained) / (GPU_TFLOPS * 1e12) / 3600
+    if live(P):
+        need.gpu_hours += live_flop(P, trained) / (GPU_TFLOPS * 1e12) / 3600
+        need.notes.append("speech states below the tuned blocks computed from the clips "
+                          "in every step (training.speech_from_waves), counted in GPU h")
     need.disk[f"checkpoints ({runs} runs' best.pt)"] = runs * 4 * max(
         t.trainable + t.frozen for t in trained)
     need.ram.setdefault("runtime", RUNTIME_RSS)
@@ -549,7 +576,9 @@ def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     need = Need("distil")
     sizes = {size: model_info(*encoder_of(spec, "speech", P.encoders))
              for size, spec in p.sizes.items()}
-    own = [m for size, m in sizes.items() if not p.sizes[size].startswith("features:")]
+    # computed from the clips per batch (`training.speech_from_waves`): no speech cached
+    own = [] if live(P) else \
+        [m for size, m in sizes.items() if not p.sizes[size].startswith("features:")]
     steps = [("encoding own speech caches (CPU)", clip_batch(8, rated) + rated.n * KEY_BYTES
               + max(weights_bytes(m) + encode_peak(m, 8, rated.max_seconds) for m in own),
               "", 0.0)] if own else []
@@ -579,6 +608,10 @@ def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
         trained.append(Trained(f"{size} A+T FT", ks * m.layer_params + kt * text.layer_params,
                                0, p.batch_size, blocks,
                                _steps(n_train, p.batch_size, p.max_epochs, 2 * seeds)))
+    if live(P) and p.layer_size in sizes:  # Figure 2: the whole frozen encoder every step
+        m = sizes[p.layer_size]
+        need.gpu_hours += 3 * p.layer_epochs * seeds * n_train * encode_flop(
+            m, replace(rated, n=1, seconds=rated.mean_seconds)) / (GPU_TFLOPS * 1e12) / 3600
     return _finish(need, P, trained, runs)
 
 

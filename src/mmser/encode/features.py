@@ -473,14 +473,18 @@ class FeatureStore:
     (`features.speech_states`, `text_states`) is a clear error. Everything comes back as
     float32, one entry read at a time: a read's peak memory is what it returns plus one
     entry. With `stream=True` (`training.stream_states`, the paper profiles) `speech` and
-    `text` return `StateRef`s instead, read when a batch needs them.
+    `text` return `StateRef`s instead, read when a batch needs them; with `live`
+    (`mmser.encode.live.LiveSpeech`, `training.speech_from_waves`) the main cut's speech
+    states are `LiveRef`s, computed from the clips when a batch needs them.
     """
 
-    def __init__(self, root: str | Path = "interim/features", stream: bool = False):
+    def __init__(self, root: str | Path = "interim/features", stream: bool = False,
+                 live=None):
         import pandas as pd
 
         self.root = Path(root)
         self.stream = stream
+        self.live = live  # `mmser.encode.live.LiveSpeech`: the main cut's speech from waves
         for name in (INDEX, KEYS):
             if not (self.root / name).is_file():
                 raise FileNotFoundError(f"{self.root / name}: not found; run the features "
@@ -542,6 +546,8 @@ class FeatureStore:
 
     def speech(self, utt_ids: Sequence[str], layer: int | Sequence[int] | None = -1,
                cut: str | int = MAIN) -> list[torch.Tensor] | list[StateRef]:
+        if self.live is not None and str(cut) == MAIN:
+            return self.live.refs(utt_ids, layer, {u: self.speech_digest(u) for u in utt_ids})
         cache = self._cache("speech", cut)
         digests = [(self.speech_digest(u), f"utterance {u!r}") for u in utt_ids]
         return self._read(cache, digests, layer)

@@ -143,13 +143,15 @@ class States:
 
     speech(spec, utt_ids, layer) / text(spec, texts, layer): lists of (length, dim)
     tensors, or (length, states, dim) float16 with layer=None (all states, time first so
-    that `collate` pads the time axis)."""
+    that `collate` pads the time axis). With `live` (spec -> `LiveSpeech`, `live_sources`)
+    a speech source's states are computed from the clips per batch, not cached."""
 
     def __init__(self, features: str | Path, own: str | Path | None = None,
-                 stream: bool = False):
+                 stream: bool = False, live: dict | None = None):
         self.stores = {"features": FeatureStore(features, stream)}
         if own is not None and (Path(own) / "keys.json").is_file():
             self.stores["own"] = FeatureStore(own, stream)
+        self.live = live or {}
         self._memo: dict[tuple, dict] = {}
 
     def _where(self, spec: str) -> tuple[FeatureStore, str]:
@@ -164,9 +166,15 @@ class States:
         memo = self._memo.setdefault((role, spec, layer), {})
         todo = [k for k in dict.fromkeys(keys) if k not in memo]
         if todo:
-            store, cut = self._where(spec)
-            read = store.speech if role == "speech" else store.text
-            for key, value in zip(todo, read(todo, layer=layer, cut=cut)):
+            if role == "speech" and spec in self.live:
+                features = self.stores["features"]
+                values = self.live[spec].refs(
+                    todo, layer, {u: features.speech_digest(u) for u in todo})
+            else:
+                store, cut = self._where(spec)
+                read = store.speech if role == "speech" else store.text
+                values = read(todo, layer=layer, cut=cut)
+            for key, value in zip(todo, values):
                 if layer is None:  # every state, time first (float16: there are many)
                     value = value.every_state_time_first() if isinstance(value, StateRef) \
                         else value.transpose(0, 1).half()
@@ -181,8 +189,20 @@ class States:
 
     def n_states(self, role: str, spec: str) -> int:
         """The hidden states of a source's encoder (layers + 1), cached or not."""
+        if role == "speech" and spec in self.live:
+            return self.live[spec].encoder.n_layers + 1
         store, cut = self._where(spec)
         return store.depth(role, cut) + 1
+
+
+def live_sources(training, encoders, corpus: D.Corpus, specs: Sequence[str]) -> dict:
+    """spec -> `LiveSpeech` of each speech source when `training.speech_from_waves` (their
+    states computed from the clips per batch), else {} (cached by the features stage and
+    `encode_own`)."""
+    from mmser.encode.live import live_speech
+
+    return {spec: live_speech(training, encoders, corpus, *encoder_of(spec, "speech", encoders))
+            for spec in specs if training.speech_from_waves}
 
 
 # ------------------------------------------------------------------------------ systems
