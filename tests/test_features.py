@@ -331,7 +331,8 @@ def test_a_cache_keeping_some_states_holds_only_those_and_reads_them_by_index(tm
     kept, cache = _kept_store(tmp_path / "kept", [0, -1])
     # the folder names what it keeps, the entries hold those two of the three states
     assert cache.dir.name == "speech-key-S-1.0"
-    assert json.loads((cache.dir / F.LAYOUT).read_text()) == {"n_states": 3, "kept": [0, 2]}
+    assert json.loads((cache.dir / F.LAYOUT).read_text()) == {"n_states": 3, "kept": [0, 2],
+                                                              "pooled": False}
     digest = kept.speech_digest("u1")
     assert cache.load(digest)["hidden"].shape == (2, 10, 4)
     assert cache.path(digest).stat().st_size < F.FeatureCache(
@@ -401,3 +402,21 @@ def test_the_features_stage_keeps_the_configured_states_and_the_last(tmp_path):
     assert layout == F.Layout(5, (0, 4))
     # its 1-layer cut has two states, 0 and the last: every one, as a plain cache
     assert F.FeatureCache(tmp_path, keys[1]).layout == F.Layout(2, None)
+
+
+def test_a_pooled_cache_holds_the_time_average_the_probe_reads(tmp_path):
+    import pytest
+
+    full = F.FeatureCache(tmp_path, "speech-key")
+    digests = F.speech_features(full, LayeredEncoder(), _waves([0.1, 0.2]))
+    pooled = F.FeatureCache(tmp_path, "speech-key", [-1], pooled=True)
+    assert F.speech_features(pooled, LayeredEncoder(), _waves([0.1, 0.2])) == digests
+    assert pooled.dir.name == "speech-key-S-1-pooled" and pooled.layout.pooled
+    assert pooled.load(digests[1])["hidden"].shape == (1, 1, 4)  # one state, one frame
+    # the probe's input is the same either way; far fewer bytes on disk
+    assert np.allclose(F.pooled(pooled, digests), F.pooled(full, digests), atol=1e-3)
+    assert pooled.path(digests[1]).stat().st_size < full.path(digests[1]).stat().st_size / 4
+    F.write_index(tmp_path, ["u1", "u2"], digests, speech={"main": pooled.dir.name})
+    with pytest.raises(KeyError, match="time averages only.*features.speech_states"):
+        F.FeatureStore(tmp_path).speech(["u1"], layer=-1)
+    assert F.FeatureStore(tmp_path).depth("speech") == 2

@@ -38,10 +38,17 @@ def _speech_disk(needs) -> float:
 
 
 def test_the_profiles_cache_only_the_states_their_stage_reads():
-    # clap keeps HuBERT's state 0 (below its 12 trained blocks) and the last: 2 of 13
+    # clap trains HuBERT from the clips: its cache keeps only the probe's last state, 1 of
+    # 13; reading the state below its 12 blocks from the cache would keep that too
     _, kept = _plan("clap")
     _, every = _plan("clap", features={"speech_states": None})
-    assert _speech_disk(kept) / _speech_disk(every) == pytest.approx(2 / 13, rel=0.01)
+    _, cached = _plan("clap", features={"speech_states": [0]},
+                      training={"speech_from_waves": False})
+    # (`speech_states: []`: no stage reads a sequence, so the probe's time average alone)
+    assert _speech_disk(kept) < _speech_disk(every) / 13 / 50
+    assert _speech_disk(cached) / _speech_disk(every) == pytest.approx(2 / 13, rel=0.01)
+    # computing that state from the clips in every step costs GPU time instead
+    assert kept["clap"].gpu_hours > cached["clap"].gpu_hours
     assert PL.stage_states([0], PL.model_info("facebook/hubert-base-ls960")) == 2
     assert PL.stage_states([-1], PL.model_info("facebook/hubert-base-ls960")) == 1
     assert PL.stage_states(None, PL.model_info("facebook/hubert-base-ls960")) == 13

@@ -180,8 +180,11 @@ def test_clap_profile_runs_end_to_end(project, tmp_path):
     run = json.loads((project / "results/clap/run.json").read_text())
     assert {r["system"] for r in run["retrieval"]} == {"small", "full", dot}
     assert "iemocap" in metrics["setting"].lower()
-    # the disk holds the states clap reads: below the trained blocks (0) and the probe's last
-    assert _layouts(project) == {"speech": [0, 2], "text": [0, 2]}
+    # HuBERT trains from the clips (speech_from_waves): the state below its trained blocks is
+    # computed per batch, the cache keeps only the probe's last state, which clap cannot read
+    # (a cached state 0 would be an error); BERT's input state and its last
+    assert params["training"]["speech_from_waves"]
+    assert _layouts(project) == {"speech": [2], "text": [0, 2]}
 
 
 def _layouts(project: Path) -> dict:
@@ -245,7 +248,7 @@ def test_lemer_profile_runs_end_to_end(project, tmp_path):
     assert run["encoder_states"] == "top 2 text / 2 speech layers trained"
     sweep = pd.read_csv(project / "results/lemer/k_sweep.csv")
     assert set(sweep["K"]) == {10, params["lemer"]["speech_k"]}  # Figure 3: the grid and K
-    assert _layouts(project) == {"speech": [0, 2], "text": [0, 2]}  # below the tuned blocks
+    assert _layouts(project) == {"speech": [2], "text": [0, 2]}  # speech: from the clips
 
 
 def test_distil_profile_runs_end_to_end(project, tmp_path):
@@ -279,7 +282,10 @@ def test_distil_profile_runs_end_to_end(project, tmp_path):
     assert metrics["context"].startswith("msp_podcast") and "profile paper" in metrics["context"]
     run = json.loads((project / "results/distil/run.json").read_text())
     assert names <= set(run["params"]) and run["layer_weights"]  # Figure 2: frozen base
-    assert _layouts(project) == {"speech": None, "text": [0, 2]}  # Figure 2 weighs them all
+    # every size, and Figure 2's frozen base, from the clips: none of their states cached
+    assert _layouts(project) == {"speech": [2], "text": [0, 2]}
+    assert not (project / "interim/distil/features/keys.json").exists() or "speech" not in \
+        json.loads((project / "interim/distil/features/keys.json").read_text())
 
 
 def test_tokenwise_profile_runs_end_to_end(project, tmp_path):

@@ -148,6 +148,7 @@ class Split:
     words: float
     pieces: float = 1.3
     turns: float = 0.0
+    audio_rate: float = 2 * 16_000  # bytes a second of the release's audio (16-bit PCM)
 
     def scaled(self, factor: float) -> "Split":
         return replace(self, n=int(round(self.n * factor)), seconds=self.seconds * factor)
@@ -177,7 +178,7 @@ class Corpus:
 # merged); MSP-Podcast v1.10 104,267 utterances / about 166 h; LibriSpeech 960 h of training
 # speech in 281,241 utterances (longest about 35 s). Words per text: typical transcripts.
 IEMOCAP = Split(10_039, 12 * 3600, 34.1, 12, turns=10_039 / 151)  # 151 dialogues
-LIBRISPEECH = Split(281_241, 960 * 3600, 35.2, 33)
+LIBRISPEECH = Split(281_241, 960 * 3600, 35.2, 33, audio_rate=59.3e9 / (960 * 3600))  # FLAC
 MSP_PODCAST = Split(104_267, 166 * 3600, 11.0, 15)
 
 
@@ -281,11 +282,14 @@ def sequential(terms: dict[str, float], steps: list[tuple[str, float, str, float
 
 
 def cache_bytes(model: Model, split: Split, text: bool = False,
-                states: int | None = None) -> float:
+                states: int | None = None, pooled: bool = False) -> float:
     """A FeatureCache of `split`: `states` hidden states (None: every one) in float16
-    (`speech_features`, `text_features`), plus the token ids (int64) of a text, one file per
-    entry."""
+    (`speech_features`, `text_features`), or with `pooled` their time averages (one vector
+    each), plus the token ids (int64) of a text, one file per entry."""
     ids = split.n * split.tokens() * 8 if text else 0.0
+    if pooled:
+        n_states = model.layers + 1 if states is None else states
+        return split.n * (n_states * model.dim * 2 + ENTRY_OVERHEAD) + ids
     return states_bytes(model, split, states, text=text) + ids + split.n * ENTRY_OVERHEAD
 
 
@@ -385,7 +389,12 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
     # transcribe (`asr.transcribe_files`): one batch of clips read at a time (`Clips`), the
     # bundled Whisper tiny.en decoding on the CPU
     asr = model_info("whisper-tiny.en")
-    transcribe = Need("transcribe", disk={"manifest.csv": corpus.encoded.n * 200},
+    # the corpus itself lies on the same disk (data/; every stage reads it, none writes it):
+    # 16-bit PCM at 16 kHz, LibriSpeech's FLAC as released (59.3 GB for 960 h)
+    read = corpus.read or replace(enc, n=0, seconds=0.0)  # the read speech, in `encoded`
+    audio = {"corpus audio (data/)": (enc.seconds - read.seconds) * enc.audio_rate
+             + read.seconds * read.audio_rate}
+    transcribe = Need("transcribe", disk={**audio, "manifest.csv": corpus.encoded.n * 200},
                       ram={"one batch of clips (float32)": clip_batch(
                           P.transcribe.batch_size, lab if corpus.read else enc),
                            "Whisper tiny.en": weights_bytes(asr), "runtime": RUNTIME_RSS},
@@ -401,14 +410,16 @@ def plan(P, corpus: Corpus, paper: str) -> list[Need]:
     gpu = on_gpu(P)
     flop = 0.0
     for m in cuts:
-        n = stage_states(P.features.speech_states, m)
-        label = f"speech cache {m.name} L{m.layers}, {n} of {m.layers + 1} states"
-        features.disk[label] = cache_bytes(m, enc, states=n)
+        n, pooled = stage_states(P.features.speech_states, m), P.features.speech_states == []
+        label = f"speech cache {m.name} L{m.layers}, {n} of {m.layers + 1} states" + (
+            ", time averages" if pooled else "")
+        features.disk[label] = cache_bytes(m, enc, states=n, pooled=pooled)
         flop += encode_flop(m, enc)
     for m in text_cuts:
-        n = stage_states(P.features.text_states, m)
-        label = f"text cache {m.name} L{m.layers}, {n} of {m.layers + 1} states"
-        features.disk[label] = cache_bytes(m, texts, text=True, states=n)
+        n, pooled = stage_states(P.features.text_states, m), P.features.text_states == []
+        label = f"text cache {m.name} L{m.layers}, {n} of {m.layers + 1} states" + (
+            ", time averages" if pooled else "")
+        features.disk[label] = cache_bytes(m, texts, text=True, states=n, pooled=pooled)
         flop += encode_flop(m, texts)
     weights = max(weights_bytes(m) for m in cuts + text_cuts)
     batch = max(encode_peak(m, P.features.batch_size, enc.max_seconds, gpu) for m in cuts)

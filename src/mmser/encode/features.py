@@ -58,6 +58,7 @@ class Layout:
 
     n_states: int
     kept: tuple[int, ...] | None = None
+    pooled: bool = False  # each state averaged over time: (states, 1, dim), the probe's input
 
     def position(self, layer: int | Sequence[int] | None, where: str
                  ) -> int | tuple[int, ...] | None:
@@ -108,14 +109,18 @@ class FeatureCache:
     """Get-or-compute store of the hidden states of one encoder: every one, or with `keep`
     (indices, negative from the last) only those, so that the disk holds what stages read.
 
+    With `pooled`, each kept state is stored averaged over time, (states, 1, dim): what the
+    features stage's probe reads, where no stage reads a sequence from this cache.
     Opened by its folder's name alone (`FeatureStore`), it reads which states it holds from
     `layout.json`; a folder without one holds every state."""
 
-    def __init__(self, root: str | Path, encoder_key: str, keep: Sequence[int] | None = None):
+    def __init__(self, root: str | Path, encoder_key: str, keep: Sequence[int] | None = None,
+                 pooled: bool = False):
         self.keep = None if keep is None else sorted({int(i) for i in keep})
+        self.pooled = pooled
         name = encoder_key if self.keep is None else \
             f"{encoder_key}-S{'.'.join(map(str, self.keep))}"
-        self.dir = Path(root) / name
+        self.dir = Path(root) / (f"{name}-pooled" if pooled else name)
         self.stats = CacheStats()
         self._layout: Layout | None = None
 
@@ -133,7 +138,8 @@ class FeatureCache:
             if record.is_file():
                 data = json.loads(record.read_text())
                 kept = data["kept"]
-                self._layout = Layout(data["n_states"], None if kept is None else tuple(kept))
+                self._layout = Layout(data["n_states"], None if kept is None else tuple(kept),
+                                      data.get("pooled", False))
             else:  # written before layouts, or by hand: every state
                 entry = next(self.dir.glob("*.safetensors"), None)
                 if entry is None:
@@ -159,12 +165,12 @@ class FeatureCache:
 
     def kept_of(self, states: torch.Tensor) -> torch.Tensor:
         """The kept states of freshly computed ones (n_states, ...); records the layout."""
-        layout = Layout(states.shape[0], kept_states(self.keep, states.shape[0]))
+        layout = Layout(states.shape[0], kept_states(self.keep, states.shape[0]), self.pooled)
         if self._layout != layout:
             self.dir.mkdir(parents=True, exist_ok=True)
             kept = None if layout.kept is None else list(layout.kept)
             write_text(self.dir / LAYOUT, json.dumps({"n_states": layout.n_states,
-                                                      "kept": kept}))
+                                                      "kept": kept, "pooled": self.pooled}))
             self._layout = layout
         return states if layout.kept is None else states[list(layout.kept)]
 
@@ -268,6 +274,12 @@ def no_kernel_cache() -> None:
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 
+def _stored(cache: FeatureCache, states: torch.Tensor) -> torch.Tensor:
+    """One entry's states as the cache stores them: float16, averaged over time (float32
+    sums) when the cache is pooled."""
+    return (states.float().mean(1, keepdim=True) if cache.pooled else states).half()
+
+
 def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
                     batch_size: int = 8, *, digests: Sequence[str] | None = None,
                     sizes: Sequence[int] | None = None) -> list[str]:
@@ -288,7 +300,7 @@ def speech_features(cache: FeatureCache, encoder, waves: Sequence[np.ndarray],
     def compute(batch: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
         states, lengths = encoder(batch)
         states = cache.kept_of(states)
-        return [{"hidden": states[:, i, :n].half()} for i, n in enumerate(lengths.tolist())]
+        return [{"hidden": _stored(cache, states[:, i, :n])} for i, n in enumerate(lengths.tolist())]
 
     cache.fill(digests, waves, sizes, compute, batch_size, desc=f"speech {cache.dir.name}")
     return list(digests)
@@ -304,7 +316,7 @@ def text_features(cache: FeatureCache, encoder, texts: Sequence[str],
         states, mask, ids = encoder(batch)
         states = cache.kept_of(states)
         lengths = mask.sum(-1).tolist()
-        return [{"hidden": states[:, i, :n].half(), "input_ids": ids[i, :n]}
+        return [{"hidden": _stored(cache, states[:, i, :n]), "input_ids": ids[i, :n]}
                 for i, n in enumerate(lengths)]
 
     cache.fill(digests, texts, [len(t) for t in texts], compute, batch_size,
@@ -317,22 +329,26 @@ def cache_cuts(role: str, root: str | Path, encoders, features, inputs: Sequence
                device: str = "cpu") -> tuple[dict, dict[str, CacheStats]]:
     """The features stage's encoding of one role ("speech": clips, "text": strings): the
     configured encoder and each cut (`features.<role>_cuts`), keeping the states
-    `features.<role>_states` and the last (the probe reads it). `encoders` and `features`
-    are the params' sections. Returns ({layers: cache folder}, {cache folder: stats})."""
+    `features.<role>_states` and the last (the probe reads it); with none (`[]`) only the
+    last, averaged over time (a pooled cache: no stage reads that role's sequences).
+    `encoders` and `features` are the params' sections. Returns ({layers: cache folder},
+    {cache folder: stats})."""
     from mmser.encode.encoders import SpeechEncoder, TextEncoder
 
-    keep = with_last(getattr(features, f"{role}_states"))
+    states = getattr(features, f"{role}_states")
+    keep = with_last(states)
+    pooled = states == []  # no stage reads a sequence: the probe's average of the last
     main = getattr(encoders, f"{role}_layers")
     keys, stats = {}, {}
     for layers in [main, *getattr(features, f"{role}_cuts")]:
         if role == "speech":
             encoder = SpeechEncoder(encoders.speech, layers).to(device)
-            cache = FeatureCache(root, encoder.key, keep)
+            cache = FeatureCache(root, encoder.key, keep, pooled)
             speech_features(cache, encoder, inputs, features.batch_size, digests=digests,
                             sizes=sizes)
         else:
             encoder = TextEncoder(encoders.text, layers).to(device)
-            cache = FeatureCache(root, encoder.key, keep)
+            cache = FeatureCache(root, encoder.key, keep, pooled)
             text_features(cache, encoder, inputs)
         keys[layers], stats[cache.dir.name] = cache.dir.name, cache.stats
     return keys, stats
@@ -340,7 +356,7 @@ def cache_cuts(role: str, root: str | Path, encoders, features, inputs: Sequence
 
 def pooled(cache: FeatureCache, digests: Sequence[str], layer: int = -1) -> np.ndarray:
     """Mean over time of one layer for each entry: (n, dim) float32."""
-    position = cache.position(layer)
+    position = cache.position(layer)  # a pooled cache holds the one average per state
     return np.stack([cache.load(d)["hidden"][position].float().mean(0).numpy() for d in digests])
 
 
@@ -561,6 +577,10 @@ class FeatureStore:
               layer: int | Sequence[int] | None) -> list[torch.Tensor] | list[StateRef]:
         if not digests:
             return []
+        if cache.layout.pooled:
+            raise KeyError(f"{cache.dir} holds time averages only (features.speech_states or "
+                           "text_states is []: no stage was to read sequences); name the "
+                           "states the stage reads there and run `dvc repro features`")
         if self.stream:
             return [self._ref(cache, d, "hidden", layer, what) for d, what in digests]
         position = cache.position(layer)
