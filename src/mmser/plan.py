@@ -469,6 +469,22 @@ def live_flop(P, trained: list["Trained"]) -> float:
     return flop
 
 
+def add_live(need: Need, P, models: list[Model], split: Split) -> None:
+    """Memory of computing speech states from the clips per batch (`mmser.encode.live`):
+    each encoder loaded once, one clip encoded at a time (`LiveRef.load`), on the GPU when
+    training there (GPU memory), else on the CPU (host memory)."""
+    if not live(P):
+        return
+    weights = weights_bytes(*models)
+    peak = max(encode_peak(m, 1, split.max_seconds, on_gpu(P), host=False) for m in models)
+    if on_gpu(P):
+        need.gpu_mem += weights + peak
+        need.ram["speech states computed per clip (host copy)"] = max(
+            encode_peak(m, 1, split.max_seconds, True) for m in models)
+    else:
+        need.ram["frozen speech encoders computing states per clip"] = weights + peak
+
+
 def _finish(need: Need, P, trained: list[Trained], runs: int) -> Need:
     """GPU memory of the largest trained model, hours of all (with the speech input
     computed from the clips when `training.speech_from_waves`), and `runs` checkpoints
@@ -535,7 +551,9 @@ def _clap(P, corpus: Corpus, speech: Model, text: Model) -> Need:
         Trained("stage 2: fine-tuning", ks * speech.layer_params, 0, p.batch_size,
                 blocks[:1], _steps(n_train, p.batch_size, p.finetune_epochs,
                                    systems * folds * seeds))]
-    return _finish(need, P, trained, runs)
+    _finish(need, P, trained, runs)
+    add_live(need, P, [speech], lab)
+    return need
 
 
 def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
@@ -570,10 +588,12 @@ def _lemer(P, corpus: Corpus, speech: Model, text: Model) -> Need:
     runs = (len(p.systems) + len(p.k_grid)) * folds * seeds
     ks, kt = _top(p.speech_top_layers, speech), _top(p.text_top_layers, text)
     blocks = ((speech, ks, speech.frames(lab.mean_seconds)), (text, kt, context.tokens()))
-    return _finish(need, P, [Trained(
+    _finish(need, P, [Trained(
         "LE-MER (every system as C1)", ks * speech.layer_params + kt * text.layer_params, 0,
         p.batch_size, blocks, _steps(lab.n * (folds - 1) / folds * 0.9, p.batch_size,
                                      p.max_epochs, runs))], runs)
+    add_live(need, P, [speech], lab)
+    return need
 
 
 def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
@@ -623,7 +643,9 @@ def _distil(P, corpus: Corpus, speech: Model, text: Model) -> Need:
         m = sizes[p.layer_size]
         need.gpu_hours += 3 * p.layer_epochs * seeds * n_train * encode_flop(
             m, replace(rated, n=1, seconds=rated.mean_seconds)) / (GPU_TFLOPS * 1e12) / 3600
-    return _finish(need, P, trained, runs)
+    _finish(need, P, trained, runs)
+    add_live(need, P, list(sizes.values()), rated)
+    return need
 
 
 def _vcemo(P, corpus: Corpus, speech: Model, text: Model) -> Need:

@@ -190,7 +190,13 @@ def child(stage: str, spec_path: str) -> None:
         keys, _ = F.cache_cuts("text", cache_dir, P.encoders, P.features, texts)
         F.write_index(cache_dir, text=F.cut_keys(keys, P.encoders.text_layers))
         return
-    store = F.FeatureStore(cache_dir, stream=P.training.stream_states)
+    from mmser.encode.live import live_speech
+    from mmser.training import data as D
+
+    corpus = D.Corpus(df.assign(fold=0), Path("/"), "loso", "tiny")  # absolute paths
+    # speech_from_waves: the speech states computed from the clips, as the stages do
+    store = F.FeatureStore(cache_dir, stream=P.training.stream_states,
+                           live=live_speech(P.training, P.encoders, corpus))
     own = out / stage
     lab = df[df["split"] == "labelled"].reset_index(drop=True)
     held = []  # what the stage keeps alive
@@ -221,17 +227,20 @@ def child(stage: str, spec_path: str) -> None:
         from mmser.papers import distil as DI
 
         # DI.encode_own's calls (it takes a Corpus): the clips' keys, then each size's states
+        # that are not computed from the clips (`live_sources`)
+        live = DI.live_sources(P.training, P.encoders, corpus, list(P.distil.sizes.values()))
         clips = Clips(lab["path"])
         digests, sizes = F.clip_digests(clips)
         keys = {}
         for size, spec_ in P.distil.sizes.items():
-            if not spec_.startswith(DI.FEATURES):
+            if not spec_.startswith(DI.FEATURES) and spec_ not in live:
                 encoder = DI.load_encoder(spec_, "speech", P.encoders)
                 cache = F.FeatureCache(own, f"{encoder.key}-{DI.parse_source(spec_)[2]}")
                 F.speech_features(cache, encoder, clips, 8, digests=digests, sizes=sizes)
                 keys[spec_] = cache.dir.name
-        F.write_index(own, lab["utt_id"], digests, speech=keys)
-        states = DI.States(cache_dir, own, stream=P.training.stream_states)
+        if keys:
+            F.write_index(own, lab["utt_id"], digests, speech=keys)
+        states = DI.States(cache_dir, own, stream=P.training.stream_states, live=live)
         for size, spec_ in P.distil.sizes.items():
             states.speech(spec_, lab["utt_id"], layer=0)
         states.text(P.distil.text, lab["text"], layer=0)
@@ -242,13 +251,11 @@ def child(stage: str, spec_path: str) -> None:
         held.append(states)
     elif stage == "vcemo":  # notebooks/vcemo.ipynb, cell 3, then one pass of batches
         from mmser.papers import vcemo as VC
-        from mmser.training import data as D
 
         stream = P.training.stream_states
-        texts = F.FeatureStore(cache_dir, stream=stream)
         corpus = D.Corpus(lab.assign(fold=0), Path("/"), "loso", "tiny")  # absolute paths
-        exp = VC.Experiment(corpus, lambda t: texts.text(t, layer=VC.TEXT_STATES), P.vcemo, own / "mels",
-                            0, stream=stream)
+        exp = VC.Experiment(corpus, lambda t: store.text(t, layer=VC.TEXT_STATES), P.vcemo,
+                            own / "mels", 0, stream=stream)
         items = exp.items(corpus.labelled, augment=True)  # a training part, every view
         for _ in D.loader(items, P.vcemo.batch_size, shuffle=True, bucket_by="mel"):
             pass
