@@ -93,10 +93,16 @@ def test_sizes_parse_and_print():
     assert PL.human(2.5e9) == "2.5 GB"
 
 
-def test_dry_gpu_check_prints_steps_per_second_for_every_profile(capsys):
+def test_dry_gpu_check_prints_steps_per_second_for_every_profile(capsys, monkeypatch):
     from mmser import gpucheck
+    from mmser.encode import live
 
+    computed = []  # the profiles that train from the waveforms compute their speech per batch
+    load = live.LiveRef.load
+    monkeypatch.setattr(live.LiveRef, "load", lambda ref: computed.append(ref.model) or load(ref))
     assert gpucheck.main(dry=True, steps=2) == 0
+    # clap (HuBERT), lemer and distil (wav2vec 2.0 sizes): 2 steps of 4 clips, 4 to validate
+    assert len(computed) == 3 * (2 * 4 + 4) and len(set(computed)) == 2
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines
             if line.split() and line.split()[0] in PL.PAPERS}

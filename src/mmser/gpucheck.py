@@ -45,8 +45,36 @@ def _items(n: int, make) -> list[dict]:
             for i in range(n)]
 
 
-def build(paper: str, P, corpus: PL.Corpus):
-    """(task, make_item, batch size, plan's Trained) of a profile's heaviest training."""
+def _from_waves(make, P, name: str, layers: int | None, state: int, seconds: float,
+                root: Path):
+    """`make` with its speech input computed from clips per batch, as a stage with
+    `training.speech_from_waves` computes it (`mmser.encode.live`): POOL clips of noise of
+    `seconds`, written once, each read and run through the frozen encoder when its batch
+    is built, so that steps/s counts that forward too."""
+    if not P.training.speech_from_waves:
+        return make
+    import numpy as np
+    import soundfile as sf
+
+    from mmser.encode.live import LiveSpeech
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = {}
+    for i in range(POOL):
+        paths[str(i)] = root / f"clip{i}.wav"
+        wave = 0.1 * rng.standard_normal(int(seconds * PL.SAMPLE_RATE))
+        sf.write(paths[str(i)], wave.astype(np.float32), PL.SAMPLE_RATE)
+    live = LiveSpeech(name, layers, paths)
+    refs = live.refs(list(paths), state, {u: f"noise{u}" for u in paths})
+    return lambda i: {**make(i), "speech": refs[i % POOL]}
+
+
+def build(paper: str, P, corpus: PL.Corpus, clips_dir: Path | None = None):
+    """(task, make_item, batch size, plan's Trained) of a profile's heaviest training;
+    with `training.speech_from_waves` its speech computed from clips written to
+    `clips_dir`."""
+    clips_dir = clips_dir or Path(tempfile.mkdtemp(prefix="mmser-gpucheck-"))
     from mmser.encode.encoders import SpeechEncoder, TextEncoder, top_layers
 
     e, lab = P.encoders, corpus.labelled
@@ -63,10 +91,13 @@ def build(paper: str, P, corpus: PL.Corpus):
         model = ClapModel(speech, text, p.temperature, p.similarity)
         task = CL.make_task(model, p, "loss")
         s_len, t_len = _len(trained, 0), _len(trained, 1)
-        ds = CL._encoder("speech", e.speech, e.speech_layers).dim
-        dt = CL._encoder("text", e.text, e.text_layers).dim
-        return task, lambda i: {"speech": r(s_len, ds), "text": r(t_len, dt),
-                                "text_key": i}, p.batch_size, trained
+        encoder = CL._encoder("speech", e.speech, e.speech_layers)
+        ds, dt = encoder.dim, CL._encoder("text", e.text, e.text_layers).dim
+        make = _from_waves(lambda i: {"speech": r(s_len, ds), "text": r(t_len, dt),
+                                      "text_key": i}, P, e.speech, e.speech_layers,
+                           CL._below_top(encoder.n_layers, p.speech_top_layers),
+                           lab.mean_seconds, clips_dir)
+        return task, make, p.batch_size, trained
     if paper == "lemer":
         from mmser.models.lemer import LEMER, Branch
         from mmser.papers import lemer as LE
@@ -80,9 +111,11 @@ def build(paper: str, P, corpus: PL.Corpus):
         model = LEMER("text", text, speech, te.dim, se.dim, 4, "constraint", p.mu,
                       p.label_attention)
         s_len, t_len = _len(trained, 0), _len(trained, 1)
-        return LE.make_task(model, p), lambda i: {
-            "text": r(t_len, te.dim), "speech": r(s_len, se.dim), "label": i % 4
-        }, p.batch_size, trained
+        k = PL._top(p.speech_top_layers, PL.model_info(e.speech, e.speech_layers))
+        make = _from_waves(lambda i: {"text": r(t_len, te.dim), "speech": r(s_len, se.dim),
+                                      "label": i % 4}, P, e.speech, e.speech_layers,
+                           se.n_layers - k if k else -1, lab.mean_seconds, clips_dir)
+        return LE.make_task(model, p), make, p.batch_size, trained
     if paper == "distil":
         from mmser.models.distil import DistilModel
         from mmser.papers import distil as DI
@@ -98,9 +131,13 @@ def build(paper: str, P, corpus: PL.Corpus):
         model = DistilModel(branches, {"speech": se.dim, "text": te.dim}, p.head_hidden, 3,
                             p.dropout, p.pool_norm, p.output, p.pooling)
         s_len, t_len = _len(trained, 0), _len(trained, 1)
-        return Task(model, kind="regression", lr=p.lr, optimizer="adam"), lambda i: {
-            "speech": r(s_len, se.dim), "text": r(t_len, te.dim), "target": torch.rand(3)
-        }, p.batch_size, trained
+        k = p.speech_ft_layers or se.n_layers
+        make = _from_waves(lambda i: {"speech": r(s_len, se.dim), "text": r(t_len, te.dim),
+                                      "target": torch.rand(3)},
+                           P, *DI.encoder_of(spec, "speech", e), se.n_layers - k,
+                           lab.mean_seconds, clips_dir)
+        return Task(model, kind="regression", lr=p.lr, optimizer="adam"), make, \
+            p.batch_size, trained
     if paper == "vcemo":
         from mmser.models import vcemo as V
         from mmser.training.loop import Task
@@ -173,7 +210,7 @@ def check(paper: str, P, corpus: PL.Corpus, steps: int, out_dir: Path) -> dict:
     """Train `paper`'s heaviest model for `steps` optimiser steps; its figures."""
     from mmser.training.loop import fit
 
-    task, make, batch, trained = build(paper, P, corpus)
+    task, make, batch, trained = build(paper, P, corpus, out_dir / f"{paper}-clips")
     cfg = replace(P.training, workers=1, progress=False, seeds=[0])
     world = max(1, cfg.devices)
     train = _items(steps * batch * world, make)
