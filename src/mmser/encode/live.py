@@ -30,7 +30,9 @@ def frozen_encoder(name: str, layers: int | None):
     """The encoder `name` cut to its first `layers` layers, loaded once per process: on the
     GPU in the main process when there is one, on the CPU in a DataLoader worker."""
     from mmser.encode.encoders import SpeechEncoder, best_device
+    from mmser.encode.features import no_kernel_cache
 
+    no_kernel_cache()  # a clip length is a new conv shape: no compiled kernel kept for each
     worker = torch.utils.data.get_worker_info() is not None
     encoder = SpeechEncoder(name, layers)
     if encoder.kind != "ssl":
