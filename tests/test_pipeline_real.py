@@ -96,7 +96,8 @@ def build_ravdess(root, actors=("01", "02", "03", "04", "05")) -> None:
 
 
 def _ravdess(project: Path) -> tuple[Path, str]:
-    """A project switched to RAVDESS after one `dvc repro` on it, and that run's output."""
+    """A fresh project switched to RAVDESS on the tiny parameters, after its `dvc repro`;
+    and what that printed."""
     _copy_project(project)
     _run(["dvc", "config", "core.no_scm", "true"], project)
     build_ravdess(project / "data" / "ravdess")

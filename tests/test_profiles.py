@@ -157,6 +157,7 @@ def _apply(project: Path, paper: str, **tiny) -> dict:
     _set_params(project, **tiny)
     return yaml.safe_load((project / "params.yaml").read_text())
 
+
 class Run(NamedTuple):
     """A paper profile applied in `project` and `dvc repro <paper>` run there."""
     project: Path
