@@ -4,13 +4,16 @@ of the project, with the kernel started in notebooks/ as JupyterLab starts it; a
 opens with what it teaches and which parameters to try."""
 
 import json
+import os
 import re
 import time
 from dataclasses import fields
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+import background
 from mmser.config import Params
 from test_pipeline import NOISE, STAGES, _copy_project
 
@@ -53,24 +56,37 @@ def test_first_cell_says_what_to_learn_and_what_to_try(stage):
             assert name in {f.name for f in fields(getattr(schema, section))}, key
 
 
+def _lab_run(project: Path) -> tuple[Path, dict[str, float]]:
+    """A fresh clone with every notebook run in pipeline order as the lab runs it (each
+    executed copy beside the project's folders), and when each started."""
+    import papermill as pm
+
+    _copy_project(project)
+    notebooks, started = project / "notebooks", {}
+    with mock.patch.dict(os.environ):  # the kernel inherits it: the lab is no report
+        os.environ.pop("MMSER_REPORT", None)
+        for stage in STAGES:
+            started[stage] = time.time()
+            pm.execute_notebook(notebooks / f"{stage}.ipynb", project / f"{stage}.out.ipynb",
+                                kernel_name="python3", cwd=str(notebooks), progress_bar=False)
+    return project, started
+
+
+lab_run = background.module_fixture(_lab_run)
+
+
 @pytest.mark.notebook
-def test_every_notebook_runs_as_the_lab_runs_it(tmp_path, monkeypatch):
+def test_every_notebook_runs_as_the_lab_runs_it(lab_run):
     """A fresh clone, no `dvc repro`: the lab's kernel starts in notebooks/, while the
     parameters' paths are the project root's (`mmser.config.work_from_project_root`).
     Outputs are read by a student: no warning, log line or text progress bar in them."""
-    import papermill as pm
-
-    _copy_project(tmp_path)
-    notebooks = tmp_path / "notebooks"
-    monkeypatch.delenv("MMSER_REPORT", raising=False)  # the kernel inherits it: the lab is no report
+    project, started = lab_run
+    notebooks = project / "notebooks"
     for stage in STAGES:
-        started = time.time()
-        out = tmp_path / f"{stage}.out.ipynb"
-        pm.execute_notebook(notebooks / f"{stage}.ipynb", out, kernel_name="python3",
-                            cwd=str(notebooks), progress_bar=False)
         # written where the pipeline writes, over the clone's committed metrics
-        assert (tmp_path / f"results/{stage}/metrics.json").stat().st_mtime >= started, stage
-        for cell in json.loads(out.read_text())["cells"]:
+        assert (project / f"results/{stage}/metrics.json").stat().st_mtime >= started[stage], \
+            stage
+        for cell in json.loads((project / f"{stage}.out.ipynb").read_text())["cells"]:
             for output in cell.get("outputs", []):
                 assert output.get("name") != "stderr", (stage, output.get("text", "")[:300])
                 if WIDGET not in output.get("data", {}):

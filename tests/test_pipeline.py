@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import background
 from mmser.report.headline import MAX_NUMBERS, numbers_in
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,14 +76,15 @@ def _set_params(project: Path, **sections) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = tmp_path_factory.mktemp("project")
+def _project(project: Path) -> Path:
     _copy_project(project)
     _set_params(project, **TINY)
     _run(["dvc", "config", "core.no_scm", "true"], project)
     _run(["dvc", "repro"], project)
     return project
+
+
+project = background.module_fixture(_project)
 
 
 def test_every_stage_wrote_its_results(project):

@@ -5,11 +5,13 @@ second corpus. The corpora are tiny trees in the release layout built here."""
 import json
 import os
 import subprocess
+from pathlib import Path
 
-import pandas as pd
 import pandas as pd
 import pytest
 import yaml
+
+import background
 from test_corpora import build_emodb, build_iemocap, wav
 from test_pipeline import BIN, TINY, _copy_project, _run, _set_params
 
@@ -93,11 +95,11 @@ def build_ravdess(root, actors=("01", "02", "03", "04", "05")) -> None:
                     seconds=0.6, sr=48_000)
 
 
-def test_a_corpus_without_read_speech_dialogues_or_ratings_runs_every_stage(project):
-    """README "Real speech": switching to RAVDESS is one change and `dvc repro` completes:
-    distil (no A/V/D) is not applicable, LE-MER leaves out A2 (no dialogues), tokenwise
-    pre-trains each fold on its own training speech (no read speech), and the report and
-    the exported predictor say so."""
+def _ravdess(project: Path) -> tuple[Path, str]:
+    """A fresh project switched to RAVDESS on the tiny parameters, after its `dvc repro`;
+    and what that printed."""
+    _copy_project(project)
+    _run(["dvc", "config", "core.no_scm", "true"], project)
     build_ravdess(project / "data" / "ravdess")
     _set_params(project, **{k: v for k, v in TINY.items() if k != "synthetic"})
     _set_params(project, dataset={"name": "ravdess", "root": "data/ravdess", "classes": 4,
@@ -105,7 +107,18 @@ def test_a_corpus_without_read_speech_dialogues_or_ratings_runs_every_stage(proj
                                   "label": "RAVDESS (tiny test copy)",
                                   "max_lost_fraction": 1.0},  # 50 of 300 files here
                 lemer={"systems": ["A1", "A2", "B5", "C1", "C4"]})
-    out = _run(["dvc", "repro"], project).stdout
+    return project, _run(["dvc", "repro"], project).stdout
+
+
+ravdess = background.module_fixture(_ravdess)
+
+
+def test_a_corpus_without_read_speech_dialogues_or_ratings_runs_every_stage(ravdess):
+    """README "Real speech": switching to RAVDESS is one change and `dvc repro` completes:
+    distil (no A/V/D) is not applicable, LE-MER leaves out A2 (no dialogues), tokenwise
+    pre-trains each fold on its own training speech (no read speech), and the report and
+    the exported predictor say so."""
+    project, out = ravdess
     assert "distil: not applicable, because" in out
     comparison = (project / "results/report/tables/comparison.csv").read_text()
     assert "RAVDESS (tiny test copy)" in comparison

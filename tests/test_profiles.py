@@ -7,11 +7,14 @@ top layers of 2-layer models, the read-speech sample)."""
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+
+import background
 from test_corpora import build_iemocap, build_librispeech, write_msp_tree
 from tiny_models import tiny_whisper
 
@@ -114,9 +117,8 @@ def build_paper_models(root: Path, names=("hubert", "bert", "distilbert")) -> di
     return {name: str(root / name) for name in names}
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = tmp_path_factory.mktemp("profiles")
+def _new_project(project: Path) -> Path:
+    """A copy of the project with tiny IEMOCAP, MSP-Podcast and LibriSpeech release trees."""
     _copy_project(project)
     root = project / "data/IEMOCAP_full_release"
     build_iemocap(root, sessions=SESSIONS)
@@ -156,20 +158,108 @@ def _apply(project: Path, paper: str, **tiny) -> dict:
     return yaml.safe_load((project / "params.yaml").read_text())
 
 
-def test_clap_profile_runs_end_to_end(project, tmp_path):
-    models = build_paper_models(tmp_path)
-    params = _apply(
-        project, "clap",
+class Run(NamedTuple):
+    """A paper profile applied in `project` and `dvc repro <paper>` run there."""
+    project: Path
+    models: dict[str, str]  # the tiny local models in place of the profile's
+    params: dict  # params.yaml as applied
+    out: str  # what `dvc repro` printed
+
+
+def _repro(project: Path, models: dict[str, str], paper: str, **tiny) -> Run:
+    params = _apply(project, paper, **tiny)
+    return Run(project, models, params, _run(["dvc", "repro", paper], project).stdout)
+
+
+def _clap(project: Path, models_root: Path) -> Run:
+    models = build_paper_models(models_root)
+    return _repro(
+        project, models, "clap",
         encoders={"speech": models["hubert"], "text": models["bert"]},
         training={"accelerator": "cpu", "workers": 1, "claim_seeds": [0]},
         transcribe={"compare_n": 0},
         clap={"small_text": models["distilbert"], "speech_top_layers": 2, "batch_size": 4,
               "pretrain_epochs": 1, "finetune_epochs": 1})
+
+
+def _vcemo(project: Path, models_root: Path) -> Run:
+    models = build_paper_models(models_root)
+    return _repro(
+        project, models, "vcemo",
+        encoders={"text": models["bert"]},
+        training={"accelerator": "cpu", "workers": 1, "seeds": [0], "claim_seeds": [0]},
+        transcribe={"compare_n": 0},
+        vcemo={"dim": 16, "heads": 2, "layers": 1, "proj_dim": 8, "queue_size": 16,
+               "batch_size": 8, "max_epochs": 1})
+
+
+def _lemer(project: Path, models_root: Path) -> Run:
+    models = build_paper_models(models_root, ("wav2vec2", "bert"))
+    return _repro(
+        project, models, "lemer",
+        encoders={"speech": models["wav2vec2"], "text": models["bert"]},
+        training={"accelerator": "cpu", "workers": 1, "claim_seeds": [0]},
+        transcribe={"compare_n": 0},
+        lemer={"text_top_layers": 2, "speech_top_layers": 2, "k_grid": [10], "max_epochs": 1})
+
+
+def _distil(project: Path, models_root: Path) -> Run:
+    models = build_paper_models(models_root, ("hubert", "distilhubert", "wav2vec2_robust", "bert"))
+    return _repro(
+        project, models, "distil",
+        encoders={"speech": models["hubert"], "text": models["bert"]},
+        training={"accelerator": "cpu", "workers": 1, "claim_seeds": [0]},
+        transcribe={"compare_n": 0},
+        distil={"sizes": {"large": f"{models['wav2vec2_robust']}@1", "base": "features:main",
+                          "distilled": models["distilhubert"]},
+                "max_epochs": 1, "layer_epochs": 1})
+
+
+def _tokenwise(project: Path, models_root: Path) -> Run:
+    models = build_paper_models(models_root, ("whisper", "wavlm", "bert"))
+    grid = {"batch_sizes": [4], "lrs": [1.0e-3]}
+    return _repro(
+        project, models, "tokenwise",
+        dataset={"read_max": 8},
+        encoders={"speech": models["whisper"], "text": models["bert"]},
+        training={"accelerator": "cpu", "workers": 1, "claim_seeds": [0]},
+        transcribe={"compare_n": 0},
+        tokenwise={"extra_speech": [models["wavlm"]], "pretrain_epochs": 1, "epochs": 1,
+                   "pretrain_batch_sizes": [4], "pretrain_lrs": [1.0e-4], "bootstrap_n": 50,
+                   **{f"{role}_{k}": v for role in ("baseline", "ours") for k, v in grid.items()}})
+
+
+def _iemocap_runs(root: Path) -> dict[str, Run]:
+    """clap's profile, then vcemo's and lemer's each in a copy of clap's project: the three
+    apply the same `dataset` and `transcribe` sections, so their prepare and transcribe
+    stages are up to date there (as in one project, one profile after the other)."""
+    runs = {"clap": _clap(_new_project(root / "clap"), root / "clap_models")}
+    for paper, run in (("vcemo", _vcemo), ("lemer", _lemer)):
+        shutil.copytree(root / "clap", root / paper, symlinks=True)
+        runs[paper] = run(root / paper, root / f"{paper}_models")
+    return runs
+
+
+def _distil_run(root: Path) -> Run:
+    return _distil(_new_project(root / "project"), root / "models")
+
+
+def _tokenwise_run(root: Path) -> Run:
+    return _tokenwise(_new_project(root / "project"), root / "models")
+
+
+# built on the second core while other tests run (background.py); each needs its own trees
+iemocap_runs = background.module_fixture(_iemocap_runs)
+distil_run = background.module_fixture(_distil_run)
+tokenwise_run = background.module_fixture(_tokenwise_run)
+
+
+def test_clap_profile_runs_end_to_end(iemocap_runs):
+    project, _, params, out = iemocap_runs["clap"]
     # as written: every text block trained (12 asks for more than these models have),
     # bf16 pre-training, both pre-trained systems against none
     assert params["clap"]["text_top_layers"] == 12
     assert params["clap"]["pretrain_precision"] == "bf16-mixed"
-    out = _run(["dvc", "repro", "clap"], project).stdout
     assert all(f"Running stage '{s}'" in out for s in ("prepare", "transcribe", "features",
                                                        "clap"))
     metrics = json.loads((project / "results/clap/metrics.json").read_text())
@@ -197,20 +287,12 @@ def _layouts(project: Path) -> dict:
     return {role: None if k is None else list(k) for role, k in kept.items()}
 
 
-def test_vcemo_profile_runs_end_to_end(project, tmp_path):
-    models = build_paper_models(tmp_path)
-    params = _apply(
-        project, "vcemo",
-        encoders={"text": models["bert"]},
-        training={"accelerator": "cpu", "workers": 1, "seeds": [0], "claim_seeds": [0]},
-        transcribe={"compare_n": 0},
-        vcemo={"dim": 16, "heads": 2, "layers": 1, "proj_dim": 8, "queue_size": 16,
-               "batch_size": 8, "max_epochs": 1})
+def test_vcemo_profile_runs_end_to_end(iemocap_runs):
+    project, _, params, out = iemocap_runs["vcemo"]
     # as written: ASR text in, three augmented views, the paper's 50-epoch schedule without
     # early stopping, the modality ablation
     assert params["vcemo"]["text_source"] == "asr_text" and params["vcemo"]["n_augment"] == 3
     assert params["vcemo"]["patience"] is None and params["vcemo"]["ablation"] is True
-    out = _run(["dvc", "repro", "vcemo"], project).stdout
     assert "Running stage 'vcemo'" in out
     metrics = json.loads((project / "results/vcemo/metrics.json").read_text())
     folds = pd.read_csv(project / "results/vcemo/tables/fold_metrics.csv")
@@ -223,20 +305,13 @@ def test_vcemo_profile_runs_end_to_end(project, tmp_path):
     assert _layouts(project) == {"speech": [4], "text": [0, 2]}
 
 
-def test_lemer_profile_runs_end_to_end(project, tmp_path):
-    models = build_paper_models(tmp_path, ("wav2vec2", "bert"))
-    params = _apply(
-        project, "lemer",
-        encoders={"speech": models["wav2vec2"], "text": models["bert"]},
-        training={"accelerator": "cpu", "workers": 1, "claim_seeds": [0]},
-        transcribe={"compare_n": 0},
-        lemer={"text_top_layers": 2, "speech_top_layers": 2, "k_grid": [10], "max_epochs": 1})
+def test_lemer_profile_runs_end_to_end(iemocap_runs):
+    project, models, params, out = iemocap_runs["lemer"]
     # as written: quantizer units scored per class, both encoders fine-tuned at the paper's
     # rates, bf16, the 8,000-step warm-up, every system of Tables 1-3
     assert params["lemer"]["units"] == "quantizer" and params["lemer"]["unit_scoring"] == "class"
     assert params["lemer"]["warmup_steps"] == 8000 and params["lemer"]["batch_size"] == 16
     assert params["training"]["precision"] == "bf16-mixed"
-    out = _run(["dvc", "repro", "lemer"], project).stdout
     assert "Running stage 'lemer'" in out
     metrics = json.loads((project / "results/lemer/metrics.json").read_text())
     folds = pd.read_csv(project / "results/lemer/tables/fold_metrics.csv")
@@ -251,23 +326,14 @@ def test_lemer_profile_runs_end_to_end(project, tmp_path):
     assert _layouts(project) == {"speech": [2], "text": [0, 2]}  # speech: from the clips
 
 
-def test_distil_profile_runs_end_to_end(project, tmp_path):
-    models = build_paper_models(tmp_path, ("hubert", "distilhubert", "wav2vec2_robust", "bert"))
-    params = _apply(
-        project, "distil",
-        encoders={"speech": models["hubert"], "text": models["bert"]},
-        training={"accelerator": "cpu", "workers": 1, "claim_seeds": [0]},
-        transcribe={"compare_n": 0},
-        distil={"sizes": {"large": f"{models['wav2vec2_robust']}@1", "base": "features:main",
-                          "distilled": models["distilhubert"]},
-                "max_epochs": 1, "layer_epochs": 1})
+def test_distil_profile_runs_end_to_end(distil_run):
+    project, _, params, out = distil_run
     # as written: every rated utterance regressed (no category subset), the official
     # partitions, whole encoders fine-tuned (text too), FT => FRZ, the ASR row
     assert params["dataset"]["classes"] is None and params["dataset"]["protocol"] == "official"
     cfg = params["distil"]
     assert cfg["speech_ft_layers"] is None and cfg["text_ft_layers"] is None and cfg["frz"]
     assert cfg["batch_size"] == 16 and cfg["output"] == "linear" and cfg["lr"] == 1e-5
-    out = _run(["dvc", "repro", "distil"], project).stdout
     assert "Running stage 'distil'" in out
     prepare = json.loads((project / "results/prepare/metrics.json").read_text())
     assert prepare["utterances"] == {split.lower(): n for split, n in MSP_SPLITS.items()}
@@ -288,25 +354,14 @@ def test_distil_profile_runs_end_to_end(project, tmp_path):
         json.loads((project / "interim/distil/features/keys.json").read_text())
 
 
-def test_tokenwise_profile_runs_end_to_end(project, tmp_path):
-    models = build_paper_models(tmp_path, ("whisper", "wavlm", "bert"))
-    grid = {"batch_sizes": [4], "lrs": [1.0e-3]}
-    params = _apply(
-        project, "tokenwise",
-        dataset={"read_max": 8},
-        encoders={"speech": models["whisper"], "text": models["bert"]},
-        training={"accelerator": "cpu", "workers": 1, "claim_seeds": [0]},
-        transcribe={"compare_n": 0},
-        tokenwise={"extra_speech": [models["wavlm"]], "pretrain_epochs": 1, "epochs": 1,
-                   "pretrain_batch_sizes": [4], "pretrain_lrs": [1.0e-4], "bootstrap_n": 50,
-                   **{f"{role}_{k}": v for role in ("baseline", "ours") for k, v in grid.items()}})
+def test_tokenwise_profile_runs_end_to_end(tokenwise_run):
+    project, _, params, out = tokenwise_run
     # as written: LibriSpeech read speech for pre-training (per fold), reference text, the
     # Whisper last layer (the paper searches WavLM's layers only), both protocols
     assert params["dataset"]["read_corpus"] == "librispeech"
     cfg = params["tokenwise"]
     assert cfg["pretrain_speakers"] == "fold" and not cfg["speech_layer_search"]
     assert cfg["protocols"] == ["random_70_20_10", "corpus"] and cfg["hidden"] == 256
-    out = _run(["dvc", "repro", "tokenwise"], project).stdout
     assert "Running stage 'tokenwise'" in out
     prepare = json.loads((project / "results/prepare/metrics.json").read_text())
     assert prepare["utterances"]["read"] == 8
